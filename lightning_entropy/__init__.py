@@ -1,0 +1,31 @@
+"""lightning-entropy: entropy landscapes of neural networks, sampled with Wang-Landau as Lightning strategies.
+
+``import lightning_entropy`` registers the strategy names ``wang_landau`` and ``wang_landau_mc`` with
+``lightning.pytorch``'s ``StrategyRegistry``, so ``Trainer(strategy="wang_landau")`` works.
+"""
+
+__version__ = "0.1.0"
+
+from lightning_entropy.core import (  # noqa: E402
+    Box,
+    CollectiveVariable,
+    Constant,
+    FlatnessOneOverT,
+    Landscape,
+    RampPlateauDecay,
+)
+from lightning_entropy.strategies import WangLandauStrategy  # noqa: E402
+from lightning_entropy.strategies.registry import register as _register  # noqa: E402
+
+_register()
+
+__all__ = [
+    "Box",
+    "CollectiveVariable",
+    "Constant",
+    "FlatnessOneOverT",
+    "Landscape",
+    "RampPlateauDecay",
+    "WangLandauStrategy",
+    "__version__",
+]

@@ -1,0 +1,25 @@
+"""The sampling core: pure PyTorch, no Lightning import.
+
+Data flows one way: data -> collective variables (:mod:`variables`, :mod:`evaluator`) -> samplers
+(:mod:`samplers`) -> landscape (:mod:`landscape`). The box (:mod:`box`), walkers (:mod:`walkers`, :mod:`start`) and
+the Wang-Landau factor schedule (:mod:`schedule`) are the sampler's other inputs.
+"""
+
+from lightning_entropy.core.box import Box
+from lightning_entropy.core.evaluator import Evaluator, FullBatch
+from lightning_entropy.core.landscape import Landscape
+from lightning_entropy.core.schedule import Constant, FlatnessOneOverT, RampPlateauDecay
+from lightning_entropy.core.variables import CollectiveVariable
+from lightning_entropy.core.walkers import ParameterLayout
+
+__all__ = [
+    "Box",
+    "CollectiveVariable",
+    "Constant",
+    "Evaluator",
+    "FlatnessOneOverT",
+    "FullBatch",
+    "Landscape",
+    "ParameterLayout",
+    "RampPlateauDecay",
+]

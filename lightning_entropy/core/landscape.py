@@ -1,0 +1,346 @@
+"""The landscape: a 1-D or 2-D grid over collective variables holding the running entropy estimate S.
+
+Walkers sample ``p(θ) ∝ exp(-S(cv(θ)))``; every visit deposits a normalised Gaussian (in bin units) scaled by the
+Wang-Landau factor, so S grows where walkers linger until the visit histogram is flat, which happens exactly when
+S equals the log-volume of the box mapped into each bin (up to a constant).
+
+- Deposits are vectorized over walkers (``index_add_``, no host synchronisation). The kernel is mirrored at the
+  grid edges so that edge bins receive the same mass per visit as interior bins (no pile-up bias).
+- ``value_and_slope`` interpolates S multilinearly between bin centres, so the force is the exact gradient of the
+  bias the walkers feel (Metropolis-adjusted dynamics use the same function).
+- Walls: the grid range is a hard wall (a walker that leaves it is sent back, see the samplers); an optional soft
+  quadratic wall ``strength * d**2`` acts outside ``window``. Walls are never written into S.
+- Observables recorded without bias give per-bin averages: from a 1-D walk in ``ln L_train`` the average held-out
+  metric per bin estimates Eq. (1) without using held-out labels in the dynamics.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class Landscape:
+    """A uniform grid over ``d`` (1 or 2) collective variables.
+
+    Args:
+        ranges: ``(lo, hi)`` per axis, in CV units (``ln L`` in nats for loss axes).
+        bins: number of bins per axis.
+        names: axis names (e.g. ``("ln_train_loss", "test_accuracy")``).
+        labels: axis labels for figures; default the names.
+        kernel_sigma: standard deviation of the deposit Gaussian, in bins (``0`` deposits into one bin only).
+        kernel_cutoff: the Gaussian is cut at ``kernel_cutoff * kernel_sigma`` bins.
+        window: per axis ``(lo, hi)`` of the soft wall, CV units; default the grid range (no soft wall).
+        wall_strength: ``c`` of the soft wall ``c * d**2`` (nats per CV unit squared); ``0`` disables it.
+        observables: names of quantities recorded per bin without bias.
+        device: where the grid lives (the walkers' device).
+    """
+
+    def __init__(
+        self,
+        ranges: Sequence[tuple[float, float]],
+        bins: Sequence[int],
+        names: Sequence[str],
+        *,
+        labels: Sequence[str] | None = None,
+        kernel_sigma: float = 1.0,
+        kernel_cutoff: float = 4.0,
+        window: Sequence[tuple[float, float]] | None = None,
+        wall_strength: float = 0.0,
+        observables: Sequence[str] = (),
+        device: torch.device | str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        d = len(names)
+        if d not in (1, 2) or len(ranges) != d or len(bins) != d:
+            raise ValueError(
+                f"A landscape has one or two axes with one range and one bin count each; got names={list(names)},"
+                f" ranges={list(ranges)}, bins={list(bins)}."
+            )
+        for (lo, hi), n, name in zip(ranges, bins, names):
+            if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+                raise ValueError(f"Axis {name!r}: range ({lo}, {hi}) is empty or not finite; give lo < hi.")
+            if int(n) < 2:
+                raise ValueError(f"Axis {name!r}: bins={n}; a landscape needs at least 2 bins per axis.")
+        if kernel_sigma < 0 or wall_strength < 0:
+            raise ValueError(f"kernel_sigma={kernel_sigma} and wall_strength={wall_strength} must be >= 0.")
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.names = tuple(names)
+        self.labels = tuple(labels) if labels is not None else self.names
+        self.shape = tuple(int(n) for n in bins)
+        self.lo = torch.tensor([float(r[0]) for r in ranges], dtype=torch.float64, device=self.device)
+        self.hi = torch.tensor([float(r[1]) for r in ranges], dtype=torch.float64, device=self.device)
+        self.width = (self.hi - self.lo) / torch.tensor(self.shape, dtype=torch.float64, device=self.device)
+        window = window if window is not None else ranges
+        self.window = torch.tensor([list(map(float, w)) for w in window], dtype=torch.float64, device=self.device)
+        self.wall_strength = float(wall_strength)
+        self.kernel_sigma = float(kernel_sigma)
+        self.kernel_cutoff = float(kernel_cutoff)
+        self.observable_names = tuple(observables)
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self.bias = torch.zeros(self.shape, dtype=torch.float64, device=self.device)
+        self.visits = torch.zeros(self.shape, dtype=torch.float64, device=self.device)
+        k = len(self.observable_names)
+        self.obs_sum = torch.zeros((k, *self.shape), dtype=torch.float64, device=self.device)
+        self.obs_sq = torch.zeros((k, *self.shape), dtype=torch.float64, device=self.device)
+        self.obs_count = torch.zeros(self.shape, dtype=torch.float64, device=self.device)
+        self._walker_steps = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._strides = torch.tensor(
+            [math.prod(self.shape[i + 1 :]) for i in range(d)], dtype=torch.int64, device=self.device
+        )
+        self._offsets, self._weights = self._kernel()
+
+    # -- geometry ----------------------------------------------------------------------------------------------
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def edges(self) -> list[np.ndarray]:
+        """Bin edges per axis (numpy)."""
+        return [np.linspace(float(lo), float(hi), n + 1) for lo, hi, n in zip(self.lo, self.hi, self.shape)]
+
+    @property
+    def centers(self) -> list[np.ndarray]:
+        return [0.5 * (e[1:] + e[:-1]) for e in self.edges]
+
+    def inside(self, cv: torch.Tensor) -> torch.Tensor:
+        """``(W,)`` mask: the CVs are finite and inside the grid (the hard wall)."""
+        return (torch.isfinite(cv) & (cv >= self.lo) & (cv < self.hi)).all(dim=-1)
+
+    def bin_index(self, cv: torch.Tensor) -> torch.Tensor:
+        """``(W,)`` flat bin index of each walker, clamped to the grid."""
+        idx = torch.floor((cv.to(torch.float64) - self.lo) / self.width).nan_to_num(0).long()
+        idx = torch.minimum(idx.clamp(min=0), torch.tensor(self.shape, device=self.device) - 1)
+        return (idx * self._strides).sum(-1)
+
+    def _kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
+        r = int(math.ceil(self.kernel_cutoff * self.kernel_sigma)) if self.kernel_sigma > 0 else 0
+        span = torch.arange(-r, r + 1, device=self.device)
+        offsets = torch.stack(torch.meshgrid(*([span] * self.ndim), indexing="ij"), dim=-1).reshape(-1, self.ndim)
+        if r == 0:
+            weights = torch.ones(1, dtype=torch.float64, device=self.device)
+        else:
+            dist2 = (offsets.to(torch.float64) ** 2).sum(-1)
+            weights = torch.exp(-dist2 / (2 * self.kernel_sigma**2))
+            keep = dist2 <= (self.kernel_cutoff * self.kernel_sigma) ** 2
+            offsets, weights = offsets[keep], weights[keep]
+            weights = weights / weights.sum()
+        return offsets, weights
+
+    # -- the bias the walkers feel ------------------------------------------------------------------------------
+
+    def value_and_slope(self, cv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """S (plus soft walls) at each walker's CVs and its gradient ``dS/dcv``: shapes ``(W,)`` and ``(W, d)``."""
+        cv = cv.to(torch.float64)
+        n = torch.tensor(self.shape, device=self.device)
+        u = (cv - self.lo) / self.width - 0.5
+        i0 = torch.minimum(torch.floor(u).nan_to_num(0).clamp(min=0), (n - 2).to(u.dtype))
+        t = (u - i0).clamp(0.0, 1.0)
+        i0 = i0.long()
+        flat_bias = self.bias.reshape(-1)
+        value = torch.zeros(cv.shape[0], dtype=torch.float64, device=self.device)
+        slope = torch.zeros_like(cv)
+        for corner in itertools.product((0, 1), repeat=self.ndim):
+            c = torch.tensor(corner, device=self.device)
+            s = flat_bias[((i0 + c) * self._strides).sum(-1)]
+            w = torch.where(c.bool(), t, 1 - t)  # (W, d) per-axis weights
+            value = value + s * w.prod(-1)
+            for k in range(self.ndim):
+                others = torch.cat([w[:, :k], w[:, k + 1 :]], dim=1).prod(-1)
+                slope[:, k] += s * (1.0 if corner[k] else -1.0) * others / self.width[k]
+        if self.wall_strength > 0:
+            below = (self.window[:, 0] - cv).clamp(min=0)
+            above = (cv - self.window[:, 1]).clamp(min=0)
+            value = value + self.wall_strength * (below**2 + above**2).sum(-1)
+            slope = slope + 2 * self.wall_strength * (above - below)
+        return value, slope
+
+    # -- updates (vectorized, no host sync) -----------------------------------------------------------------------
+
+    def deposit(self, cv: torch.Tensor, amount: torch.Tensor | float, mask: torch.Tensor) -> None:
+        """Add ``amount`` nats times the kernel around the bin of each walker in ``mask``, and count the visits.
+
+        ``amount`` is a scalar or ``(W,)`` tensor; the kernel sums to one, so each walker adds exactly ``amount``.
+        """
+        m = mask.to(torch.float64)
+        amount = torch.as_tensor(amount, dtype=torch.float64, device=self.device) * m
+        n = torch.tensor(self.shape, device=self.device)
+        idx = torch.floor((cv.to(torch.float64) - self.lo) / self.width).nan_to_num(0).long()
+        idx = torch.minimum(idx.clamp(min=0), n - 1)
+        near = idx.unsqueeze(1) + self._offsets.unsqueeze(0)  # (W, K, d)
+        near = torch.where(near < 0, -near - 1, near)  # mirror at the edges: no mass is lost
+        near = torch.where(near >= n, 2 * n - 1 - near, near)
+        near = torch.minimum(near.clamp(min=0), n - 1)
+        flat = (near * self._strides).sum(-1).reshape(-1)
+        self.bias.view(-1).index_add_(0, flat, (amount.unsqueeze(1) * self._weights.unsqueeze(0)).reshape(-1))
+        self.visits.view(-1).index_add_(0, (idx * self._strides).sum(-1), m)
+
+    def record(self, cv: torch.Tensor, observed: torch.Tensor, mask: torch.Tensor) -> None:
+        """Accumulate per-bin sums of observables ``(W, k)`` for walkers in ``mask``."""
+        flat = self.bin_index(cv)
+        m = mask.to(torch.float64)
+        obs = torch.nan_to_num(observed.to(torch.float64)) * m.unsqueeze(1)
+        self.obs_sum.view(len(self.observable_names), -1).index_add_(1, flat, obs.T)
+        self.obs_sq.view(len(self.observable_names), -1).index_add_(1, flat, (obs**2).T)
+        self.obs_count.view(-1).index_add_(0, flat, m)
+
+    def add_walker_steps(self, count: torch.Tensor) -> None:
+        self._walker_steps += count
+
+    # -- readouts (numpy) ------------------------------------------------------------------------------------------
+
+    @property
+    def walker_steps(self) -> int:
+        """Sampler steps summed over walkers."""
+        return int(self._walker_steps)
+
+    @property
+    def histogram(self) -> np.ndarray:
+        """Visits per bin (all walkers, whole run)."""
+        return self.visits.cpu().numpy().copy()
+
+    @property
+    def entropy(self) -> np.ndarray:
+        """S - max S in nats, NaN where never visited."""
+        s = self.bias.cpu().numpy().copy()
+        s[self.visits.cpu().numpy() == 0] = np.nan
+        if np.isfinite(s).any():
+            s -= np.nanmax(s)
+        return s
+
+    def flatness(self, histogram: torch.Tensor | None = None) -> float:
+        """min / mean of the visit histogram over visited bins (1 is perfectly flat; 0 when nothing was visited)."""
+        h = self.visits if histogram is None else histogram
+        visited = h > 0
+        if not bool(visited.any()):
+            return 0.0
+        return float(h[visited].min() / h[visited].mean())
+
+    def observable_curve(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-bin unbiased average of an observable along the first axis: ``(x, mean, standard error)``.
+
+        For a 2-D landscape the average is over the whole column (all y), weighted by visits.
+        """
+        if name not in self.observable_names:
+            raise KeyError(f"No observable {name!r} was recorded; recorded: {self.observable_names}.")
+        k = self.observable_names.index(name)
+        dims = tuple(range(1, self.ndim))
+        s, q, c = (a.sum(dims) if dims else a for a in (self.obs_sum[k], self.obs_sq[k], self.obs_count))
+        s, q, c = s.cpu().numpy(), q.cpu().numpy(), c.cpu().numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(c > 0, s / c, np.nan)
+            var = np.where(c > 1, q / c - mean**2, np.nan)
+            err = np.sqrt(np.clip(var, 0, None) / c)
+        return self.centers[0], mean, err
+
+    def max_entropy_curve(self, exclude: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Per x bin, the y position of max S, ignoring ``exclude`` rows at each end of the y axis (walls' pile-up)."""
+        self._need_2d("max_entropy_curve")
+        s = self.entropy
+        if exclude:
+            s = s.copy()
+            s[:, :exclude] = np.nan
+            s[:, s.shape[1] - exclude :] = np.nan
+        y = self.centers[1]
+        out = np.full(self.shape[0], np.nan)
+        ok = np.isfinite(s).any(axis=1)
+        out[ok] = y[np.nanargmax(np.where(np.isfinite(s[ok]), s[ok], -np.inf), axis=1)]
+        return self.centers[0], out
+
+    def mean_curve(self) -> tuple[np.ndarray, np.ndarray]:
+        """Eq. (1): the exp(S)-weighted mean of the y axis per x bin (2-D), or the first observable's average (1-D)."""
+        if self.ndim == 1:
+            if not self.observable_names:
+                raise ValueError("A 1-D landscape has a mean curve only if an observable was recorded.")
+            x, mean, _ = self.observable_curve(self.observable_names[0])
+            return x, mean
+        s = self.entropy
+        w = np.exp(np.where(np.isfinite(s), s, -np.inf))
+        total = w.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(total > 0, (w * self.centers[1]).sum(axis=1) / total, np.nan)
+        return self.centers[0], mean
+
+    def _need_2d(self, what: str) -> None:
+        if self.ndim != 2:
+            raise ValueError(f"{what} needs a 2-D landscape (train loss x test metric); this one has axes {self.names}.")
+
+    # -- persistence -------------------------------------------------------------------------------------------------
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "ranges": [[float(a), float(b)] for a, b in zip(self.lo, self.hi)],
+            "bins": list(self.shape),
+            "names": list(self.names),
+            "labels": list(self.labels),
+            "kernel_sigma": self.kernel_sigma,
+            "kernel_cutoff": self.kernel_cutoff,
+            "window": self.window.tolist(),
+            "wall_strength": self.wall_strength,
+            "observables": list(self.observable_names),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self._config(),
+            "metadata": dict(self.metadata),
+            "bias": self.bias.clone(),
+            "visits": self.visits.clone(),
+            "obs_sum": self.obs_sum.clone(),
+            "obs_sq": self.obs_sq.clone(),
+            "obs_count": self.obs_count.clone(),
+            "walker_steps": self._walker_steps.clone(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["config"]["bins"] != list(self.shape) or state["config"]["names"] != list(self.names):
+            raise ValueError(
+                f"Checkpointed landscape has axes {state['config']['names']} with bins {state['config']['bins']}, but"
+                f" this run has {list(self.names)} with {list(self.shape)}: resume with the same variables and bins."
+            )
+        for key in ("bias", "visits", "obs_sum", "obs_sq", "obs_count"):
+            getattr(self, key).copy_(state[key])
+        self._walker_steps.copy_(state["walker_steps"])
+        self.metadata.update(state.get("metadata", {}))
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], device=None) -> Landscape:
+        cfg = dict(state["config"])
+        ranges, bins, names = cfg.pop("ranges"), cfg.pop("bins"), cfg.pop("names")
+        out = cls(ranges, bins, names, device=device, **cfg)
+        out.load_state_dict(state)
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        """Write an ``.npz`` with the grid, histogram, observables and metadata (JSON)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = self.state_dict()
+        arrays = {k: v.cpu().numpy() for k, v in state.items() if isinstance(v, torch.Tensor)}
+        meta = json.dumps({"config": state["config"], "metadata": state["metadata"]}, default=str)
+        with open(path, "wb") as fh:
+            np.savez_compressed(fh, json=np.array(meta), entropy=self.entropy, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device=None) -> Landscape:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["json"]))
+            state = {k: torch.from_numpy(data[k]) for k in data.files if k not in ("json", "entropy")}
+        state.update(meta)
+        return cls.from_state_dict(state, device=device)
+
+    def __repr__(self) -> str:
+        axes = ", ".join(
+            f"{n}: [{float(lo):.3g}, {float(hi):.3g}) x {b}" for n, lo, hi, b in zip(self.names, self.lo, self.hi, self.shape)
+        )
+        return f"Landscape({axes}; walker_steps={self.walker_steps})"

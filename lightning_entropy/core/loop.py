@@ -1,0 +1,43 @@
+"""The sampler loop: many steps of one sampler with the schedule's factor, shared by the strategies and by users
+who drive the core without Lightning. It never synchronises with the host inside the loop; the schedule is
+updated (which may read the histogram) once per call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lightning_entropy.core.landscape import Landscape
+from lightning_entropy.core.samplers import wlmc, wlmd
+
+
+def run(
+    state: wlmd.MDState | wlmc.MCState,
+    steps: int,
+    *,
+    evaluate,
+    landscape: Landscape,
+    bound: torch.Tensor,
+    schedule,
+    schedule_state: dict[str, torch.Tensor],
+    config: wlmd.MDConfig | wlmc.MCConfig,
+    observe_every: int = 0,
+) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Run ``steps`` sampler steps; return the new sampler state and schedule state.
+
+    The sampler follows from ``config`` (:class:`~wlmd.MDConfig` or :class:`~wlmc.MCConfig`). Observables are
+    recorded every ``observe_every`` steps (0: never).
+    """
+    step_fn = wlmd.step if isinstance(config, wlmd.MDConfig) else wlmc.step
+    device = state.theta.device
+    observing = observe_every > 0 and bool(landscape.observable_names)
+    for _ in range(steps):
+        t = state.step + 1
+        factor = schedule.factor(schedule_state, torch.tensor(t, device=device))
+        state = step_fn(state, evaluate=evaluate, landscape=landscape, bound=bound, factor=factor, config=config,
+                        observe=observing and t % observe_every == 0)
+    schedule_state = schedule.update(schedule_state, landscape, state.step)
+    landscape.metadata["steps"] = state.step
+    return state, schedule_state

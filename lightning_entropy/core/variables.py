@@ -1,0 +1,181 @@
+"""Collective variables (CVs): the macrostate coordinates computed from a walker's parameters on full-batch data.
+
+The x axis of every landscape is ``ln L_train`` (the paper's convention); the optional y axis is a test metric.
+Names understood by :func:`resolve` (ALGORITHM.md section 5):
+
+==========================  =====================================================================  ==========
+name                        value                                                                   gradient
+==========================  =====================================================================  ==========
+``train_loss``              ln of the full-batch train loss (cross-entropy or MSE)                  yes
+``test_loss``               ln of the full-batch held-out loss                                      yes
+``test_accuracy``           smoothed held-out accuracy for MD samplers, hard accuracy for MC        MD: yes
+``smooth_test_accuracy``    mean sigmoid(k (z_true - max_{j != true} z_j)), slope ``k``            yes
+``hard_test_accuracy``      fraction of held-out samples classified right                           no
+``train_accuracy``          hard train accuracy (the reference Monte Carlo's x axis)                no
+==========================  =====================================================================  ==========
+
+Accuracies can be put on a logit axis, ``y = ln(p / (1 - p))`` with ``p = eps + (1 - 2 eps) A`` (``eps = 1e-4``).
+A callable ``fn(outputs, targets) -> scalar`` is a held-out CV named after the function; it sees one walker's
+outputs on the whole held-out set.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+LOSS_KINDS = ("cross_entropy", "binary_cross_entropy", "mse")
+NAMES = (
+    "train_loss",
+    "test_loss",
+    "test_accuracy",
+    "smooth_test_accuracy",
+    "hard_test_accuracy",
+    "train_accuracy",
+)
+
+
+@dataclass(frozen=True)
+class CollectiveVariable:
+    """One CV: ``fn(outputs, targets)`` on one walker's outputs for the ``split`` ("train" or "test") data."""
+
+    name: str
+    split: str
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = field(compare=False)
+    differentiable: bool = True
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if self.split not in ("train", "test"):
+            raise ValueError(f"CV {self.name!r}: split must be 'train' or 'test', got {self.split!r}.")
+
+
+# --- per-walker metric functions (outputs of one walker on one split) -----------------------------------------
+
+
+def loss_fn(kind: str | Callable) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if callable(kind):
+        return kind
+    if kind == "cross_entropy":
+        return lambda out, y: F.cross_entropy(out, y)
+    if kind == "binary_cross_entropy":
+        return lambda out, y: F.binary_cross_entropy_with_logits(out.reshape(y.shape), y.to(out.dtype))
+    if kind == "mse":
+        return lambda out, y: F.mse_loss(out.reshape(y.shape), y.to(out.dtype))
+    raise ValueError(f"Unknown loss {kind!r}; use one of {LOSS_KINDS} or a callable loss(outputs, targets).")
+
+
+def _margin(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Logit of the true class minus the largest other logit, per sample."""
+    if out.dim() == 1 or out.shape[-1] == 1:  # one logit for class 1
+        z = out.reshape(y.shape)
+        return torch.where(y > 0.5, z, -z)
+    true = out.gather(-1, y.long().unsqueeze(-1)).squeeze(-1)
+    others = out.scatter(-1, y.long().unsqueeze(-1), float("-inf"))
+    return true - others.amax(-1)
+
+
+def smooth_accuracy(slope: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    return lambda out, y: torch.sigmoid(slope * _margin(out, y)).mean()
+
+
+def hard_accuracy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (_margin(out, y) > 0).to(out.dtype).mean()
+
+
+def logit_axis(fn: Callable, eps: float = 1e-4) -> Callable:
+    def wrapped(out, y):
+        p = eps + (1 - 2 * eps) * fn(out, y)
+        return torch.log(p) - torch.log1p(-p)
+
+    return wrapped
+
+
+def _ln_step_loss(loss: torch.Tensor, _targets: None) -> torch.Tensor:
+    """On the step path the outputs are the hook's loss itself."""
+    return torch.log(loss)
+
+
+def _ln(fn: Callable) -> Callable:
+    return lambda out, y: torch.log(fn(out, y))
+
+
+# --- name resolution --------------------------------------------------------------------------------------------
+
+
+def resolve(
+    spec: str | Callable | CollectiveVariable,
+    *,
+    loss: str | Callable | None,
+    monte_carlo: bool = False,
+    accuracy_slope: float = 5.0,
+    accuracy_axis: str = "linear",
+) -> CollectiveVariable:
+    """Turn a CV name or callable into a :class:`CollectiveVariable`.
+
+    ``loss`` is the task's loss kind (``None`` when the module has no standard loss and its ``training_step`` is
+    used: then only ``train_loss`` and ``test_loss`` exist). ``monte_carlo`` makes ``test_accuracy`` hard.
+    """
+    if isinstance(spec, CollectiveVariable):
+        return spec
+    if callable(spec):
+        name = getattr(spec, "__name__", "custom")
+        return CollectiveVariable(name if name != "<lambda>" else "custom", "test", spec, True, name)
+    if not isinstance(spec, str) or spec not in NAMES:
+        raise ValueError(
+            f"Unknown collective variable {spec!r}. Use one of {NAMES} or a callable fn(outputs, targets) -> scalar."
+        )
+    if accuracy_axis not in ("linear", "logit"):
+        raise ValueError(f"accuracy_axis={accuracy_axis!r}: use 'linear' or 'logit'.")
+    if loss is None and spec not in ("train_loss", "test_loss"):
+        raise ValueError(
+            f"Collective variable {spec!r} needs the module's outputs, but the module has no standard loss (the"
+            " sampler calls its training_step). Give the module a `loss_fn` attribute (e.g. nn.CrossEntropyLoss())"
+            " or pass loss='cross_entropy' to the strategy, or use variables=('train_loss', 'test_loss')."
+        )
+    if spec in ("train_loss", "test_loss"):
+        split = spec.split("_")[0]
+        fn = _ln(loss_fn(loss)) if loss is not None else _ln_step_loss
+        return CollectiveVariable(f"ln_{split}_loss", split, fn, True, f"ln L_{split}")
+    if isinstance(loss, str) and loss == "mse" or callable(loss):
+        raise ValueError(
+            f"Collective variable {spec!r} is an accuracy, but the task's loss is {getattr(loss, '__name__', loss)!r}"
+            " (not a classifier). Use 'test_loss' or a callable fn(outputs, targets)."
+        )
+    if spec == "test_accuracy":
+        spec = "hard_test_accuracy" if monte_carlo else "smooth_test_accuracy"
+    split = "train" if spec == "train_accuracy" else "test"
+    if spec == "smooth_test_accuracy":
+        fn, diff, label = smooth_accuracy(accuracy_slope), True, f"smoothed A_test (k={accuracy_slope:g})"
+    else:
+        fn, diff, label = hard_accuracy, False, f"A_{split}"
+    if accuracy_axis == "logit":
+        fn, label = logit_axis(fn), f"logit {label}"
+    name = {"smooth_test_accuracy": "test_accuracy", "hard_test_accuracy": "test_accuracy"}.get(spec, spec)
+    return CollectiveVariable(name, split, fn, diff, label)
+
+
+def default_variables(loss: str | Callable | None, has_heldout: bool) -> tuple[str, ...]:
+    """Test accuracy for classifiers, ln test loss otherwise; 1-D when there is no held-out set."""
+    if not has_heldout:
+        return ("train_loss",)
+    classifier = isinstance(loss, str) and loss in ("cross_entropy", "binary_cross_entropy")
+    return ("train_loss", "test_accuracy" if classifier else "test_loss")
+
+
+def default_observables(loss: str | Callable | None, variables: Sequence[CollectiveVariable], has_heldout: bool):
+    """For a 1-D walk: record the held-out metric per bin without bias (the label-free estimate of Eq. 1)."""
+    if len(variables) != 1 or not has_heldout:
+        return ()
+    classifier = isinstance(loss, str) and loss in ("cross_entropy", "binary_cross_entropy")
+    return ("hard_test_accuracy",) if classifier else ("test_loss",)
+
+
+def check_finite_scale(value: float, what: str) -> float:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{what} must be a positive finite number, got {value!r}.")
+    return float(value)

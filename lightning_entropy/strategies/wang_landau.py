@@ -1,0 +1,516 @@
+"""``WangLandauStrategy``: a Lightning strategy that replaces the optimizer with a Wang-Landau sampler.
+
+``Trainer(strategy="wang_landau")`` (molecular dynamics) or ``Trainer(strategy="wang_landau_mc")`` (Monte Carlo)
+measures the entropy landscape S(ln L_train[, test metric]) of any LightningModule. The user's module is not
+rewritten: its ``configure_optimizers`` is not called; the sampler moves stacked copies of its parameters (the
+walkers) and, after every Lightning step, copies walker 0 back into the module.
+
+What happens in a fit:
+
+1. ``setup``: settings that cannot work with a sampler are rejected with the fix (manual optimization, mixed
+   precision, gradient clipping, gradient accumulation).
+2. ``on_train_start``: the train and held-out sets are read once and cached as full batches on the device; the
+   walkers start (module weights, box, or short optimiser runs); grid ranges are found when none were given.
+3. Every Lightning step runs ``steps_per_lightning_step`` sampler steps, updates the schedule, and logs the WL
+   factor, flatness, acceptance and the walkers' CV range (shown on the progress bar).
+4. Checkpoints hold the whole sampler state (walkers, velocities, RNG, landscape, schedule) through the
+   placeholder optimizer's ``state_dict``; a resumed run continues exactly as the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning
+import numpy as np
+import torch
+from lightning.pytorch.plugins.precision import DoublePrecision, Precision
+from lightning.pytorch.strategies import SingleDeviceStrategy
+
+from lightning_entropy import __version__
+from lightning_entropy.core import loop
+from lightning_entropy.core import schedule as schedules
+from lightning_entropy.core.box import Box, uniform
+from lightning_entropy.core.evaluator import Evaluator
+from lightning_entropy.core.landscape import Landscape
+from lightning_entropy.core.samplers import wlmc, wlmd
+from lightning_entropy.core.start import MODES, starting_positions
+from lightning_entropy.core.variables import (
+    CollectiveVariable,
+    default_observables,
+    default_variables,
+    resolve,
+)
+from lightning_entropy.core.walkers import ParameterLayout
+from lightning_entropy.strategies.data import cache_full_batch, detect_loss
+
+
+def _unit_slope(cv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A bias equal to the first CV: its gradient is the gradient of ln L_train."""
+    return cv[:, 0], torch.nn.functional.one_hot(torch.zeros(len(cv), dtype=torch.long), cv.shape[1]).to(cv)
+
+
+class SamplerOptimizer(torch.optim.Optimizer):
+    """The placeholder the Trainer steps. It holds no parameters' updates: its ``state_dict`` is the sampler's.
+
+    Lightning saves optimizer states in every checkpoint and restores them on resume, so the sampler state travels
+    with checkpoints like any ``torch.optim`` state.
+    """
+
+    def __init__(self, params, strategy: WangLandauStrategy) -> None:
+        super().__init__(params, {})
+        self._strategy = strategy
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        return closure() if closure is not None else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": {}, "param_groups": [], "sampler": self._strategy.sampler_state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "sampler" not in state_dict:
+            raise ValueError(
+                "This checkpoint was not written by a Wang-Landau strategy (its optimizer state has no sampler state);"
+                " resume it with the strategy that wrote it, or start a fresh run."
+            )
+        self._strategy.load_sampler_state_dict(state_dict["sampler"])
+
+
+class WangLandauStrategy(SingleDeviceStrategy):
+    """Sample the entropy landscape of a LightningModule instead of training it with an optimizer.
+
+    Args:
+        sampler: ``"md"`` (Wang-Landau molecular dynamics) or ``"mc"`` (single-parameter Monte Carlo).
+        variables: one or two CV names or callables (see ``lightning_entropy.core.variables``). The x axis is
+            ``ln L_train``. Default: ``("train_loss", "test_accuracy")`` for classifiers, ``("train_loss",
+            "test_loss")`` otherwise, ``("train_loss",)`` without a held-out set.
+        walkers: number of walkers sampled together (vectorized), all depositing into one landscape.
+        box: a positive float (every parameter in ``[-b, b]``), a rule name (``"fan_out"``, ``"fan_out:3"``,
+            ``"first_hidden"``) or a :class:`~lightning_entropy.Box`.
+        seed: seeds the starting positions, velocities and moves. The same seed gives the same landscape.
+        ranges: ``(lo, hi)`` per axis in CV units; default: found from the starting walkers and random box points.
+        bin_width: bin width per axis in CV units; default 0.1 for ln-loss axes, 1/40 for accuracies, 0.25 on a
+            logit axis, 1/50 of the range otherwise.
+        range_margin: when ranges are found automatically, how far (CV units, nats for loss axes) the grid extends
+            below the lowest loss seen at the start (and around a test loss).
+        kernel_sigma: deposit Gaussian width in bins (default 1 for MD, 0 (one bin) for MC).
+        window: soft-wall window per axis ``(lo, hi)`` in CV units; the grid edges are always hard walls.
+        wall_strength: soft-wall constant ``c`` in ``c * d**2`` (nats per squared CV unit); 0 disables it.
+        schedule: WL factor schedule (nats per sampler step shared by the walkers): an instance, a name or a
+            mapping; default ``FlatnessOneOverT(f0=0.1)`` for MD and ``FlatnessOneOverT(f0=1.0)`` for MC.
+        dt: MD time step, in box half-widths per unit velocity (``mass="box"``) or parameter units (``"unit"``).
+        friction: MD Langevin friction γ, the fraction of velocity replaced by noise per step, in (0, 1].
+        metropolis: MD with a Metropolis test (WL-GHMC): no time-step bias, same cost per step.
+        mass: ``"box"`` (mass 1/b², scale-free ``dt``) or ``"unit"`` (the reference study's unit masses).
+        step_size: MC proposal half-width in parameter units (adapted during ``adapt_steps`` steps).
+        adapt_steps: MC burn-in steps during which the step size adapts (every ``adapt_every`` steps).
+        adapt_every: MC adaptation interval in steps.
+        steps_per_lightning_step: sampler steps run per Lightning step (Lightning's bookkeeping stays small).
+        start: ``"module"`` (the module's weights), ``"uniform"`` (random box points), ``"adam"``/``"sgd"`` (short
+            optimiser runs, one per walker, of ``start_steps`` steps at ``start_lr``, stopped at spread lengths).
+        observables: names recorded per bin without bias; default: the held-out metric for a 1-D walk.
+        observe_every: record observables every this many sampler steps.
+        loss: ``"auto"`` (the module's ``loss_fn``/``criterion``; else its ``training_step``), ``"cross_entropy"``,
+            ``"binary_cross_entropy"``, ``"mse"`` or a callable ``loss(outputs, targets)``.
+        heldout: ``"val"`` (val_dataloader) or ``"test"`` (test_dataloader): the data behind test CVs.
+        accuracy_slope: slope ``k`` of the smoothed accuracy.
+        accuracy_axis: ``"linear"`` or ``"logit"`` for accuracy axes.
+        vectorize: ``"auto"`` (vmap when it traces), ``True`` or ``False`` (loop over walkers).
+        device: the device; default the Trainer's accelerator device.
+    """
+
+    strategy_name = "wang_landau"
+
+    def __init__(
+        self,
+        *,
+        sampler: str = "md",
+        variables: Sequence[str | Callable] | str | None = None,
+        walkers: int = 16,
+        box: float | str | Box = "fan_out",
+        seed: int = 0,
+        ranges: Sequence[tuple[float, float]] | None = None,
+        bin_width: Sequence[float] | float | None = None,
+        range_margin: float = 2.0,
+        kernel_sigma: float | None = None,
+        window: Sequence[tuple[float, float]] | None = None,
+        wall_strength: float = 0.0,
+        schedule: Any = None,
+        dt: float = 0.02,
+        friction: float = 0.01,
+        metropolis: bool = True,
+        mass: str = "box",
+        step_size: float = 0.1,
+        adapt_steps: int = 50_000,
+        adapt_every: int = 1000,
+        steps_per_lightning_step: int = 100,
+        start: str = "module",
+        start_steps: int = 300,
+        start_lr: float = 1e-2,
+        observables: Sequence[str] | None = None,
+        observe_every: int = 10,
+        loss: Any = "auto",
+        heldout: str = "val",
+        accuracy_slope: float = 5.0,
+        accuracy_axis: str = "linear",
+        vectorize: bool | str = "auto",
+        device: torch.device | str | None = None,
+        accelerator=None,
+        checkpoint_io=None,
+        precision_plugin=None,
+    ) -> None:
+        super().__init__(device=device or "cpu", accelerator=accelerator, checkpoint_io=checkpoint_io,
+                         precision_plugin=precision_plugin)
+        self._device = torch.device(device) if device is not None else None
+        self.parallel_devices: list[torch.device] | None = None  # the Trainer fills this from its accelerator
+        if sampler not in ("md", "mc"):
+            raise ValueError(f"sampler={sampler!r}: use 'md' (Wang-Landau MD) or 'mc' (Wang-Landau Monte Carlo).")
+        if isinstance(variables, str) or callable(variables):
+            variables = (variables,)
+        if variables is not None and not 1 <= len(variables) <= 2:
+            raise ValueError(f"variables={variables!r}: give one or two collective variables (x is ln L_train).")
+        if variables is not None and variables[0] != "train_loss":
+            raise ValueError(
+                f"variables={tuple(variables)!r}: the first axis is always 'train_loss' (ln L_train, as in the paper);"
+                " put the test metric second, e.g. ('train_loss', 'test_accuracy')."
+            )
+        for name, value in (("walkers", walkers), ("steps_per_lightning_step", steps_per_lightning_step),
+                            ("observe_every", observe_every)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer.")
+        if start not in MODES:
+            raise ValueError(f"start={start!r} is not a start mode; use one of {MODES}.")
+        if not (math.isfinite(range_margin) and range_margin > 0):
+            raise ValueError(f"range_margin={range_margin!r} must be a positive number of CV units.")
+        self.sampler = sampler
+        self.box = Box.parse(box)
+        self.walkers = walkers
+        self.seed = int(seed)
+        self._variables = tuple(variables) if variables is not None else None
+        self._ranges = [tuple(map(float, r)) for r in ranges] if ranges is not None else None
+        self._bin_width = bin_width
+        self.range_margin = float(range_margin)
+        self.kernel_sigma = float(kernel_sigma) if kernel_sigma is not None else (1.0 if sampler == "md" else 0.0)
+        self._window = window
+        self.wall_strength = float(wall_strength)
+        default_schedule = schedules.FlatnessOneOverT(f0=0.1 if sampler == "md" else 1.0)
+        self.schedule = schedules.parse(schedule if schedule is not None else default_schedule)
+        self.md_config = wlmd.MDConfig(dt=dt, friction=friction, metropolis=metropolis, mass=mass)
+        self.mc_config = wlmc.MCConfig(step_size=step_size, adapt_steps=adapt_steps, adapt_every=adapt_every)
+        self.steps_per_lightning_step = steps_per_lightning_step
+        self.start = start
+        self.start_steps = int(start_steps)
+        self.start_lr = float(start_lr)
+        self._observables = tuple(observables) if observables is not None else None
+        self.observe_every = observe_every
+        self._loss = loss
+        if heldout not in ("val", "test"):
+            raise ValueError(f"heldout={heldout!r}: use 'val' (val_dataloader) or 'test' (test_dataloader).")
+        self.heldout = heldout
+        self.accuracy_slope = float(accuracy_slope)
+        self.accuracy_axis = accuracy_axis
+        self.vectorize = vectorize
+        self._landscape: Landscape | None = None
+        self._state: wlmd.MDState | wlmc.MCState | None = None
+        self._schedule_state: dict[str, torch.Tensor] | None = None
+        self._pending: dict[str, Any] | None = None
+        self._evaluator: Evaluator | None = None
+        self._last_accepted: torch.Tensor | None = None
+
+    # -- devices -----------------------------------------------------------------------------------------------
+
+    @property
+    def root_device(self) -> torch.device:
+        if self._device is not None:
+            return self._device
+        if self.parallel_devices:
+            return torch.device(self.parallel_devices[0])
+        return torch.device("cpu")
+
+    # -- what the Trainer calls -------------------------------------------------------------------------------------
+
+    def setup(self, trainer: lightning.pytorch.Trainer) -> None:
+        self._check_trainer(trainer)
+        super().setup(trainer)
+
+    def _check_trainer(self, trainer: lightning.pytorch.Trainer) -> None:
+        module = trainer.lightning_module
+        name = type(self).__name__
+        if module is not None and not module.automatic_optimization:
+            raise ValueError(
+                f"{name} replaces the optimizer, so manual optimization (automatic_optimization=False) cannot run."
+                " Remove manual optimization from the module (the sampler never calls your optimizers), or train"
+                " it with another strategy."
+            )
+        plugin = self.precision_plugin
+        if type(plugin) not in (Precision, DoublePrecision):
+            scaler = getattr(plugin, "scaler", None)
+            what = "16-bit AMP with a gradient scaler" if scaler is not None else f"precision={trainer.precision!r}"
+            raise ValueError(
+                f"{name} does not support {what}: a scaler rescales gradients (the sampler's forces) and reduced"
+                " precision blurs small loss differences. Use Trainer(precision='32-true') or '64-true'."
+            )
+        if trainer.gradient_clip_val:
+            raise ValueError(
+                f"{name} cannot clip gradients (gradient_clip_val={trainer.gradient_clip_val}): clipping would change"
+                " the forces and break the sampled distribution. Remove gradient_clip_val from the Trainer."
+            )
+        if trainer.accumulate_grad_batches != 1:
+            raise ValueError(
+                f"{name} evaluates full-batch losses, so accumulate_grad_batches={trainer.accumulate_grad_batches}"
+                " has no meaning for it. Remove accumulate_grad_batches (the sampler always uses the whole train set)."
+            )
+
+    def setup_optimizers(self, trainer: lightning.pytorch.Trainer) -> None:
+        params = [p for p in self.lightning_module.parameters() if p.requires_grad]
+        self.optimizers = [SamplerOptimizer(params, self)]
+        self.lr_scheduler_configs = []
+
+    def on_train_start(self) -> None:
+        self._prepare(self.lightning_module.trainer)
+
+    def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Runs a chunk of sampler steps; returns the walkers' mean train loss (for display; nothing backpropagates)."""
+        self.run_chunk(self.steps_per_lightning_step)
+        return self._state.cv[:, 0].exp().mean()
+
+    def backward(self, closure_loss: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return closure_loss  # nothing to backpropagate: the sampler computed its own forces
+
+    # -- the sampler -----------------------------------------------------------------------------------------------
+
+    @property
+    def landscape(self) -> Landscape:
+        """The entropy landscape (live during the fit, final after it)."""
+        if self._landscape is None:
+            raise RuntimeError(
+                "No landscape yet: call trainer.fit(model) with this strategy first (the landscape is created when"
+                " training starts)."
+            )
+        return self._landscape
+
+    @property
+    def walker_parameters(self) -> torch.Tensor:
+        """The walkers' current flat parameters ``(W, P)``."""
+        if self._state is None:
+            raise RuntimeError("The walkers do not exist before trainer.fit starts.")
+        return self._state.theta
+
+    def _resolve(self, spec: Any, loss: Any) -> CollectiveVariable:
+        return resolve(spec, loss=loss, monte_carlo=self.sampler == "mc", accuracy_slope=self.accuracy_slope,
+                       accuracy_axis=self.accuracy_axis)
+
+    def _prepare(self, trainer: lightning.pytorch.Trainer) -> None:
+        module = self.lightning_module
+        module.eval()  # deterministic CVs: no dropout noise, no batch-norm statistics updates
+        device = self.root_device
+        loss = detect_loss(module, self._loss)
+        data = cache_full_batch(trainer, self.heldout, loss is not None, device)
+        names = self._variables or default_variables(loss, data.has_heldout)
+        variables = [self._resolve(v, loss) for v in names]
+        obs_names = self._observables
+        if obs_names is None:
+            obs_names = default_observables(loss, variables, data.has_heldout)
+        observables = [resolve(o, loss=loss, monte_carlo=True, accuracy_slope=self.accuracy_slope)
+                       for o in obs_names]
+        layout = ParameterLayout.of(module)
+        hook = "validation_step" if self.heldout == "val" else "test_step"
+        evaluate = Evaluator(module, layout, data, variables, observables, vectorize=self.vectorize,
+                             step_hooks=loss is None, heldout_hook=hook)
+        self._evaluator, self._layout, self._loss_kind = evaluate, layout, loss
+        dtype = next(module.parameters()).dtype
+        bound = self.box.bounds(layout, device=device, dtype=dtype)
+        self._bound = bound
+        gen = torch.Generator(device=device)
+        gen.manual_seed(self.seed)
+        train_only = Evaluator(module, layout, data, [self._resolve("train_loss", loss)],
+                               vectorize=evaluate.vectorized, step_hooks=loss is None, heldout_hook=hook)
+        theta0 = starting_positions(
+            self.start, walkers=self.walkers, bound=bound, generator=gen,
+            module_theta=layout.flatten(module).to(device),
+            train_loss_gradient=lambda th: train_only.value_and_grad(th, _unit_slope)[2],
+            steps=self.start_steps, lr=self.start_lr,
+        )
+        ranges = self._ranges or self._auto_ranges(variables, evaluate, theta0, bound, gen)
+        if len(ranges) != len(variables):
+            raise ValueError(f"ranges={self._ranges!r} gives {len(ranges)} axes for the variables {names}.")
+        widths = self._bin_widths(variables, ranges)
+        bins = [max(2, int(math.ceil((hi - lo) / w - 1e-9))) for (lo, hi), w in zip(ranges, widths)]
+        ranges = [(lo, lo + n * w) for (lo, _), n, w in zip(ranges, bins, widths)]
+        self._landscape = Landscape(
+            ranges, bins, [v.name for v in variables], labels=[v.label for v in variables],
+            kernel_sigma=self.kernel_sigma, window=self._window, wall_strength=self.wall_strength,
+            observables=[o.name if o.name != "test_accuracy" else "hard_test_accuracy" for o in observables],
+            device=device, metadata=self._metadata(module, layout, variables, evaluate),
+        )
+        self._schedule_state = self.schedule.init(device)
+        theta0 = self._admit(theta0, evaluate, ranges)
+        if self.sampler == "md":
+            self._state = wlmd.init(theta0, evaluate, self._landscape, seed=self.seed + 1)
+        else:
+            self._state = wlmc.init(theta0, evaluate, seed=self.seed + 1, config=self.mc_config)
+        self._last_accepted = self._state.accepted.clone()
+        if self._pending is not None:
+            self._restore(self._pending)
+            self._pending = None
+
+    def _admit(self, theta0: torch.Tensor, evaluate: Evaluator, ranges) -> torch.Tensor:
+        """Replace walkers that start outside the grid (or at a NaN/inf loss) by copies of walkers inside it."""
+        with torch.no_grad():
+            cv = evaluate(theta0).values
+        inside = self._landscape.inside(cv)
+        if bool(inside.all()):
+            return theta0
+        if not bool(inside.any()):
+            raise ValueError(
+                f"All {self.walkers} walkers start outside the grid ranges {ranges} or at a non-finite loss (CVs:"
+                f" {cv[:4].tolist()}...). Widen `ranges` (or leave it unset), or choose another `start`."
+            )
+        good = torch.nonzero(inside).squeeze(1)
+        bad = torch.nonzero(~inside).squeeze(1)
+        warnings.warn(
+            f"{len(bad)} of {self.walkers} walkers started outside the grid or at a non-finite loss; they start as"
+            " copies of walkers inside it (their velocities and moves still differ).",
+            stacklevel=2,
+        )
+        theta0 = theta0.clone()
+        theta0[bad] = theta0[good[torch.arange(len(bad), device=good.device) % len(good)]]
+        return theta0
+
+    def _auto_ranges(self, variables, evaluate, theta0, bound, gen) -> list[tuple[float, float]]:
+        with torch.no_grad():
+            probe = torch.cat([theta0, uniform(256, bound, gen)])
+            values = torch.cat([evaluate(probe[i : i + 64]).values for i in range(0, len(probe), 64)])
+        ranges = []
+        for k, cv in enumerate(variables):
+            col = values[:, k][torch.isfinite(values[:, k])]
+            if col.numel() == 0:
+                raise ValueError(
+                    f"Collective variable {cv.name!r} is not finite at any starting walker or random box point; check"
+                    " the loss and the data (NaN inputs?), or pass `ranges` explicitly."
+                )
+            lo, hi = float(col.min()), float(col.max())
+            if "accuracy" in cv.name and "logit" not in cv.label:
+                half = 0.5 / 40
+                ranges.append((-half, 1 + half))
+            elif "accuracy" in cv.name:
+                ranges.append((-9.5, 9.5))
+            elif cv.name == "ln_train_loss":
+                ranges.append((lo - self.range_margin, hi + 0.5))
+            elif cv.name == "ln_test_loss":
+                ranges.append((lo - self.range_margin, hi + self.range_margin))
+            else:
+                pad = 0.5 * (hi - lo) + 1e-3
+                ranges.append((lo - pad, hi + pad))
+        return ranges
+
+    def _bin_widths(self, variables, ranges) -> list[float]:
+        if self._bin_width is not None:
+            widths = [self._bin_width] * len(variables) if np.isscalar(self._bin_width) else list(self._bin_width)
+            if len(widths) != len(variables) or not all(w > 0 for w in widths):
+                raise ValueError(f"bin_width={self._bin_width!r}: give one positive width per axis ({len(variables)}).")
+            return [float(w) for w in widths]
+        out = []
+        for cv, (lo, hi) in zip(variables, ranges):
+            if cv.name.startswith("ln_"):
+                out.append(0.1)
+            elif "accuracy" in cv.name:
+                out.append(0.25 if "logit" in cv.label else 1 / 40)
+            else:
+                out.append((hi - lo) / 50)
+        return out
+
+    def _metadata(self, module, layout, variables, evaluate) -> dict[str, Any]:
+        uses_test = any(v.split == "test" for v in variables)
+        return {
+            "model": type(module).__name__,
+            "parameters": layout.numel,
+            "box": self.box.describe(),
+            "sampler": self.sampler,
+            "integrator": (
+                {"dt": self.md_config.dt, "friction": self.md_config.friction, "metropolis": self.md_config.metropolis,
+                 "mass": self.md_config.mass}
+                if self.sampler == "md" else
+                {"step_size": self.mc_config.step_size, "adapt_steps": self.mc_config.adapt_steps}
+            ),
+            "schedule": self.schedule.describe(),
+            "walkers": self.walkers,
+            "seed": self.seed,
+            "start": self.start,
+            "variables": [v.name for v in variables],
+            "test_labels_in_dynamics": uses_test,
+            "vectorized": evaluate.vectorized,
+            "versions": {"lightning_entropy": __version__, "torch": str(torch.__version__),
+                         "lightning": str(lightning.__version__)},
+        }
+
+    def run_chunk(self, steps: int) -> None:
+        """Run ``steps`` sampler steps on every walker, update the schedule, log, and copy walker 0 into the module."""
+        if self._state is None:
+            self._prepare(self.lightning_module.trainer)
+        config = self.md_config if self.sampler == "md" else self.mc_config
+        self._state, self._schedule_state = loop.run(
+            self._state, steps, evaluate=self._evaluator, landscape=self._landscape, bound=self._bound,
+            schedule=self.schedule, schedule_state=self._schedule_state, config=config,
+            observe_every=self.observe_every,
+        )
+        self._layout.load_into(self.lightning_module, self._state.theta[0])
+        self._log_progress(steps)
+
+    def _log_progress(self, steps: int) -> None:
+        state, landscape = self._state, self._landscape
+        accepted = (state.accepted - self._last_accepted).sum() / (steps * self.walkers)
+        self._last_accepted = state.accepted.clone()
+        x = state.cv[:, 0]
+        factor = self.schedule.factor(self._schedule_state, torch.tensor(state.step, device=x.device))
+        metrics = {
+            "wl/factor": factor.float(),
+            "wl/flatness": torch.tensor(landscape.flatness()),
+            "wl/acceptance": accepted.float(),
+            "wl/x_min": x.min().float(),
+            "wl/x_max": x.max().float(),
+        }
+        prog = {"wl/factor", "wl/flatness", "wl/acceptance", "wl/x_min", "wl/x_max"}
+        metrics["wl/reverted"] = state.reverted.sum().float()
+        metrics["wl/nonfinite"] = state.nonfinite.sum().float()
+        metrics["wl/walker_steps"] = torch.tensor(float(landscape.walker_steps))
+        module = self.lightning_module
+        if module is not None and getattr(module, "_current_fx_name", None) == "training_step":
+            for name, value in metrics.items():
+                module.log(name, value, prog_bar=name in prog, on_step=True, on_epoch=False, batch_size=1)
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------------
+
+    def sampler_state_dict(self) -> dict[str, Any]:
+        if self._state is None:
+            return dict(self._pending or {})
+        return {
+            "kind": self.sampler,
+            "walkers": self.walkers,
+            "state": self._state.state_dict(),
+            "landscape": self._landscape.state_dict(),
+            "schedule": {k: v.clone() for k, v in self._schedule_state.items()},
+            "last_accepted": self._last_accepted.clone(),
+        }
+
+    def load_sampler_state_dict(self, state: dict[str, Any]) -> None:
+        if state and (state.get("kind") != self.sampler or state.get("walkers") != self.walkers):
+            raise ValueError(
+                f"The checkpoint holds a {state.get('kind')!r} sampler with {state.get('walkers')} walkers; this"
+                f" strategy is {self.sampler!r} with {self.walkers} walkers. Resume with the same sampler and walkers."
+            )
+        if self._state is None:
+            self._pending = state  # applied once the data and walkers exist (on_train_start)
+        else:
+            self._restore(state)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        device = self.root_device
+        cls = wlmd.MDState if self.sampler == "md" else wlmc.MCState
+        self._state = cls.from_state_dict(state["state"], device)
+        self._landscape.load_state_dict(state["landscape"])
+        self._schedule_state = {k: v.to(device) for k, v in state["schedule"].items()}
+        self._last_accepted = state["last_accepted"].to(device)

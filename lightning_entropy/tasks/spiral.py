@@ -1,0 +1,93 @@
+"""The paper's "arithmetic question": a two-class spiral and a small ReLU network (ALGORITHM.md section 6).
+
+Points: radius ``r ~ U(1, 5)``, angle ``2 r + pi * class``, plus N(0, ``noise``) on both coordinates; 40 train and 40
+test points by default. The classifier is a ReLU FNN with ``depth`` hidden layers of ``width`` units; the default 3 x
+6 has 116 parameters. Both are generated, so the task needs no download.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def make_spiral(n: int, *, noise: float = 0.1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` points ``(n, 2)`` and labels ``(n,)`` (long), classes alternating."""
+    if n < 2:
+        raise ValueError(f"n={n}: a spiral needs at least 2 points.")
+    g = torch.Generator().manual_seed(seed)
+    label = torch.arange(n) % 2
+    r = 1 + 4 * torch.rand(n, generator=g)
+    angle = 2 * r + math.pi * label
+    x = torch.stack([r * torch.cos(angle), r * torch.sin(angle)], dim=1)
+    x = x + noise * torch.randn(n, 2, generator=g)
+    return x, label
+
+
+class SpiralDataModule(pl.LightningDataModule):
+    """Train and test spirals drawn with different seeds; full-batch loaders by default."""
+
+    def __init__(self, n_train: int = 40, n_test: int = 40, noise: float = 0.1, seed: int = 0,
+                 batch_size: int | None = None) -> None:
+        super().__init__()
+        for name, value in (("n_train", n_train), ("n_test", n_test)):
+            if value < 2:
+                raise ValueError(f"{name}={value}: the spiral task needs at least 2 points per split.")
+        self.n_train, self.n_test, self.noise, self.seed = n_train, n_test, noise, seed
+        self.batch_size = batch_size
+        self.train_set = TensorDataset(*make_spiral(n_train, noise=noise, seed=seed))
+        self.test_set = TensorDataset(*make_spiral(n_test, noise=noise, seed=seed + 1))
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size or self.n_train, shuffle=self.batch_size is not None)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.test_set, batch_size=self.n_test)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+
+def relu_net(inputs: int, width: int, depth: int, outputs: int) -> nn.Sequential:
+    """``inputs -> [width] * depth -> outputs`` with ReLU between layers."""
+    if width < 1 or depth < 1:
+        raise ValueError(f"width={width}, depth={depth}: both must be >= 1.")
+    layers: list[nn.Module] = []
+    size = inputs
+    for _ in range(depth):
+        layers += [nn.Linear(size, width), nn.ReLU()]
+        size = width
+    layers.append(nn.Linear(size, outputs))
+    return nn.Sequential(*layers)
+
+
+class SpiralClassifier(pl.LightningModule):
+    """ReLU FNN ``2 -> width x depth -> 2`` trained with cross-entropy (Adam, lr 1e-3 by default)."""
+
+    def __init__(self, width: int = 6, depth: int = 3, lr: float = 1e-3) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = relu_net(2, width, depth, 2)
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self.loss_fn(self(x), y)
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        self.log("val_loss", self.loss_fn(logits, y))
+        self.log("val_accuracy", (logits.argmax(-1) == y).float().mean())
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

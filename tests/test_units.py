@@ -1,0 +1,144 @@
+"""Box rules, landscape grid operations and schedules."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lightning_entropy import Box, Landscape
+from lightning_entropy.core.box import reflect
+from lightning_entropy.core.schedule import Constant, FlatnessOneOverT, RampPlateauDecay, parse
+from lightning_entropy.core.walkers import ParameterLayout
+
+# -- box -----------------------------------------------------------------------------------------------------------
+
+
+def test_fan_out_rule_per_tensor():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4, 9), nn.LayerNorm(9))
+    layout = ParameterLayout.of(net)
+    b = Box.parse("fan_out").bounds(layout)
+    per = [b[s][0].item() for s in layout.slices]
+    assert per == pytest.approx([2 / math.sqrt(4 * 9), 2 / math.sqrt(4), 2 / 3, 2 / 3, 2 / 3, 2 / 3])
+    assert Box.parse("fan_out:3").bounds(layout)[layout.slices[2]][0].item() == pytest.approx(1.0)
+    assert Box.parse({"rule": "fan_out", "c": 3}) == Box.fan_out(3.0)
+
+
+def test_constant_and_first_hidden_rules():
+    layout = ParameterLayout.of(nn.Sequential(nn.Linear(2, 16), nn.Linear(16, 1)))
+    assert torch.all(Box.parse(0.5).bounds(layout) == 0.5)
+    assert torch.allclose(Box.parse("first_hidden").bounds(layout), torch.full((layout.numel,), 0.5))
+    assert Box.parse(1.0).log_volume(layout) == pytest.approx(layout.numel * math.log(2.0))
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "fan_out:-2", "fan_in", True])
+def test_bad_box_is_rejected_with_the_fix(bad):
+    with pytest.raises((ValueError, TypeError), match="box|rule|constant"):
+        Box.parse(bad)
+
+
+def test_reflection_keeps_walkers_inside_and_flips_velocity():
+    bound = torch.tensor([1.0, 2.0])
+    theta = torch.tensor([[1.25, -2.5], [0.5, 0.0]])
+    vel = torch.ones(2, 2)
+    out, v = reflect(theta, vel, bound)
+    assert torch.allclose(out, torch.tensor([[0.75, -1.5], [0.5, 0.0]]))
+    assert torch.equal(v, torch.tensor([[-1.0, -1.0], [1.0, 1.0]]))
+
+
+# -- landscape -----------------------------------------------------------------------------------------------------
+
+
+def test_deposit_mass_is_conserved_at_edges_and_counts_visits():
+    land = Landscape([(0, 1), (0, 1)], [10, 10], ["x", "y"], kernel_sigma=2.0)
+    cv = torch.tensor([[0.01, 0.01], [0.55, 0.95], [0.5, 0.5]])
+    land.deposit(cv, torch.tensor(0.3), torch.tensor([True, True, False]))
+    assert float(land.bias.sum()) == pytest.approx(0.6)
+    assert land.histogram.sum() == 2 and land.histogram[0, 0] == 1 and land.histogram[5, 9] == 1
+    assert np.isnan(land.entropy[5, 5]) and np.nanmax(land.entropy) == 0.0
+
+
+def test_slope_is_the_gradient_of_the_interpolated_bias():
+    land = Landscape([(-1, 1), (0, 2)], [8, 6], ["x", "y"])
+    land.bias.copy_(torch.randn(8, 6, dtype=torch.float64))
+    cv = torch.tensor([[0.13, 0.71], [-0.52, 1.33]], dtype=torch.float64)
+    value, slope = land.value_and_slope(cv)
+    eps = 1e-6
+    for k in range(2):
+        shift = torch.zeros_like(cv)
+        shift[:, k] = eps
+        numeric = (land.value_and_slope(cv + shift)[0] - land.value_and_slope(cv - shift)[0]) / (2 * eps)
+        assert torch.allclose(slope[:, k], numeric, atol=1e-5)
+
+
+def test_hard_wall_and_nonfinite_are_outside():
+    land = Landscape([(0, 1)], [4], ["x"])
+    inside = land.inside(torch.tensor([[0.5], [1.0], [-0.1], [float("nan")], [float("inf")]]))
+    assert inside.tolist() == [True, False, False, False, False]
+
+
+def test_save_load_round_trip(tmp_path):
+    land = Landscape([(0, 1), (0, 1)], [5, 4], ["ln_train_loss", "test_accuracy"], observables=["a"],
+                     metadata={"box": {"rule": "constant", "c": 1.0}})
+    cv = torch.rand(7, 2)
+    land.deposit(cv, torch.tensor(1.0), torch.ones(7, dtype=torch.bool))
+    land.record(cv, torch.rand(7, 1), torch.ones(7, dtype=torch.bool))
+    land.add_walker_steps(torch.tensor(7))
+    path = land.save(tmp_path / "l.npz")
+    back = Landscape.load(path)
+    assert back.names == land.names and back.metadata["box"] == {"rule": "constant", "c": 1.0}
+    np.testing.assert_array_equal(back.entropy, land.entropy)
+    np.testing.assert_array_equal(back.histogram, land.histogram)
+    assert back.walker_steps == 7
+    assert [e.tolist() for e in back.edges] == [e.tolist() for e in land.edges]
+
+
+def test_readout_curves_on_a_known_grid():
+    land = Landscape([(0, 2), (0, 1)], [2, 4], ["x", "y"])
+    land.visits.fill_(1)
+    land.bias.copy_(torch.tensor([[0, 0, 0, 0], [0, math.log(3), 0, 0]], dtype=torch.float64))
+    x, ymax = land.max_entropy_curve()
+    assert ymax[1] == pytest.approx(0.375)
+    _, mean = land.mean_curve()
+    centers = np.array([0.125, 0.375, 0.625, 0.875])
+    assert mean[0] == pytest.approx(centers.mean())
+    assert mean[1] == pytest.approx((centers * [1, 3, 1, 1]).sum() / 6)
+
+
+def test_landscape_rejects_bad_grids():
+    with pytest.raises(ValueError, match="at least 2 bins"):
+        Landscape([(0, 1)], [1], ["x"])
+    with pytest.raises(ValueError, match="empty or not finite"):
+        Landscape([(1, 1)], [3], ["x"])
+
+
+# -- schedules -----------------------------------------------------------------------------------------------------
+
+
+def test_ramp_plateau_decay_formula():
+    s = RampPlateauDecay(f_max=5, t_rise=100, t_drop=1000, t_off=800)
+    f = s.factor({}, torch.tensor([50, 100, 500, 1000, 1800]))
+    assert f.tolist() == pytest.approx([2.5, 5, 5, 5, 5 * 200 / 1000])
+
+
+def test_flatness_halving_then_one_over_t():
+    land = Landscape([(0, 1)], [4], ["x"])
+    s = FlatnessOneOverT(f0=1.0, flatness=0.8, min_visits=5)
+    st = s.init()
+    land.visits.copy_(torch.tensor([10.0, 9, 10, 10]))
+    st = s.update(st, land, t=2)  # flat: halve (N/t = 2 is still above f)
+    assert float(st["f"]) == 0.5 and not bool(st["one_over_t"])
+    land.visits.add_(torch.tensor([1.0, 10, 10, 10]))  # not flat since the halving
+    st = s.update(st, land, t=3)
+    assert float(st["f"]) == 0.5 and float(s.factor(st, torch.tensor(3))) == 0.5
+    st = s.update(st, land, t=8)  # N/t = 4/8 has fallen to f: follow 1/t from now on
+    assert bool(st["one_over_t"]) and float(s.factor(st, torch.tensor(400))) == pytest.approx(0.01)
+
+
+def test_schedule_parse_errors_name_the_problem():
+    assert parse({"name": "constant", "f": 0.5}) == Constant(0.5)
+    with pytest.raises(ValueError, match="Unknown schedule 'fast'"):
+        parse("fast")
+    with pytest.raises(ValueError, match="t_off < t_drop"):
+        RampPlateauDecay(t_drop=10, t_off=20)
