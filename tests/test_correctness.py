@@ -15,7 +15,7 @@ WALKERS = 64
 
 def _walk(dims, steps, *, sampler="md", observables=(), config=None, chunk=250):
     _, _, evaluate, bound = toy_problem(dims, observables)
-    landscape = toy_landscape(dims, kernel_sigma=1.0 if sampler == "md" else 0.0, observables=observables)
+    landscape = toy_landscape(dims, kernel_sigma=0.5 if sampler == "md" else 0.0, observables=observables)
     theta0 = uniform(WALKERS, bound, torch.Generator().manual_seed(2))
     if sampler == "md":
         config = config or wlmd.MDConfig(dt=0.02, friction=0.01, metropolis=True, mass="box")
@@ -55,7 +55,7 @@ def test_wlmd_2d_matches_exact_log_volume(exact):
 
 
 def test_wlmc_agrees_with_wlmd(walk_1d, exact):
-    mc, state = _walk(1, 8000, sampler="mc")
+    mc, state = _walk(1, 20000, sampler="mc")  # single-parameter moves mix slower, but cost no backward
     md, _ = walk_1d
     rms_mc, _ = rms_error(mc.entropy, exact["1d"])
     assert rms_mc < 0.15, f"1-D WLMC entropy is {rms_mc:.3f} nats RMS from exact"

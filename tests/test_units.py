@@ -127,13 +127,24 @@ def test_flatness_halving_then_one_over_t():
     s = FlatnessOneOverT(f0=1.0, flatness=0.8, min_visits=5)
     st = s.init()
     land.visits.copy_(torch.tensor([10.0, 9, 10, 10]))
-    st = s.update(st, land, t=2)  # flat: halve (N/t = 2 is still above f)
+    st = s.update(st, land, t=100)  # flat: halve; 0.5 is still above N/t = 0.04
     assert float(st["f"]) == 0.5 and not bool(st["one_over_t"])
     land.visits.add_(torch.tensor([1.0, 10, 10, 10]))  # not flat since the halving
-    st = s.update(st, land, t=3)
-    assert float(st["f"]) == 0.5 and float(s.factor(st, torch.tensor(3))) == 0.5
-    st = s.update(st, land, t=8)  # N/t = 4/8 has fallen to f: follow 1/t from now on
-    assert bool(st["one_over_t"]) and float(s.factor(st, torch.tensor(400))) == pytest.approx(0.01)
+    st = s.update(st, land, t=101)
+    assert float(st["f"]) == 0.5 and float(s.factor(st, torch.tensor(101))) == 0.5
+    land.visits.copy_(torch.tensor([10.0, 9, 10, 10]))
+    late = FlatnessOneOverT(f0=0.05, flatness=0.8, min_visits=5)
+    st = late.update(late.init(), land, t=100)  # flat, and halving to 0.025 would undercut N/t = 0.04
+    assert bool(st["one_over_t"]) and float(late.factor(st, torch.tensor(400))) == pytest.approx(0.01)
+
+
+def test_flatness_ignores_a_few_rare_edge_bins():
+    land = Landscape([(0, 1)], [40], ["x"])
+    land.visits.fill_(100.0)
+    land.visits[0] = 1
+    assert land.flatness() > 0.9
+    land.visits[:20] = 10
+    assert land.flatness() < 0.2
 
 
 def test_schedule_parse_errors_name_the_problem():

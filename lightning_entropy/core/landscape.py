@@ -96,6 +96,7 @@ class Landscape:
             [math.prod(self.shape[i + 1 :]) for i in range(d)], dtype=torch.int64, device=self.device
         )
         self._offsets, self._weights = self._kernel()
+        self._corners = torch.tensor(list(itertools.product((0, 1), repeat=d)), device=self.device)
 
     # -- geometry ----------------------------------------------------------------------------------------------
 
@@ -146,17 +147,17 @@ class Landscape:
         i0 = torch.minimum(torch.floor(u).nan_to_num(0).clamp(min=0), (n - 2).to(u.dtype))
         t = (u - i0).clamp(0.0, 1.0)
         i0 = i0.long()
-        flat_bias = self.bias.reshape(-1)
-        value = torch.zeros(cv.shape[0], dtype=torch.float64, device=self.device)
-        slope = torch.zeros_like(cv)
-        for corner in itertools.product((0, 1), repeat=self.ndim):
-            c = torch.tensor(corner, device=self.device)
-            s = flat_bias[((i0 + c) * self._strides).sum(-1)]
-            w = torch.where(c.bool(), t, 1 - t)  # (W, d) per-axis weights
-            value = value + s * w.prod(-1)
-            for k in range(self.ndim):
-                others = torch.cat([w[:, :k], w[:, k + 1 :]], dim=1).prod(-1)
-                slope[:, k] += s * (1.0 if corner[k] else -1.0) * others / self.width[k]
+        corners = self._corners  # (C, d) of 0/1, C = 2**d
+        flat = ((i0.unsqueeze(1) + corners) * self._strides).sum(-1)  # (W, C)
+        s = self.bias.reshape(-1)[flat]  # S at the cell's corners
+        w = torch.where(corners.bool(), t.unsqueeze(1), 1 - t.unsqueeze(1))  # (W, C, d) per-axis weights
+        value = (s * w.prod(-1)).sum(-1)
+        sign = corners.to(s.dtype) * 2 - 1  # d weight_k / d t_k for each corner
+        slope = torch.stack(
+            [(s * sign[:, k] * torch.cat([w[..., :k], w[..., k + 1 :]], dim=-1).prod(-1)).sum(-1) / self.width[k]
+             for k in range(self.ndim)],
+            dim=-1,
+        )
         if self.wall_strength > 0:
             below = (self.window[:, 0] - cv).clamp(min=0)
             above = (cv - self.window[:, 1]).clamp(min=0)
@@ -217,13 +218,20 @@ class Landscape:
             s -= np.nanmax(s)
         return s
 
-    def flatness(self, histogram: torch.Tensor | None = None) -> float:
-        """min / mean of the visit histogram over visited bins (1 is perfectly flat; 0 when nothing was visited)."""
+    def flatness(self, histogram: torch.Tensor | None = None, quantile: float = 0.05) -> float:
+        """How flat the visit histogram is over the visited bins: its ``quantile`` (default the 5th percentile)
+        divided by its mean. 1 is perfectly flat; 0 when nothing was visited. The low quantile, not the minimum,
+        keeps a few rarely reachable edge bins of a continuous landscape from vetoing flatness forever.
+        """
         h = self.visits if histogram is None else histogram
-        visited = h > 0
-        if not bool(visited.any()):
+        h = h.reshape(-1)
+        if histogram is None:
+            h = h[h > 0]
+        else:
+            h = h[self.visits.reshape(-1) > 0]
+        if h.numel() == 0 or float(h.mean()) == 0:
             return 0.0
-        return float(h[visited].min() / h[visited].mean())
+        return float(torch.quantile(h, quantile) / h.mean())
 
     def observable_curve(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per-bin unbiased average of an observable along the first axis: ``(x, mean, standard error)``.

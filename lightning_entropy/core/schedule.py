@@ -82,11 +82,11 @@ class RampPlateauDecay:
 class FlatnessOneOverT:
     """Classic Wang-Landau halving on a flat histogram, switching to ``f_t = N / t`` (Belardinelli-Pereyra 1/t).
 
-    Start at ``f0`` nats per step; whenever the histogram collected since the last halving covers every bin visited
-    so far at least ``min_visits`` times and ``min / mean >= flatness``, halve ``f``. Once ``N / t`` (``N`` the
-    number of visited bins, ``t`` the step) has fallen to ``f``, the factor follows ``N / t`` for the rest of the
-    run, which removes the saturation error of plain halving; on a continuous landscape whose edge bins are rarely
-    visited this switch, not a flat histogram, is what ends the first phase. Checked between chunks only.
+    Start at ``f0`` nats per step; whenever the histogram collected since the last halving is flat
+    (:meth:`Landscape.flatness` of it ``>= flatness``, with at least ``min_visits`` visits per visited bin on
+    average), halve ``f``. When a halving would bring ``f`` below ``N / t`` (``N`` visited bins, ``t`` the step),
+    the factor follows ``N / t`` for the rest of the run, which removes the saturation error of plain halving.
+    Checked between chunks only, never inside the sampler loop.
     """
 
     f0: float = 1.0
@@ -110,20 +110,21 @@ class FlatnessOneOverT:
         return torch.where(state["one_over_t"], state["n_bins"] / t.clamp(min=1.0), state["f"])
 
     def update(self, state, landscape: Landscape, t: int):
-        state = dict(state)
-        visits = landscape.visits.reshape(-1)
-        n_bins = max(float((visits > 0).sum()), 1.0)
-        state["n_bins"] = torch.tensor(n_bins, dtype=torch.float64, device=visits.device)
         if bool(state["one_over_t"]):
             return state
-        if n_bins / max(t, 1) <= float(state["f"]):  # N/t has fallen to f: follow 1/t from now on
-            state["one_over_t"] = torch.tensor(True, device=visits.device)
-            return state
+        state = dict(state)
+        visits = landscape.visits.reshape(-1)
         snapshot = state["snapshot"] if state["snapshot"].numel() == visits.numel() else torch.zeros_like(visits)
-        stage = (visits - snapshot)[visits > 0]
-        if stage.numel() and float(stage.min()) >= self.min_visits and float(stage.min() / stage.mean()) >= self.flatness:
-            state["f"] = state["f"] / 2
-            snapshot = visits.clone()
+        stage = visits - snapshot
+        visited = visits > 0
+        if visited.any() and float(stage[visited].min()) >= 0 and float(stage[visited].mean()) >= self.min_visits:
+            if landscape.flatness(stage) >= self.flatness:
+                state["f"] = state["f"] / 2
+                snapshot = visits.clone()
+                n_bins = float(visited.sum())
+                if float(state["f"]) <= n_bins / max(t, 1):  # halving would undercut N/t: follow 1/t from now on
+                    state["one_over_t"] = torch.tensor(True, device=visits.device)
+                    state["n_bins"] = torch.tensor(n_bins, dtype=torch.float64, device=visits.device)
         state["snapshot"] = snapshot
         return state
 

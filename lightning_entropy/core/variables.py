@@ -57,11 +57,17 @@ class CollectiveVariable:
 # --- per-walker metric functions (outputs of one walker on one split) -----------------------------------------
 
 
+def _cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits ``(N, C)`` against class indices; written with ``log_softmax`` and ``gather``
+    because ``F.cross_entropy`` under ``vmap`` takes a slow decomposition."""
+    return -torch.log_softmax(out, dim=-1).gather(-1, y.long().unsqueeze(-1)).mean()
+
+
 def loss_fn(kind: str | Callable) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if callable(kind):
         return kind
     if kind == "cross_entropy":
-        return lambda out, y: F.cross_entropy(out, y)
+        return _cross_entropy
     if kind == "binary_cross_entropy":
         return lambda out, y: F.binary_cross_entropy_with_logits(out.reshape(y.shape), y.to(out.dtype))
     if kind == "mse":

@@ -55,9 +55,8 @@ class ParameterLayout:
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """Views of a flat ``(..., P)`` tensor as the named parameter tensors ``(..., *shape)``."""
         lead = theta.shape[:-1]
-        return {
-            n: theta[..., sl].reshape(*lead, *shape) for n, shape, sl in zip(self.names, self.shapes, self.slices)
-        }
+        pieces = theta.split(self.sizes, dim=-1)  # one split: its backward is a single concatenation
+        return {n: piece.reshape(*lead, *shape) for n, shape, piece in zip(self.names, self.shapes, pieces)}
 
     @torch.no_grad()
     def load_into(self, module: nn.Module, theta: torch.Tensor) -> None:

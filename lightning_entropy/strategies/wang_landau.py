@@ -96,7 +96,8 @@ class WangLandauStrategy(SingleDeviceStrategy):
             logit axis, 1/50 of the range otherwise.
         range_margin: when ranges are found automatically, how far (CV units, nats for loss axes) the grid extends
             below the lowest loss seen at the start (and around a test loss).
-        kernel_sigma: deposit Gaussian width in bins (default 1 for MD, 0 (one bin) for MC).
+        kernel_sigma: deposit Gaussian width in bins (default 0.5 for MD, 0 (one bin) for MC); wider kernels fill
+            faster but blur S where it curves (1 bin gave 0.16 nats RMS against 0.10 for 0.5 bins on the toy 2-D test).
         window: soft-wall window per axis ``(lo, hi)`` in CV units; the grid edges are always hard walls.
         wall_strength: soft-wall constant ``c`` in ``c * d**2`` (nats per squared CV unit); 0 disables it.
         schedule: WL factor schedule (nats per sampler step shared by the walkers): an instance, a name or a
@@ -193,7 +194,7 @@ class WangLandauStrategy(SingleDeviceStrategy):
         self._ranges = [tuple(map(float, r)) for r in ranges] if ranges is not None else None
         self._bin_width = bin_width
         self.range_margin = float(range_margin)
-        self.kernel_sigma = float(kernel_sigma) if kernel_sigma is not None else (1.0 if sampler == "md" else 0.0)
+        self.kernel_sigma = float(kernel_sigma) if kernel_sigma is not None else (0.5 if sampler == "md" else 0.0)
         self._window = window
         self.wall_strength = float(wall_strength)
         default_schedule = schedules.FlatnessOneOverT(f0=0.1 if sampler == "md" else 1.0)

@@ -1,0 +1,156 @@
+"""Walker-steps per second: a plain per-walker autograd loop against the vectorized WLMD step.
+
+Task: the paper's spiral classifier (ReLU 2 -> 6 -> 6 -> 6 -> 2, 116 parameters), 40 train / 40 test points, the
+2-D collective variables (ln train cross-entropy, smoothed test accuracy with k = 5), forward and backward.
+
+(a) loop: for each walker, its parameters go through ``torch.func.functional_call`` (or are loaded into the
+    nn.Module), both CVs are computed on the full train / test sets and differentiated. Three flavours are timed and
+    the FASTEST is the baseline (the most favourable honest loop):
+      loop/2bw     - two backward passes per walker (the full Jacobian, one row per CV)
+      loop/1bw     - one backward of the slope-weighted sum (the same single backward the vectorized path does)
+      loop/module  - load_into(nn.Module), forward, (s_x x + s_y y).backward(), read .grad
+    The loop does only the evaluation: no integrator, no landscape, so it is a lower bound on a real loop sampler.
+(b) vectorized: ``wlmd.step`` (vmap evaluator, Metropolis integrator, box reflection, 2-D landscape deposit),
+    driven with the WL factor schedule like the Lightning strategy does.
+
+Target (issue): vectorized(128 walkers) >= 20x the loop, in walker-steps per second. The verdict uses the less
+favourable of the best-block ratio and the median of neighbouring-block ratios (see _common.py).
+Run: ``.venv/bin/python benchmarks/throughput.py [--profile]``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402  (first: sets the OpenMP policy before torch loads)
+
+import torch  # noqa: E402
+from torch.func import functional_call  # noqa: E402
+
+TARGET = 20.0
+WALKERS = (1, 16, 64, 128, 256)
+
+
+def make_loops(s, theta: torch.Tensor):
+    net, layout, (cv_x, cv_y) = s["net"], s["layout"], s["cvs"]
+    (xtr, ytr), (xte, yte) = s["train"], s["test"]
+    slope = (0.7, -1.3)  # constant stand-ins for dS/dx, dS/dy (their values do not change the cost)
+    walkers = theta.shape[0]
+    out = torch.empty_like(theta)
+
+    def two_backward():
+        for w in range(walkers):
+            leaf = theta[w].detach().requires_grad_(True)
+            params = layout.unflatten(leaf)
+            x = cv_x.fn(functional_call(net, params, (xtr,)), ytr)
+            y = cv_y.fn(functional_call(net, params, (xte,)), yte)
+            (gx,) = torch.autograd.grad(x, leaf, retain_graph=True)
+            (gy,) = torch.autograd.grad(y, leaf)
+            out[w] = slope[0] * gx + slope[1] * gy
+
+    def one_backward():
+        for w in range(walkers):
+            leaf = theta[w].detach().requires_grad_(True)
+            params = layout.unflatten(leaf)
+            x = cv_x.fn(functional_call(net, params, (xtr,)), ytr)
+            y = cv_y.fn(functional_call(net, params, (xte,)), yte)
+            (g,) = torch.autograd.grad(slope[0] * x + slope[1] * y, leaf)
+            out[w] = g
+
+    module_params = [p for p in net.parameters()]
+
+    def module_loop():
+        for w in range(walkers):
+            layout.load_into(net, theta[w])
+            for p in module_params:
+                p.grad = None
+            x = cv_x.fn(net(xtr), ytr)
+            y = cv_y.fn(net(xte), yte)
+            (slope[0] * x + slope[1] * y).backward()
+            out[w] = torch.cat([p.grad.reshape(-1) for p in module_params])
+
+    return {"loop/2bw": two_backward, "loop/1bw": one_backward, "loop/module": module_loop}
+
+
+def profile_step(s, walkers: int = 128, steps: int = 50) -> None:
+    import cProfile
+    import pstats
+
+    md = C.MDLoop(s["evaluator"], s["landscape"](), s["bound"], C.uniform_walkers(walkers, s["bound"]))
+    md.run(5)
+    print(f"\n== cProfile, {steps} WLMD steps at {walkers} walkers (top 15 by own time) ==")
+    prof = cProfile.Profile()
+    prof.enable()
+    md.run(steps)
+    prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+    from torch.profiler import ProfilerActivity, profile
+
+    print(f"== torch.profiler, {steps} WLMD steps at {walkers} walkers (top 20 ops by self CPU time) ==")
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        md.run(steps)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+
+
+def main() -> None:
+    C.set_threads()
+    s = C.spiral_setup()
+    print("== throughput: spiral classifier,", s["layout"].numel, "parameters, 40 train / 40 test points, CVs",
+          [c.name for c in s["cvs"]], "==")
+    print("machine:", C.machine())
+    assert s["layout"].numel == 116, s["layout"].numel
+
+    # (a) the per-walker loops; their rate does not depend on W, each call does 16 walkers
+    theta16 = C.uniform_walkers(16, s["bound"])
+    loops = make_loops(s, theta16)
+    loop_blocks = C.interleaved(loops, repeats=7, target_s=0.2, budget_s=20)
+    loop_rates = {name: 16 / C.best(t) for name, t in loop_blocks.items()}
+    best_loop = max(loop_rates, key=loop_rates.get)
+
+    # (b) the vectorized WLMD step, and the bare vectorized evaluation (no integrator / landscape) for reference
+    rows, vec_rates, mds = [], {}, {}
+    for w in WALKERS:
+        md = C.MDLoop(s["evaluator"], s["landscape"](), s["bound"], C.uniform_walkers(w, s["bound"]))
+        mds[w] = md
+        theta, land = md.state.theta.clone(), md.landscape
+        blocks = C.interleaved(
+            {"step": md.step, "eval": lambda: s["evaluator"].value_and_grad(theta, land.value_and_slope)},
+            repeats=7, target_s=0.2, budget_s=15,
+        )
+        sec, ev_sec = C.best(blocks["step"]), C.best(blocks["eval"])
+        vec_rates[w] = w / sec
+        rows.append([w, f"{w / sec:,.0f}", f"{sec * 1e3:.2f}", C.spread(blocks["step"]), f"{w / ev_sec:,.0f}",
+                     f"{ev_sec / sec:.0%}", f"{(w / sec) / loop_rates[best_loop]:.1f}x",
+                     f"{float(md.state.accepted.mean() / max(md.state.step, 1)):.2f}"])
+
+    # the headline ratio: interleaved blocks of the best loop (16 walkers per call) and the 128-walker WLMD step
+    pair = C.interleaved({"loop": loops[best_loop], "vec": mds[128].step}, repeats=11, target_s=0.2, budget_s=30)
+    ratio_best = (128 / C.best(pair["vec"])) / (16 / C.best(pair["loop"]))
+    ratio_paired = C.paired_median(pair["loop"], pair["vec"]) * 128 / 16
+    ratio = min(ratio_best, ratio_paired)
+
+    print("\n(a) per-walker autograd loop, evaluation only (forward train+test, both CVs, backward)")
+    print(C.table([[n, f"{r:,.0f}", f"{1e3 / r:.3f}", C.spread(loop_blocks[n]),
+                    "<- baseline (fastest)" if n == best_loop else ""]
+                   for n, r in loop_rates.items()], ["loop", "walker-steps/s", "ms/walker", "noise", ""]))
+    print("\n(b) vectorized WLMD step (vmap evaluator + Metropolis integrator + reflection + 2-D deposit)")
+    print(C.table(rows, ["walkers", "walker-steps/s", "ms/step", "noise", "eval-only ws/s", "eval share",
+                         "vs loop", "accept"]))
+    print("    eval-only = Evaluator.value_and_grad alone (one vmap forward + one backward); eval share = its time"
+          " / the full step's time; noise = median block / best block - 1")
+    scale = vec_rates[256] / vec_rates[16]
+    print(f"\nscaling 16 -> 256 walkers: x{scale:.1f} walker-steps/s (x16 would be linear)")
+    print(f"headline (interleaved, best of {len(pair['vec'])} blocks each): vectorized(128) {128 / C.best(pair['vec']):,.0f} ws/s,"
+          f" {best_loop} {16 / C.best(pair['loop']):,.0f} ws/s")
+    print(f"ratio from the best blocks {ratio_best:.1f}x, median of paired blocks {ratio_paired:.1f}x")
+    print(f"RESULT throughput: vectorized(128) / loop = {ratio:.1f}x   target >= {TARGET:.0f}x   "
+          f"{C.verdict(ratio >= TARGET)}")
+    print("machine after:", f"load average {C.load():.1f}")
+    if "--profile" in sys.argv:
+        profile_step(s)
+
+
+if __name__ == "__main__":
+    main()
