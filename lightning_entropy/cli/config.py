@@ -1,0 +1,359 @@
+"""The configuration schema of ``lightning-entropy``: dataclasses registered in Hydra's ``ConfigStore``.
+
+The YAML files shipped in :mod:`lightning_entropy.conf` fill these schemas; because every node is a structured config
+(struct mode), a misspelt key (``model.widht=3``) or a value of the wrong type (``sampler.walkers=many``) is rejected
+by Hydra while it composes the configuration, with a message that names the key, before any work starts. Values that
+have the right type but cannot work (``model.width=0``, ``sampler.start=warm``) are rejected by :func:`validate`,
+also before any work, with a :class:`ConfigError` that names the key.
+
+Groups (``key=option`` on the command line):
+
+- ``task``: the data and the network (``spiral``); sets ``task.*`` and ``model.*``.
+- ``sampler``: ``wang_landau`` (WLMD, vectorized walkers), ``wang_landau_mc`` (WLMC), or ``adam`` / ``sgd`` (the
+  optimiser alone: the run trains and reports the baseline only).
+- ``logger``: ``none``, ``csv`` (Lightning's CSVLogger in the run directory) or ``wandb`` (offline by default).
+- ``trainer``: ``default`` (Lightning Trainer limits and threads).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+WANG_LANDAU_KINDS = ("wang_landau", "wang_landau_mc")
+OPTIMIZER_KINDS = ("adam", "sgd")
+LOGGER_KINDS = ("none", "csv", "wandb")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key (e.g. ``model.width``)."""
+
+
+@dataclass
+class TaskConfig:
+    """The data set. ``seed`` fixes the split (the train set uses ``seed``, the held-out set ``seed + 1``).
+
+    Attributes:
+        name: task name (``spiral``).
+        n_train: number of train points.
+        n_test: number of held-out points (the "test" axis of the landscape; read through ``val_dataloader``).
+        noise: standard deviation of the Gaussian noise added to each coordinate (spiral).
+        seed: data seed.
+        batch_size: optimiser batch size for the baseline (``null``: full batch); the sampler always uses full
+            batches.
+    """
+
+    name: str = "spiral"
+    n_train: int = 40
+    n_test: int = 40
+    noise: float = 0.1
+    seed: int = 0
+    batch_size: Optional[int] = None
+
+
+@dataclass
+class ModelConfig:
+    """The network: ``depth`` hidden layers of ``width`` units (spiral: ``2 -> width x depth -> 2``, ReLU)."""
+
+    width: int = 6
+    depth: int = 3
+
+
+@dataclass
+class SamplerConfig:
+    """Common base of the ``sampler`` group: ``kind`` says what runs."""
+
+    kind: str = MISSING
+
+
+@dataclass
+class WangLandauConfig(SamplerConfig):
+    """Arguments of :class:`lightning_entropy.WangLandauStrategy` (see its docstring for units).
+
+    ``kind`` is ``wang_landau`` (molecular dynamics) or ``wang_landau_mc`` (Monte Carlo). ``schedule`` is a mapping
+    such as ``{name: ramp_plateau_decay, f_max: 10.0, t_rise: 0, t_drop: 4000, t_off: 3000}`` (``null``: the
+    strategy's default). ``box`` is a positive float or a rule name (``fan_out``, ``fan_out:3``, ``first_hidden``).
+    ``ranges`` and ``window`` are one ``[lo, hi]`` per axis in CV units (``null``: automatic ranges / no soft wall);
+    a ``null`` entry of ``window`` leaves that axis without a soft wall.
+    """
+
+    kind: str = "wang_landau"
+    walkers: int = 256
+    box: Any = "fan_out"
+    seed: int = 0
+    variables: List[str] = field(default_factory=lambda: ["train_loss", "test_accuracy"])
+    ranges: Optional[List[Any]] = None
+    bin_width: Optional[List[float]] = None
+    range_margin: float = 2.0
+    kernel_sigma: Optional[float] = None
+    window: Optional[List[Any]] = None
+    wall_strength: float = 0.0
+    schedule: Optional[Any] = None
+    dt: float = 0.02
+    friction: float = 0.01
+    metropolis: bool = True
+    mass: str = "box"
+    step_size: float = 0.1
+    adapt_steps: int = 50_000
+    adapt_every: int = 1000
+    steps_per_lightning_step: int = 100
+    start: str = "adam"
+    start_steps: int = 1000
+    start_lr: float = 1e-2
+    observables: Optional[List[str]] = None
+    observe_every: int = 10
+    heldout: str = "val"
+    accuracy_slope: float = 5.0
+    accuracy_axis: str = "linear"
+    vectorize: Any = "auto"
+
+
+@dataclass
+class OptimizerConfig(SamplerConfig):
+    """The optimiser alone (``kind``: ``adam`` or ``sgd``); runs use ``baseline.seeds`` and ``baseline.epochs``."""
+
+    kind: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.0
+
+
+@dataclass
+class BaselineConfig:
+    """The optimiser baseline drawn over the landscape (ALGORITHM.md section 7).
+
+    Attributes:
+        enabled: train the baseline at all (with a Wang-Landau sampler).
+        optimizer: ``adam`` or ``sgd`` (with a Wang-Landau sampler; ``sampler=adam|sgd`` uses the sampler's).
+        lr: learning rate; ``momentum``: SGD momentum.
+        seeds: one run per seed (initial weights, shuffling).
+        epochs: epochs per run (full batch by default: one optimiser step per epoch).
+        every_n_epochs: record (ln L_train, test metric) every this many epochs.
+        parallel: train the baseline in a second process while the sampler runs (uses a second CPU core).
+        threads: torch threads of that process.
+    """
+
+    enabled: bool = True
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.0
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5])
+    epochs: int = 3000
+    every_n_epochs: int = 1
+    parallel: bool = True
+    threads: int = 1
+
+
+@dataclass
+class LoggerConfig:
+    """Where Lightning logs go: ``kind`` ``none``, ``csv`` or ``wandb``.
+
+    ``save_dir`` defaults to the run directory; ``project``/``name``/``mode`` are W&B settings (``mode: offline``
+    needs no network; ``wandb sync`` uploads later).
+    """
+
+    kind: str = "none"
+    save_dir: Optional[str] = None
+    project: str = "lightning-entropy"
+    name: Optional[str] = None
+    mode: str = "offline"
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings of the sampler run.
+
+    Attributes:
+        max_steps: Lightning steps; each runs ``sampler.steps_per_lightning_step`` sampler steps on every walker.
+        max_time: wall-clock cap ``"DD:HH:MM:SS"`` (``null``: none); the run stops after the current Lightning step.
+        accelerator: ``cpu``, ``gpu``, ``auto``, ...
+        threads: ``torch.set_num_threads`` for the main process (``0``: leave torch's default). On a small shared
+            CPU one thread per process avoids oversubscription, which can slow small networks down many times.
+        progress_bar: show Lightning's progress bar.
+        log_every_n_steps: Lightning's logging interval (Lightning steps).
+    """
+
+    max_steps: int = 120
+    max_time: Optional[str] = "00:00:03:45"
+    accelerator: str = "cpu"
+    threads: int = 1
+    progress_bar: bool = True
+    log_every_n_steps: int = 10
+
+
+@dataclass
+class PlotConfig:
+    """The figure: ``exclude`` rows of the test axis ignored at each end by the max-S line; ``dpi``."""
+
+    exclude: int = 1
+    dpi: int = 130
+
+
+@dataclass
+class Config:
+    """The whole configuration of one ``lightning-entropy`` run."""
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampler: SamplerConfig = MISSING
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    plot: PlotConfig = field(default_factory=PlotConfig)
+
+
+def register_configs(cs: ConfigStore | None = None) -> None:
+    """Store the schemas in Hydra's ``ConfigStore`` (idempotent); the YAML files extend them."""
+    cs = cs or ConfigStore.instance()
+    cs.store(name="lightning_entropy_schema", node=Config)
+    cs.store(group="schema/sampler", name="wang_landau", node=WangLandauConfig)
+    cs.store(group="schema/sampler", name="optimizer", node=OptimizerConfig)
+
+
+# -- validation of values (types and keys are checked by Hydra) ---------------------------------------------------------
+
+
+def _positive_int(cfg: DictConfig, key: str, minimum: int = 1) -> None:
+    value = OmegaConf.select(cfg, key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{key}={value!r}: must be an integer >= {minimum}.")
+
+
+def _positive_float(cfg: DictConfig, key: str, *, upper: float | None = None) -> None:
+    value = OmegaConf.select(cfg, key)
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0 and (upper is None or value <= upper)):
+        bound = f" and <= {upper}" if upper is not None else ""
+        raise ConfigError(f"{key}={value!r}: must be a positive number{bound}.")
+
+
+def _choice(cfg: DictConfig, key: str, options: tuple[str, ...]) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value not in options:
+        raise ConfigError(f"{key}={value!r}: use one of {', '.join(options)}.")
+
+
+def _pairs(cfg: DictConfig, key: str, *, allow_none: bool = False) -> None:
+    """``key`` is null or one ``[lo, hi]`` pair of numbers (lo < hi) per axis (``null`` entries if ``allow_none``)."""
+    value = OmegaConf.select(cfg, key)
+    if value is None:
+        return
+    plain = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+    def ok(pair: Any) -> bool:
+        if pair is None:
+            return allow_none
+        return (isinstance(pair, (list, tuple)) and len(pair) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair)
+                and pair[0] < pair[1])
+
+    if not isinstance(plain, list) or not all(ok(p) for p in plain):
+        extra = " or null for no limit on that axis" if allow_none else ""
+        raise ConfigError(f"{key}={plain!r}: give one [lo, hi] pair of numbers (lo < hi) per axis{extra}, e.g."
+                          f" [[-6.0, -0.5], [0.0, 1.0]].")
+
+
+def _unknown_keys(node: Any, schema: type, prefix: str) -> None:
+    """Keys added around the schema (``+model.widht=3`` is accepted by Hydra's append syntax) are errors too."""
+    import dataclasses
+
+    if not dataclasses.is_dataclass(schema) or not isinstance(node, DictConfig):
+        return
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    node_type = OmegaConf.get_type(node)
+    if dataclasses.is_dataclass(node_type) and issubclass(node_type, schema):
+        fields = {f.name: f for f in dataclasses.fields(node_type)}
+    for key in node.keys():
+        if key not in fields:
+            raise ConfigError(f"{prefix}{key}: unknown key (known keys of {prefix.rstrip('.') or 'the config'}:"
+                              f" {', '.join(fields)}).")
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+            child_type = OmegaConf.get_type(child)
+            if dataclasses.is_dataclass(child_type):
+                _unknown_keys(child, child_type, f"{prefix}{key}.")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject unknown keys and values that have the right type but cannot work, naming the key.
+
+    Raises:
+        ConfigError: with the dotted key (``model.width``) in the message.
+    """
+    from lightning_entropy.cli.tasks import TASKS  # late import: the registry imports the task modules
+
+    _unknown_keys(cfg, Config, "")
+    _choice(cfg, "task.name", tuple(TASKS))
+    for key in ("task.n_train", "task.n_test"):
+        _positive_int(cfg, key, 2)
+    if cfg.task.batch_size is not None:
+        _positive_int(cfg, "task.batch_size")
+    if not (math.isfinite(cfg.task.noise) and cfg.task.noise >= 0):
+        raise ConfigError(f"task.noise={cfg.task.noise!r}: must be a finite number >= 0.")
+    _positive_int(cfg, "model.width")
+    _positive_int(cfg, "model.depth")
+    _choice(cfg, "sampler.kind", WANG_LANDAU_KINDS + OPTIMIZER_KINDS)
+    kind = cfg.sampler.kind
+    if kind in WANG_LANDAU_KINDS:
+        if "walkers" not in cfg.sampler:
+            raise ConfigError(
+                f"sampler.kind={kind!r} needs the Wang-Landau settings: choose the group option sampler={kind}"
+                " instead of overriding sampler.kind."
+            )
+        for key in ("walkers", "steps_per_lightning_step", "observe_every", "start_steps", "adapt_every"):
+            _positive_int(cfg, f"sampler.{key}")
+        for key in ("dt", "start_lr", "step_size", "accuracy_slope", "range_margin"):
+            _positive_float(cfg, f"sampler.{key}")
+        _positive_float(cfg, "sampler.friction", upper=1.0)
+        if cfg.sampler.wall_strength < 0:
+            raise ConfigError(f"sampler.wall_strength={cfg.sampler.wall_strength!r}: must be >= 0.")
+        if cfg.sampler.kernel_sigma is not None and cfg.sampler.kernel_sigma < 0:
+            raise ConfigError(f"sampler.kernel_sigma={cfg.sampler.kernel_sigma!r}: must be >= 0 (bins).")
+        if not 1 <= len(cfg.sampler.variables) <= 2:
+            raise ConfigError(f"sampler.variables={list(cfg.sampler.variables)!r}: give one or two variables.")
+        _pairs(cfg, "sampler.ranges")
+        _pairs(cfg, "sampler.window", allow_none=True)
+        if cfg.sampler.bin_width is not None and not all(w > 0 for w in cfg.sampler.bin_width):
+            raise ConfigError(f"sampler.bin_width={list(cfg.sampler.bin_width)!r}: widths must be positive.")
+        _choice(cfg, "sampler.start", ("module", "uniform", "adam", "sgd"))
+        _choice(cfg, "sampler.mass", ("box", "unit"))
+        _choice(cfg, "sampler.heldout", ("val", "test"))
+        _choice(cfg, "sampler.accuracy_axis", ("linear", "logit"))
+        if cfg.sampler.schedule is not None and not isinstance(cfg.sampler.schedule, (str, DictConfig)):
+            raise ConfigError(
+                f"sampler.schedule={cfg.sampler.schedule!r}: give a schedule name or a mapping such as"
+                " {name: ramp_plateau_decay, f_max: 10.0}."
+            )
+    else:
+        if "lr" not in cfg.sampler:
+            raise ConfigError(
+                f"sampler.kind={kind!r} is an optimiser: choose the group option sampler={kind} instead of"
+                " overriding sampler.kind."
+            )
+        _positive_float(cfg, "sampler.lr")
+        if not 0 <= cfg.sampler.momentum < 1:
+            raise ConfigError(f"sampler.momentum={cfg.sampler.momentum!r}: must be in [0, 1).")
+    _choice(cfg, "baseline.optimizer", OPTIMIZER_KINDS)
+    _positive_float(cfg, "baseline.lr")
+    if not 0 <= cfg.baseline.momentum < 1:
+        raise ConfigError(f"baseline.momentum={cfg.baseline.momentum!r}: must be in [0, 1).")
+    _positive_int(cfg, "baseline.epochs")
+    _positive_int(cfg, "baseline.every_n_epochs")
+    _positive_int(cfg, "baseline.threads", 0)
+    if (cfg.baseline.enabled or kind in OPTIMIZER_KINDS) and len(cfg.baseline.seeds) == 0:
+        raise ConfigError("baseline.seeds=[]: give at least one seed (or baseline.enabled=false).")
+    if len(set(cfg.baseline.seeds)) != len(cfg.baseline.seeds):
+        raise ConfigError(f"baseline.seeds={list(cfg.baseline.seeds)!r}: seeds must be distinct.")
+    _choice(cfg, "logger.kind", LOGGER_KINDS)
+    _choice(cfg, "logger.mode", ("offline", "online", "disabled"))
+    _positive_int(cfg, "trainer.max_steps")
+    _positive_int(cfg, "trainer.threads", 0)
+    _positive_int(cfg, "trainer.log_every_n_steps")
+    if cfg.trainer.max_time is not None:
+        parts = str(cfg.trainer.max_time).split(":")
+        if len(parts) != 4 or not all(p.isdigit() for p in parts):
+            raise ConfigError(f"trainer.max_time={cfg.trainer.max_time!r}: use 'DD:HH:MM:SS' (e.g. '00:00:04:00') or null.")
+    _positive_int(cfg, "plot.exclude", 0)
+    _positive_int(cfg, "plot.dpi")

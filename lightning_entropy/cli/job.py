@@ -1,0 +1,606 @@
+"""The main job of ``lightning-entropy``: one landscape, its optimiser baseline and the report, in one directory.
+
+:func:`run` does the work for a composed configuration and can be called without Hydra (tests, notebooks)::
+
+    from lightning_entropy.cli import compose_config, run
+    summary = run(compose_config(["trainer.max_steps=5"]), "outputs/try")
+
+Order of work:
+
+1. Validate every value and build everything that can fail on a bad value (task, model, strategy, logger) before any
+   training starts: a wrong configuration fails in seconds with a message naming the key.
+2. Train the baseline (one run per seed, recorded every epoch with
+   :class:`~lightning_entropy.baseline.BaselineRecorder`) in a second process while the sampler runs
+   (``baseline.parallel``), or in this process.
+3. Sample the landscape with ``Trainer(strategy=WangLandauStrategy(...))`` on the same datamodule and model class.
+4. Write ``landscape.npz``, ``landscape.png``, ``curves.csv``, ``baseline.csv`` and ``summary.json``.
+
+With ``sampler=adam`` or ``sampler=sgd`` only the baseline runs: ``baseline.png``, ``baseline.csv``, ``curves.csv``
+and ``summary.json`` are written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_entropy.cli.config import OPTIMIZER_KINDS, ConfigError, validate
+from lightning_entropy.cli.tasks import Task, build_task
+
+log = logging.getLogger("lightning_entropy.cli")
+
+#: Files of a Wang-Landau run, and of an optimiser-only run.
+LANDSCAPE_FILES = ("landscape.npz", "landscape.png", "curves.csv", "baseline.csv", "summary.json")
+BASELINE_FILES = ("baseline.png", "curves.csv", "baseline.csv", "summary.json")
+CURVE_COLUMNS = ("ln_train_loss", "max_s", "mean_curve", "baseline_mean", "baseline_std", "baseline_count", "visits",
+                 "in_window")
+
+OPEN_WINDOW = 1e9  # the soft-wall limit of an axis given as null in sampler.window (no wall: CVs never get there)
+
+SAMPLER_NAMES = {"wang_landau": "WLMD", "wang_landau_mc": "WLMC", "adam": "Adam", "sgd": "SGD"}
+
+
+LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
+
+
+def _quiet_lightning() -> None:
+    """Silence Lightning's start-up banners and warnings that do not apply to full-batch tensor data."""
+    for name in LIGHTNING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    _filter_warnings()
+
+
+@contextlib.contextmanager
+def _job_environment(threads: int):
+    """Quiet Lightning and set torch's thread count for the job; restore both afterwards (in-process callers)."""
+    import torch
+
+    levels = {name: logging.getLogger(name).level for name in LIGHTNING_LOGGERS}
+    previous_threads = torch.get_num_threads()
+    with warnings.catch_warnings():
+        _quiet_lightning()
+        if threads:
+            torch.set_num_threads(int(threads))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous_threads)
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+
+
+def _filter_warnings() -> None:
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning(\.|$)")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")  # one batch per epoch
+
+
+# -- building (everything that can fail on a bad value, before any work) --------------------------------------------
+
+
+def make_strategy(cfg: DictConfig):
+    """The :class:`~lightning_entropy.WangLandauStrategy` of ``cfg.sampler`` (``wang_landau`` / ``wang_landau_mc``)."""
+    from lightning_entropy.strategies.wang_landau import WangLandauStrategy
+
+    s = cfg.sampler
+    plain = lambda v: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v  # noqa: E731
+    n_axes = len(s.variables)
+    for key in ("ranges", "window", "bin_width"):
+        value = s[key]
+        if value is not None and len(value) != n_axes:
+            raise ConfigError(
+                f"sampler.{key} has {len(value)} entries but sampler.variables={list(s.variables)} has {n_axes} axes:"
+                f" give one entry per axis (or sampler.{key}=null)."
+            )
+    window = plain(s.window)
+    if window is not None:  # a null entry: no soft wall on that axis
+        window = [list(w) if w is not None else [-OPEN_WINDOW, OPEN_WINDOW] for w in window]
+        if all(w == [-OPEN_WINDOW, OPEN_WINDOW] for w in window):
+            window = None
+    try:
+        return WangLandauStrategy(
+            sampler="md" if s.kind == "wang_landau" else "mc",
+            variables=tuple(s.variables),
+            walkers=s.walkers,
+            box=plain(s.box),
+            seed=s.seed,
+            ranges=plain(s.ranges),
+            bin_width=plain(s.bin_width),
+            range_margin=s.range_margin,
+            kernel_sigma=s.kernel_sigma,
+            window=window,
+            wall_strength=s.wall_strength,
+            schedule=plain(s.schedule),
+            dt=s.dt,
+            friction=s.friction,
+            metropolis=s.metropolis,
+            mass=s.mass,
+            step_size=s.step_size,
+            adapt_steps=s.adapt_steps,
+            adapt_every=s.adapt_every,
+            steps_per_lightning_step=s.steps_per_lightning_step,
+            start=s.start,
+            start_steps=s.start_steps,
+            start_lr=s.start_lr,
+            observables=plain(s.observables),
+            observe_every=s.observe_every,
+            heldout=s.heldout,
+            accuracy_slope=s.accuracy_slope,
+            accuracy_axis=s.accuracy_axis,
+            vectorize=plain(s.vectorize),
+        )
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"sampler: {err}") from err
+
+
+def make_logger(cfg: DictConfig, out_dir: Path):
+    """The Lightning logger of ``cfg.logger`` (``False`` for ``none``)."""
+    kind = cfg.logger.kind
+    save_dir = cfg.logger.save_dir or str(out_dir)
+    if kind == "none":
+        return False
+    if kind == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=save_dir, name="logs")
+    from lightning.pytorch.loggers import WandbLogger
+
+    return WandbLogger(project=cfg.logger.project, name=cfg.logger.name, save_dir=save_dir, mode=cfg.logger.mode)
+
+
+def _build(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    validate(cfg)
+    try:
+        task = build_task(cfg)
+        model = task.make_model(cfg.sampler.seed if "seed" in cfg.sampler else 0)
+    except ValueError as err:
+        raise ConfigError(f"task/model: {err}") from err
+    built: dict[str, Any] = {"task": task, "model": model}
+    if cfg.sampler.kind not in OPTIMIZER_KINDS:
+        built["strategy"] = make_strategy(cfg)
+    built["logger"] = make_logger(cfg, out_dir)
+    return built
+
+
+# -- the baseline -------------------------------------------------------------------------------------------------
+
+
+def _baseline_settings(cfg: DictConfig) -> dict[str, Any]:
+    b, s = cfg.baseline, cfg.sampler
+    optimizer_only = s.kind in OPTIMIZER_KINDS
+    return {
+        "optimizer": s.kind if optimizer_only else b.optimizer,
+        "lr": float(s.lr if optimizer_only else b.lr),
+        "momentum": float(s.momentum if optimizer_only else b.momentum),
+        "seeds": [int(x) for x in b.seeds],
+        "epochs": int(b.epochs),
+        "every_n_epochs": int(b.every_n_epochs),
+        "accuracy_slope": float(s.get("accuracy_slope", 5.0)),
+        "heldout": str(s.get("heldout", "val")),
+        "accelerator": str(cfg.trainer.accelerator),
+    }
+
+
+def _train_baseline(task: Task, settings: dict[str, Any], threads: int | None) -> list[dict[str, float]]:
+    from lightning_entropy.baseline import train_baselines
+
+    return train_baselines(lambda seed: (task.datamodule, task.make_model(seed)), threads=threads, **settings)
+
+
+def _start_baseline_process(cfg: DictConfig, settings: dict[str, Any], out: Path) -> subprocess.Popen:
+    """Start ``python -m lightning_entropy.cli.baseline_process`` on the same configuration (same split and model).
+
+    Its output goes to ``baseline.log`` in the run directory (removed when it succeeds); its records to
+    ``baseline.csv``.
+    """
+    threads = int(cfg.baseline.threads)
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    request = {"config": OmegaConf.to_container(cfg, resolve=True), "settings": settings, "threads": threads,
+               "output": str(out / "baseline.csv")}
+    log_file = open(out / "baseline.log", "w")  # noqa: SIM115 - closed by _finish_baseline_process
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "lightning_entropy.cli.baseline_process"],
+                                   stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                                   text=True)
+        process.stdin.write(json.dumps(request))
+        process.stdin.close()
+    finally:
+        log_file.close()
+    return process
+
+
+def _finish_baseline_process(process: subprocess.Popen, out: Path) -> list[dict[str, float]]:
+    """Wait for the baseline process and read its records; raise with the end of its log if it failed."""
+    from lightning_entropy.baseline import load_records
+
+    code = process.wait()
+    log_path = out / "baseline.log"
+    if code != 0:
+        tail = log_path.read_text()[-3000:] if log_path.exists() else ""
+        raise RuntimeError(f"The baseline process failed (exit code {code}); the end of {log_path}:\n{tail}")
+    log_path.unlink(missing_ok=True)
+    return load_records(out / "baseline.csv")
+
+
+# -- reporting ---------------------------------------------------------------------------------------------------------
+
+
+def _logit(a: np.ndarray, eps: float = 1e-4) -> np.ndarray:
+    """The logit accuracy axis of :mod:`lightning_entropy.core.variables`: ``ln(p / (1 - p))``, ``p = eps + (1-2eps) A``."""
+    p = eps + (1 - 2 * eps) * a
+    return np.log(p) - np.log1p(-p)
+
+
+def baseline_column(landscape) -> tuple[str | None, Callable[[np.ndarray], np.ndarray]]:
+    """The baseline record column in the landscape's test metric, and the transform onto the landscape's axis.
+
+    2-D: the y axis (smoothed accuracy for MD, hard accuracy for MC, ln test loss; logit axes are transformed the
+    same way). 1-D: the recorded observable. ``(None, ...)`` when the metric has no baseline counterpart.
+    """
+    identity = lambda a: a  # noqa: E731
+    if landscape.ndim == 2:
+        name, label = landscape.names[1], landscape.labels[1]
+    elif landscape.observable_names:
+        name = label = landscape.observable_names[0]
+    else:
+        return None, identity
+    transform = _logit if label.startswith("logit") else identity
+
+    if name == "ln_test_loss" or name == "test_loss":
+        return "ln_test_loss", transform
+    if "accuracy" in name and "train" not in name:
+        smooth = "smoothed" in label
+        return ("smooth_test_accuracy" if smooth else "hard_test_accuracy"), transform
+    return None, identity
+
+
+def _metric_text(column: str | None, landscape=None) -> str:
+    from lightning_entropy.plotting import axis_label
+
+    if landscape is not None and landscape.ndim == 2:
+        return axis_label(landscape.names[1], landscape.labels[1])
+    return {"hard_test_accuracy": "test accuracy", "smooth_test_accuracy": "smoothed test accuracy",
+            "ln_test_loss": axis_label("ln_test_loss")}.get(column or "", column or "test metric")
+
+
+def write_curves(path: Path, x: np.ndarray, columns: dict[str, np.ndarray]) -> Path:
+    """``curves.csv``: one row per x bin with the columns of :data:`CURVE_COLUMNS`."""
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(CURVE_COLUMNS)
+        for i, xc in enumerate(x):
+            row = [float(xc)] + [float(columns[c][i]) for c in CURVE_COLUMNS[1:]]
+            w.writerow(["nan" if not math.isfinite(v) else (int(v) if c in ("baseline_count", "visits", "in_window")
+                                                             else repr(v))
+                        for c, v in zip(CURVE_COLUMNS, row)])
+    return path
+
+
+def compare(x: np.ndarray, landscape_y: np.ndarray, curve, *, mask: np.ndarray | None = None,
+            min_count: int = 1) -> dict[str, Any]:
+    """Landscape curve minus baseline mean over the x bins where both exist (the high-entropy advantage).
+
+    ``mask`` restricts the bins (e.g. to the soft-wall window, outside which S is biased by the wall).
+    """
+    ok = np.isfinite(landscape_y) & np.isfinite(curve.mean) & (curve.count >= min_count)
+    if mask is not None:
+        ok &= mask
+    if not ok.any():
+        return {"bins": 0, "mean_difference": None, "ln_train_loss_range": None}
+    diff = landscape_y[ok] - curve.mean[ok]
+    return {
+        "bins": int(ok.sum()),
+        "mean_difference": float(diff.mean()),
+        "ln_train_loss_range": [float(x[ok].min()), float(x[ok].max())],
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _final_per_seed(records: list[dict[str, float]], metric: str) -> list[dict[str, float]]:
+    last: dict[int, dict[str, float]] = {}
+    for r in records:
+        if r["seed"] not in last or r["epoch"] >= last[r["seed"]]["epoch"]:
+            last[r["seed"]] = r
+    return [{"seed": s, "epoch": r["epoch"], "ln_train_loss": r["ln_train_loss"], metric: r[metric]}
+            for s, r in sorted(last.items())]
+
+
+# -- the job -------------------------------------------------------------------------------------------------------------
+
+
+def run(cfg: DictConfig, out_dir: str | Path, *, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the main job for a composed configuration and write its files into ``out_dir``; returns the summary.
+
+    Everything that can fail on a bad value (task, model, strategy, logger) is built before any training. torch's
+    thread count (``trainer.threads``) and Lightning's log levels are restored when the job returns.
+
+    Raises:
+        ConfigError: a value that cannot work (raised before any training; nothing is written).
+    """
+    started = time.perf_counter()
+    with _job_environment(int(cfg.trainer.threads) if "trainer" in cfg else 0):
+        return _run(cfg, Path(out_dir), echo, started)
+
+
+def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: float) -> dict[str, Any]:
+    import lightning.pytorch as pl
+
+    from lightning_entropy import plotting
+    from lightning_entropy.baseline import pool, save_records
+
+    out = out_dir.resolve()
+    built = _build(cfg, out)
+    out.mkdir(parents=True, exist_ok=True)
+    task, model, logger = built["task"], built["model"], built["logger"]
+    strategy = built.get("strategy")
+    kind = cfg.sampler.kind
+    settings = _baseline_settings(cfg)
+    want_baseline = kind in OPTIMIZER_KINDS or bool(cfg.baseline.enabled)
+    timings: dict[str, float] = {}
+
+    # 2. the baseline: in a second process beside the sampler, or here
+    process: subprocess.Popen | None = None
+    records: list[dict[str, float]] = []
+    if want_baseline and strategy is not None and cfg.baseline.parallel:
+        process = _start_baseline_process(cfg, settings, out)
+    elif want_baseline:
+        t = time.perf_counter()
+        records = _train_baseline(task, settings, int(cfg.baseline.threads) or None)
+        timings["baseline_s"] = time.perf_counter() - t
+
+    try:
+        # 3. the landscape
+        landscape = None
+        if strategy is not None:
+            t = time.perf_counter()
+            trainer = pl.Trainer(
+                strategy=strategy,
+                accelerator=cfg.trainer.accelerator,
+                devices=1,
+                max_steps=int(cfg.trainer.max_steps),
+                max_time=cfg.trainer.max_time,
+                logger=logger,
+                enable_checkpointing=False,
+                enable_model_summary=False,
+                enable_progress_bar=bool(cfg.trainer.progress_bar),
+                num_sanity_val_steps=0,
+                limit_val_batches=0,
+                log_every_n_steps=int(cfg.trainer.log_every_n_steps),
+                default_root_dir=str(out),
+            )
+            trainer.fit(model, datamodule=task.datamodule)
+            landscape = strategy.landscape
+            timings["sampler_s"] = time.perf_counter() - t
+        if process is not None:
+            t = time.perf_counter()
+            records = _finish_baseline_process(process, out)
+            timings["baseline_wait_s"] = time.perf_counter() - t
+    finally:
+        if process is not None and process.poll() is None:  # the sampler failed or was interrupted
+            process.kill()
+            process.wait()
+
+    # 4. the report
+    t = time.perf_counter()
+    files: list[str] = []
+    parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    optimizer_name = SAMPLER_NAMES.get(settings["optimizer"], settings["optimizer"])
+    baseline_text = (f"{optimizer_name} lr {settings['lr']:g}, {len(settings['seeds'])} seeds x {settings['epochs']}"
+                     " epochs") if want_baseline else "no baseline"
+    if records:
+        save_records(records, out / "baseline.csv")
+        files.append("baseline.csv")
+
+    summary: dict[str, Any] = {
+        "task": task.name,
+        "data": task.description,
+        "model": type(model).__name__,
+        "model_config": OmegaConf.to_container(cfg.model, resolve=True),
+        "parameters": int(parameters),
+        "sampler": kind,
+    }
+    if landscape is not None:
+        column, transform = baseline_column(landscape)
+        curve = None
+        if records and column is not None:
+            rows = [{"ln_train_loss": r["ln_train_loss"], "value": float(transform(np.float64(r[column])))}
+                    for r in records]
+            curve = pool(rows, metric="value", edges=landscape.edges[0])
+            curve.metric = column
+        landscape.save(out / "landscape.npz")
+        files.append("landscape.npz")
+        meta = landscape.metadata
+        steps = int(meta.get("steps", 0))
+        box = meta.get("box", {})
+        box_text = box.get("rule", "?") + (f" c={box['c']:g}" if "c" in box else "")
+        title = (f"{task.name}: {type(model).__name__} ({parameters} params, box {box_text})\n"
+                 f"{SAMPLER_NAMES[kind]}: {strategy.walkers} walkers x {steps:,} steps"
+                 f"; baseline: {baseline_text}")
+        fig = plotting.landscape_figure(landscape, baseline=curve, baseline_label=optimizer_name, title=title,
+                                        exclude=int(cfg.plot.exclude))
+        plotting.save(fig, out / "landscape.png", dpi=int(cfg.plot.dpi))
+        files.append("landscape.png")
+        x = landscape.centers[0]
+        nbins = x.size
+        if landscape.ndim == 2:
+            _, max_s = landscape.max_entropy_curve(exclude=int(cfg.plot.exclude))
+        else:
+            max_s = np.full(nbins, np.nan)
+        _, mean_y = landscape.mean_curve() if (landscape.ndim == 2 or landscape.observable_names) else (
+            x, np.full(nbins, np.nan))
+        hist = landscape.histogram
+        visits = hist.sum(axis=tuple(range(1, hist.ndim))) if hist.ndim > 1 else hist
+        nan = np.full(nbins, np.nan)
+        in_window = plotting.inside_window(landscape)
+        write_curves(out / "curves.csv", x, {
+            "max_s": max_s, "mean_curve": mean_y,
+            "baseline_mean": curve.mean if curve is not None else nan,
+            "baseline_std": curve.std if curve is not None else nan,
+            "baseline_count": curve.count if curve is not None else np.zeros(nbins),
+            "visits": visits,
+            "in_window": in_window,
+        })
+        files.append("curves.csv")
+        comparison = None
+        if curve is not None:
+            comparison = {
+                "metric": column,
+                "higher_is_better": "accuracy" in column,
+                "max_s_minus_baseline": compare(x, max_s, curve, mask=in_window) if landscape.ndim == 2 else None,
+                "mean_curve_minus_baseline": compare(x, mean_y, curve, mask=in_window),
+            }
+        summary.update({
+            "box": box,
+            "steps": steps,
+            "walkers": int(strategy.walkers),
+            "walker_steps": int(landscape.walker_steps),
+            "flatness": float(landscape.flatness()),
+            "variables": list(landscape.names),
+            "axis_labels": list(landscape.labels),
+            "test_labels_in_dynamics": bool(meta.get("test_labels_in_dynamics", False)),
+            "schedule": meta.get("schedule"),
+            "integrator": meta.get("integrator"),
+            "start": meta.get("start"),
+            "landscape": {
+                "bins": list(landscape.shape),
+                "ranges": [[float(e[0]), float(e[-1])] for e in landscape.edges],
+                "visited_bins": int((hist > 0).sum()),
+                "visited_ln_train_loss": _visited_range(x, visits),
+            },
+            "comparison": comparison,
+        })
+    else:
+        curve = pool(records, metric="test_metric") if records else None
+        ylabel = _metric_text(_record_metric(records))
+        title = (f"{task.name}: {type(model).__name__} ({parameters} params)\n{baseline_text}")
+        if curve is not None:
+            fig = plotting.baseline_figure(curve, label=optimizer_name, ylabel=ylabel, title=title)
+            plotting.save(fig, out / "baseline.png", dpi=int(cfg.plot.dpi))
+            files.append("baseline.png")
+            nbins = curve.mean.size
+            nan = np.full(nbins, np.nan)
+            write_curves(out / "curves.csv", curve.centers, {
+                "max_s": nan, "mean_curve": nan, "baseline_mean": curve.mean, "baseline_std": curve.std,
+                "baseline_count": curve.count, "visits": np.zeros(nbins), "in_window": np.ones(nbins),
+            })
+            files.append("curves.csv")
+        batches = len(task.datamodule.train_dataloader())  # optimiser steps per epoch (1: full batch)
+        summary.update({"box": None, "steps": int(settings["epochs"]) * batches, "walkers": None,
+                        "walker_steps": None, "flatness": None})
+    if want_baseline:
+        metric_col = (summary.get("comparison") or {}).get("metric") or _record_metric(records)
+        summary["baseline"] = {
+            **{k: settings[k] for k in ("optimizer", "lr", "momentum", "seeds", "epochs", "every_n_epochs")},
+            "batch_size": task.description.get("batch_size"),
+            "records": len(records),
+            "metric": metric_col,
+            "final": _final_per_seed(records, metric_col) if records else [],
+        }
+    timings["report_s"] = time.perf_counter() - t
+    files.append("summary.json")
+    summary.update({
+        "wall_time_s": time.perf_counter() - started,
+        "timings": timings,
+        "run_dir": str(out),
+        "files": files,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    })
+    steps_per_call = int(cfg.sampler.get("steps_per_lightning_step", 1))
+    summary = _jsonable(summary)
+    with open(out / "summary.json", "w") as fh:
+        json.dump(summary, fh, indent=2)
+    _log_final(logger, summary, out, step=int(summary.get("steps") or 0) // max(steps_per_call, 1))
+    for line in report_lines(summary):
+        echo(line)
+    return summary
+
+
+def _record_metric(records: list[dict[str, float]]) -> str:
+    """The column ``test_metric`` copies: hard accuracy for classifiers, ln test loss otherwise."""
+    if records and math.isfinite(records[0]["hard_test_accuracy"]):
+        return "hard_test_accuracy"
+    return "ln_test_loss"
+
+
+def _visited_range(x: np.ndarray, visits: np.ndarray) -> list[float] | None:
+    idx = np.flatnonzero(visits > 0)
+    return [float(x[idx[0]]), float(x[idx[-1]])] if idx.size else None
+
+
+def _log_final(logger: Any, summary: dict[str, Any], out: Path, *, step: int) -> None:
+    """Send the final numbers (and the figure, for W&B) to the Lightning logger, if any."""
+    if not logger:
+        return
+    metrics = {k: summary[k] for k in ("flatness", "walker_steps", "wall_time_s") if summary.get(k) is not None}
+    comparison = summary.get("comparison") or {}
+    for key in ("max_s_minus_baseline", "mean_curve_minus_baseline"):
+        value = (comparison.get(key) or {}).get("mean_difference")
+        if value is not None:
+            metrics[f"report/{key}"] = value
+    try:
+        logger.log_metrics({f"report/{k}" if "/" not in k else k: v for k, v in metrics.items()}, step=step)
+        if hasattr(logger, "log_image") and (out / "landscape.png").exists():
+            logger.log_image(key="landscape", images=[str(out / "landscape.png")])
+        logger.save()
+    except Exception as err:  # noqa: BLE001 - a logger problem must not lose the files already written
+        log.warning("could not log the final report to %s: %s", type(logger).__name__, err)
+
+
+def _span(pair: list[float] | None) -> str:
+    return "none" if not pair else f"[{pair[0]:.2f}, {pair[1]:.2f}]"
+
+
+def report_lines(summary: dict[str, Any]) -> list[str]:
+    """A short human summary of a run (printed at the end)."""
+    lines = [f"lightning-entropy: {summary['task']}, {summary['model']} ({summary['parameters']} parameters),"
+             f" sampler {summary['sampler']}"]
+    if summary.get("walkers"):
+        lines.append(f"  landscape: {summary['walkers']} walkers x {summary['steps']:,} steps"
+                     f" = {summary['walker_steps']:,} walker-steps; flatness {summary['flatness']:.3f};"
+                     f" visited ln L_train {_span(summary['landscape']['visited_ln_train_loss'])}")
+    base = summary.get("baseline")
+    if base:
+        finals = [f["ln_train_loss"] for f in base["final"] if f["ln_train_loss"] is not None]
+        end = f"; final ln L_train {min(finals):.2f}..{max(finals):.2f}" if finals else ""
+        lines.append(f"  baseline: {base['optimizer']} lr {base['lr']:g}, {len(base['seeds'])} seeds x"
+                     f" {base['epochs']} epochs ({base['records']} records, metric {base['metric']}){end}")
+    comparison = summary.get("comparison")
+    if comparison:
+        for key, name in (("max_s_minus_baseline", "max-S line"), ("mean_curve_minus_baseline", "Eq. (1) mean")):
+            c = comparison.get(key)
+            if c and c["bins"]:
+                lines.append(f"  {name} minus baseline: {c['mean_difference']:+.3f} {comparison['metric']} (mean over"
+                             f" {c['bins']} ln L_train bins in {_span(c['ln_train_loss_range'])})")
+    lines.append(f"  wall time {summary['wall_time_s']:.1f} s; files: {', '.join(summary['files'])}")
+    lines.append(f"  run directory: {summary['run_dir']}")
+    return lines
