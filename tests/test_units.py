@@ -153,3 +153,31 @@ def test_schedule_parse_errors_name_the_problem():
         parse("fast")
     with pytest.raises(ValueError, match="t_off < t_drop"):
         RampPlateauDecay(t_drop=10, t_off=20)
+
+
+# -- Monte Carlo step-size adaptation ---------------------------------------------------------------------------------
+
+
+def test_mc_step_size_adapts_during_burn_in_only():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from toy import toy_landscape, toy_problem
+
+    from lightning_entropy.core.box import uniform
+    from lightning_entropy.core.samplers import wlmc
+
+    _, _, evaluate, bound = toy_problem(1)
+    landscape = toy_landscape(1, kernel_sigma=0.0)
+    config = wlmc.MCConfig(step_size=0.01, adapt_every=50, adapt_steps=200)
+    state = wlmc.init(uniform(8, bound, torch.Generator().manual_seed(0)), evaluate, seed=0, config=config)
+    for _ in range(200):
+        state = wlmc.step(state, evaluate=evaluate, landscape=landscape, bound=bound, factor=torch.tensor(0.1),
+                          config=config)
+    adapted = state.step_size.clone()
+    assert (adapted > 0.01).all()  # tiny steps are accepted almost always: the size grew (x1.1 per window)
+    for _ in range(120):
+        state = wlmc.step(state, evaluate=evaluate, landscape=landscape, bound=bound, factor=torch.tensor(0.1),
+                          config=config)
+    assert torch.equal(state.step_size, adapted)  # production: no more adaptation

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 WANG_LANDAU_KINDS = ("wang_landau", "wang_landau_mc")
 OPTIMIZER_KINDS = ("adam", "sgd")
