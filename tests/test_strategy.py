@@ -231,3 +231,22 @@ def test_fresh_interpreter_knows_the_strategy_without_import(tmp_path):
     lazy = subprocess.run([sys.executable, "-c", "import sys; print('lightning_entropy' in sys.modules or 'torch' in sys.modules)"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert lazy.stdout.strip() == "False"  # the hook imports nothing until Lightning is imported
+
+
+class Untraceable(SpiralClassifier):
+    """Data-dependent control flow on a tensor value: torch.func.vmap cannot trace it."""
+
+    def forward(self, x):
+        out = self.net(x)
+        if out.sum() > 1e9:  # never true, but vmap must evaluate the condition
+            out = out * 0
+        return out
+
+
+def test_module_vmap_cannot_trace_falls_back_to_a_loop_with_a_warning():
+    strategy = _wl(start="uniform", walkers=4)
+    with pytest.warns(UserWarning, match="vmap cannot trace Untraceable"):
+        _trainer(strategy, max_steps=2).fit(Untraceable(), datamodule=SpiralDataModule())
+    land = strategy.landscape
+    assert land.metadata["vectorized"] is False
+    assert land.walker_steps == 2 * 20 * 4 and np.isfinite(land.entropy).any()
