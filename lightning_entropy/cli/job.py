@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_entropy.callbacks import LandscapeLogger
 from lightning_entropy.cli.config import OPTIMIZER_KINDS, ConfigError, validate
 from lightning_entropy.cli.tasks import Task, build_task
 
@@ -160,7 +161,21 @@ def make_logger(cfg: DictConfig, out_dir: Path):
         return CSVLogger(save_dir=save_dir, name="logs")
     from lightning.pytorch.loggers import WandbLogger
 
-    return WandbLogger(project=cfg.logger.project, name=cfg.logger.name, save_dir=save_dir, mode=cfg.logger.mode)
+    return WandbLogger(project=cfg.logger.project, name=cfg.logger.name, save_dir=save_dir, mode=cfg.logger.mode,
+                       group=_sweep_group())
+
+
+def _sweep_group() -> str | None:
+    """One W&B group per Hydra multirun (its sweep directory); ``None`` for a single run."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+    except Exception:  # noqa: BLE001 - not running under Hydra (e.g. compose in tests)
+        return None
+    if hydra_cfg.mode is None or hydra_cfg.mode.name != "MULTIRUN":
+        return None
+    return f"{hydra_cfg.job.name}:{hydra_cfg.sweep.dir}"
 
 
 def _build(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
@@ -397,6 +412,8 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
                 limit_val_batches=0,
                 log_every_n_steps=int(cfg.trainer.log_every_n_steps),
                 default_root_dir=str(out),
+                # the heatmap at four moments of the run and at the end; curves and the npz at the end
+                callbacks=[LandscapeLogger(every_n_steps=max(1, int(cfg.trainer.max_steps) // 4))] if logger else [],
             )
             trainer.fit(model, datamodule=task.datamodule)
             landscape = strategy.landscape
