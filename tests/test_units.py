@@ -181,3 +181,31 @@ def test_mc_step_size_adapts_during_burn_in_only():
         state = wlmc.step(state, evaluate=evaluate, landscape=landscape, bound=bound, factor=torch.tensor(0.1),
                           config=config)
     assert torch.equal(state.step_size, adapted)  # production: no more adaptation
+
+
+# -- the batched Linear-chain fast path of the evaluator -----------------------------------------------------------------
+
+
+def test_linear_chain_fast_path_matches_the_vmap_path():
+    from lightning_entropy.core.box import uniform
+    from lightning_entropy.core.evaluator import Evaluator, FullBatch, linear_chain
+    from lightning_entropy.core.variables import resolve
+    from lightning_entropy.tasks import SpiralClassifier, SpiralDataModule
+
+    model, dm = SpiralClassifier(), SpiralDataModule()
+    assert [kind for kind, _ in linear_chain(model)] == ["linear", "act"] * 3 + ["linear"]
+    assert linear_chain(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten())) is None
+    layout = ParameterLayout.of(model)
+    data = FullBatch(train=dm.train_set.tensors, test=dm.test_set.tensors)
+    variables = [resolve("train_loss", loss="cross_entropy"), resolve("test_accuracy", loss="cross_entropy")]
+    fast = Evaluator(model, layout, data, variables)
+    general = Evaluator(model, layout, data, variables)
+    general._chain = None
+    assert fast._chain is not None
+    theta = uniform(5, Box.parse("fan_out").bounds(layout), torch.Generator().manual_seed(0))
+    land = Landscape([(-5, 3), (0, 1)], [8, 4], ["x", "y"])
+    land.bias.copy_(torch.randn(8, 4, dtype=torch.float64))
+    cv_fast, value_fast, grad_fast = fast.value_and_grad(theta, land.value_and_slope)
+    cv_gen, value_gen, grad_gen = general.value_and_grad(theta, land.value_and_slope)
+    assert torch.allclose(cv_fast, cv_gen, atol=1e-5)
+    assert torch.allclose(grad_fast, grad_gen, atol=1e-4)
