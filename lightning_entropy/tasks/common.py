@@ -1,4 +1,5 @@
-"""Pieces shared by the tasks: a full-batch datamodule over fixed tensors and a ReLU-network regressor.
+"""Pieces shared by the tasks: a full-batch datamodule over fixed tensors, the ReLU network builder, the module base
+every task's model derives from, and a ReLU-network regressor.
 
 Every task exposes its held-out split through ``val_dataloader`` (the "test" axis of the landscape) and puts its loss in
 a ``loss_fn`` attribute, so the Wang-Landau strategy finds it and evaluates all walkers in one vectorized call.
@@ -11,7 +12,48 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_entropy.tasks.spiral import relu_net
+
+
+def relu_net(inputs: int, width: int, depth: int, outputs: int) -> nn.Sequential:
+    """``inputs -> [width] * depth -> outputs`` with ReLU between layers."""
+    if width < 1 or depth < 1:
+        raise ValueError(f"width={width}, depth={depth}: both must be >= 1.")
+    layers: list[nn.Module] = []
+    size = inputs
+    for _ in range(depth):
+        layers += [nn.Linear(size, width), nn.ReLU()]
+        size = width
+    layers.append(nn.Linear(size, outputs))
+    return nn.Sequential(*layers)
+
+
+class NetModule(pl.LightningModule):
+    """A network ``net`` with a standard loss ``loss_fn`` (which the Wang-Landau strategy finds), trained by
+    ``optimizer`` (``"adam"`` or ``"sgd"``) at ``lr``. Logs ``train_loss``, ``val_loss`` and, for classifiers,
+    ``val_accuracy``. Subclasses build ``net`` and ``loss_fn`` in their ``__init__``.
+    """
+
+    optimizer = "adam"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self.loss_fn(self(x), y)
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        out = self(x)
+        self.log("val_loss", self.loss_fn(out, y))
+        if isinstance(self.loss_fn, nn.CrossEntropyLoss):
+            self.log("val_accuracy", (out.argmax(-1) == y).float().mean())
+
+    def configure_optimizers(self):
+        cls = torch.optim.SGD if self.optimizer == "sgd" else torch.optim.Adam
+        return cls(self.parameters(), lr=self.hparams.lr)
 
 
 class TensorDataModule(pl.LightningDataModule):
@@ -48,7 +90,7 @@ def standardize(train: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tenso
     return tuple((t - mean) / std for t in (train, *others))
 
 
-class Regressor(pl.LightningModule):
+class Regressor(NetModule):
     """ReLU FNN ``inputs -> width x depth -> 1`` trained with MSE on targets of shape ``(n, 1)``."""
 
     def __init__(self, inputs: int, width: int = 10, depth: int = 1, lr: float = 1e-3) -> None:
@@ -56,19 +98,3 @@ class Regressor(pl.LightningModule):
         self.save_hyperparameters()
         self.net = relu_net(inputs, width, depth, 1)
         self.loss_fn = nn.MSELoss()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = self.loss_fn(self(x), y)
-        self.log("train_loss", loss, prog_bar=True)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_loss", self.loss_fn(self(x), y))
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

@@ -11,12 +11,11 @@ conv(1->c) conv(c->c) pool conv conv pool conv pool fc(c*3*3 -> 10). Parameters 
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch import nn
 
-from lightning_entropy.tasks.common import TensorDataModule
+from lightning_entropy.tasks.common import NetModule, TensorDataModule
 
 PAPER_COUNTS = {2: 362, 3: 646, 4: 1002}
 MNIST_BUNDLED = 5000
@@ -59,29 +58,13 @@ class MNISTDataModule(TensorDataModule):
         super().__init__(*mnist_split(n_train, n_test, seed), batch_size)
 
 
-class MNISTClassifier(pl.LightningModule):
+class MNISTClassifier(NetModule):
     """The paper's CNN with ``channels`` channels, cross-entropy (SGD lr 3e-3 as the paper's baseline)."""
+
+    optimizer = "sgd"
 
     def __init__(self, channels: int = 2, lr: float = 3e-3) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = mnist_cnn(channels)
         self.loss_fn = nn.CrossEntropyLoss()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = self.loss_fn(self(x), y)
-        self.log("train_loss", loss, prog_bar=True)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        logits = self(x)
-        self.log("val_loss", self.loss_fn(logits, y))
-        self.log("val_accuracy", (logits.argmax(-1) == y).float().mean())
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_entropy.tasks.common import NetModule, relu_net  # noqa: F401  (relu_net is re-exported)
+
 
 def make_spiral(n: int, *, noise: float = 0.1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` points ``(n, 2)`` and labels ``(n,)`` (long), classes alternating."""
@@ -52,20 +54,7 @@ class SpiralDataModule(pl.LightningDataModule):
         return self.val_dataloader()
 
 
-def relu_net(inputs: int, width: int, depth: int, outputs: int) -> nn.Sequential:
-    """``inputs -> [width] * depth -> outputs`` with ReLU between layers."""
-    if width < 1 or depth < 1:
-        raise ValueError(f"width={width}, depth={depth}: both must be >= 1.")
-    layers: list[nn.Module] = []
-    size = inputs
-    for _ in range(depth):
-        layers += [nn.Linear(size, width), nn.ReLU()]
-        size = width
-    layers.append(nn.Linear(size, outputs))
-    return nn.Sequential(*layers)
-
-
-class SpiralClassifier(pl.LightningModule):
+class SpiralClassifier(NetModule):
     """ReLU FNN ``2 -> width x depth -> 2`` trained with cross-entropy (Adam, lr 1e-3 by default)."""
 
     def __init__(self, width: int = 6, depth: int = 3, lr: float = 1e-3) -> None:
@@ -73,21 +62,3 @@ class SpiralClassifier(pl.LightningModule):
         self.save_hyperparameters()
         self.net = relu_net(2, width, depth, 2)
         self.loss_fn = nn.CrossEntropyLoss()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = self.loss_fn(self(x), y)
-        self.log("train_loss", loss, prog_bar=True)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        logits = self(x)
-        self.log("val_loss", self.loss_fn(logits, y))
-        self.log("val_accuracy", (logits.argmax(-1) == y).float().mean())
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
