@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import math
 
-import lightning.pytorch as pl
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_entropy.tasks.common import NetModule, relu_net  # noqa: F401  (relu_net is re-exported)
+from lightning_entropy.tasks.common import NetModule, TensorDataModule, relu_net  # noqa: F401  (re-exported)
 
 
 def make_spiral(n: int, *, noise: float = 0.1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,28 +28,17 @@ def make_spiral(n: int, *, noise: float = 0.1, seed: int = 0) -> tuple[torch.Ten
     return x, label
 
 
-class SpiralDataModule(pl.LightningDataModule):
+class SpiralDataModule(TensorDataModule):
     """Train and test spirals drawn with different seeds; full-batch loaders by default."""
 
     def __init__(self, n_train: int = 40, n_test: int = 40, noise: float = 0.1, seed: int = 0,
                  batch_size: int | None = None) -> None:
-        super().__init__()
         for name, value in (("n_train", n_train), ("n_test", n_test)):
             if value < 2:
                 raise ValueError(f"{name}={value}: the spiral task needs at least 2 points per split.")
-        self.n_train, self.n_test, self.noise, self.seed = n_train, n_test, noise, seed
-        self.batch_size = batch_size
-        self.train_set = TensorDataset(*make_spiral(n_train, noise=noise, seed=seed))
-        self.test_set = TensorDataset(*make_spiral(n_test, noise=noise, seed=seed + 1))
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size or self.n_train, shuffle=self.batch_size is not None)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.test_set, batch_size=self.n_test)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+        self.noise, self.seed = noise, seed
+        super().__init__(make_spiral(n_train, noise=noise, seed=seed), make_spiral(n_test, noise=noise, seed=seed + 1),
+                         batch_size)
 
 
 class SpiralClassifier(NetModule):
