@@ -84,7 +84,7 @@ def test_save_load_round_trip(tmp_path):
     cv = torch.rand(7, 2)
     land.deposit(cv, torch.tensor(1.0), torch.ones(7, dtype=torch.bool))
     land.record(cv, torch.rand(7, 1), torch.ones(7, dtype=torch.bool))
-    land.add_walker_steps(torch.tensor(7))
+    land.add_walker_steps(7)
     path = land.save(tmp_path / "l.npz")
     back = Landscape.load(path)
     assert back.names == land.names and back.metadata["box"] == {"rule": "constant", "c": 1.0}

@@ -194,7 +194,8 @@ class Landscape:
         self.obs_sq.view(len(self.observable_names), -1).index_add_(1, flat, (obs**2).T)
         self.obs_count.view(-1).index_add_(0, flat, m)
 
-    def add_walker_steps(self, count: torch.Tensor) -> None:
+    def add_walker_steps(self, count: int) -> None:
+        """Count ``count`` sampler steps (summed over walkers); an in-place add on the device, no host sync."""
         self._walker_steps += count
 
     # -- readouts (numpy) ------------------------------------------------------------------------------------------

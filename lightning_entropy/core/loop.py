@@ -33,9 +33,11 @@ def run(
     step_fn = wlmd.step if isinstance(config, wlmd.MDConfig) else wlmc.step
     device = state.theta.device
     observing = observe_every > 0 and bool(landscape.observable_names)
+    t_device = torch.tensor(state.step, device=device)  # the step on the device, advanced in place
     for _ in range(steps):
         t = state.step + 1
-        factor = schedule.factor(schedule_state, torch.tensor(t, device=device))
+        t_device += 1
+        factor = schedule.factor(schedule_state, t_device)
         state = step_fn(state, evaluate=evaluate, landscape=landscape, bound=bound, factor=factor, config=config,
                         observe=observing and t % observe_every == 0)
     schedule_state = schedule.update(schedule_state, landscape, state.step)

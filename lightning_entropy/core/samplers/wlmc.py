@@ -112,7 +112,7 @@ def step(
         size = torch.where(rate < 0.3, size * 0.9, size)
         window = torch.zeros_like(window)
     landscape.deposit(cv, factor / w, torch.ones_like(ok))
-    landscape.add_walker_steps(torch.tensor(w, device=dev))
+    landscape.add_walker_steps(w)
     if observe:
         landscape.record(cv, evaluate.observe(theta), torch.ones_like(ok))
     return MCState(

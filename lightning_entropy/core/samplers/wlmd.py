@@ -159,7 +159,7 @@ def step(
     walkers = state.theta.shape[0]
     everyone = torch.ones_like(ok)
     landscape.deposit(new.cv, factor / walkers, everyone)
-    landscape.add_walker_steps(torch.tensor(walkers, device=ok.device))
+    landscape.add_walker_steps(walkers)
     if observe:
         landscape.record(new.cv, evaluate.observe(new.theta), everyone)
     return new
