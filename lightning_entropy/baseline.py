@@ -211,6 +211,9 @@ class BaselineCurve:
         count: number of records in each bin.
         metric: the pooled column.
         dropped: records outside the edges (or with non-finite values) that no bin holds.
+        seeds: number of seeds (independent runs) with records in each bin (0 where records carry no seed).
+        sem: standard error of the bin's mean across seeds: the spread of the per-seed bin means over
+            ``sqrt(seeds)`` (NaN with fewer than two seeds). Epochs of one run are correlated; seeds are not.
     """
 
     edges: np.ndarray
@@ -219,6 +222,8 @@ class BaselineCurve:
     count: np.ndarray
     metric: str
     dropped: int = 0
+    seeds: np.ndarray | None = None
+    sem: np.ndarray | None = None
 
     @property
     def centers(self) -> np.ndarray:
@@ -283,7 +288,31 @@ def pool(
         mean = np.where(count > 0, total / count, np.nan)
         dev = np.bincount(idx[inside], weights=(ys[inside] - mean[idx[inside]]) ** 2, minlength=nb)
         std = np.where(count > 1, np.sqrt(dev / np.maximum(count - 1, 1)), np.nan)
-    return BaselineCurve(edges, mean, std, count.astype(int), metric, dropped=int(len(rows) - inside.sum()))
+    seeds, sem = _seed_spread(rows, idx, ys, inside, nb)
+    return BaselineCurve(edges, mean, std, count.astype(int), metric, dropped=int(len(rows) - inside.sum()),
+                         seeds=seeds, sem=sem)
+
+
+def _seed_spread(rows: list[dict[str, float]], idx: np.ndarray, ys: np.ndarray, inside: np.ndarray,
+                 nb: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per bin: how many seeds have records there, and the standard error of the mean across those seeds."""
+    seeds = np.zeros(nb, dtype=int)
+    sem = np.full(nb, np.nan)
+    if not rows or "seed" not in rows[0]:
+        return seeds, sem
+    seed = np.array([r["seed"] for r in rows], dtype=float)
+    names = np.unique(seed[inside])
+    per_seed = np.full((names.size, nb), np.nan)
+    for i, name in enumerate(names):
+        m = inside & (seed == name)
+        c = np.bincount(idx[m], minlength=nb)
+        t = np.bincount(idx[m], weights=ys[m], minlength=nb)
+        per_seed[i] = np.where(c > 0, t / np.maximum(c, 1), np.nan)
+    seeds = np.isfinite(per_seed).sum(axis=0)
+    for b in np.flatnonzero(seeds > 1):
+        v = per_seed[:, b][np.isfinite(per_seed[:, b])]
+        sem[b] = v.std(ddof=1) / math.sqrt(v.size)
+    return seeds, sem
 
 
 # -- files ------------------------------------------------------------------------------------------------------------

@@ -18,7 +18,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.figure import Figure
 
+from lightning_entropy.analysis import inside_window
+
 if TYPE_CHECKING:
+    from lightning_entropy.analysis import Convergence, Readout
     from lightning_entropy.baseline import BaselineCurve
     from lightning_entropy.core.landscape import Landscape
 
@@ -40,20 +43,6 @@ def axis_label(name: str, label: str | None = None) -> str:
     if name in ("test_accuracy", "hard_test_accuracy") or label == "A_test":
         return "test accuracy"
     return label or name
-
-
-def inside_window(landscape: Landscape) -> np.ndarray:
-    """Per x bin: is the bin centre inside the soft-wall window? (All true without a soft wall.)
-
-    Outside the window the walkers also felt the wall, and the wall is not part of S, so S is underestimated there
-    by the wall's height; figures show only the window.
-    """
-    x = landscape.centers[0]
-    window = getattr(landscape, "window", None)
-    if not getattr(landscape, "wall_strength", 0.0) or window is None:
-        return np.ones(x.size, dtype=bool)
-    lo, hi = (float(v) for v in window[0])
-    return (x >= lo) & (x <= hi)
 
 
 def _view(edges: np.ndarray, visited: np.ndarray, pad: int = 2) -> tuple[float, float]:
@@ -83,6 +72,8 @@ def landscape_figure(
     baseline_label: str = "Adam",
     title: str | None = None,
     exclude: int = 1,
+    readouts: dict[str, Readout] | None = None,
+    convergence: Convergence | None = None,
     figsize: tuple[float, float] = (8.0, 5.6),
 ) -> Figure:
     """The landscape with its max-S line, Eq. (1) mean curve and (optionally) the baseline.
@@ -94,9 +85,43 @@ def landscape_figure(
         baseline_label: legend name of the baseline (the optimiser).
         title: figure title.
         exclude: test-axis rows ignored at each end by the max-S line.
+        readouts: :func:`lightning_entropy.analysis.readouts` of the landscape: the curves are drawn from them with
+            their error bands, solid where well sampled and dotted where under-sampled.
+        convergence: :func:`lightning_entropy.analysis.convergence`: a run that is not converged says so on the
+            figure.
     """
     fig = Figure(figsize=figsize, layout="constrained")
     ax = fig.add_subplot()
+    draw_landscape(fig, ax, landscape, baseline=baseline, baseline_label=baseline_label, exclude=exclude,
+                   readouts=readouts, convergence=convergence)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def _draw_readout(ax, readout: Readout, color: str, style: str, label: str) -> None:
+    """A readout curve: solid on well-sampled bins with a ±1 standard-error band, dotted on under-sampled ones."""
+    x, v, e = readout.x, readout.value, readout.error
+    good = np.where(~readout.undersampled, v, np.nan)
+    ax.plot(x, v, ":", color=color, linewidth=1.2)
+    ax.plot(x, good, style, color=color, linewidth=2.0, label=label)
+    if np.isfinite(e).any():
+        ax.fill_between(x, good - np.nan_to_num(e), good + np.nan_to_num(e), color=color, alpha=0.25, linewidth=0)
+
+
+def draw_landscape(
+    fig: Figure,
+    ax,
+    landscape: Landscape,
+    *,
+    baseline: BaselineCurve | None = None,
+    baseline_label: str = "Adam",
+    exclude: int = 1,
+    readouts: dict[str, Readout] | None = None,
+    convergence: Convergence | None = None,
+    legend: bool = True,
+) -> None:
+    """Draw :func:`landscape_figure`'s content into ``ax`` (of ``fig``), e.g. one panel of a sweep figure."""
     s = landscape.entropy
     xe = landscape.edges[0]
     xlabel = axis_label(landscape.names[0], landscape.labels[0])
@@ -106,18 +131,24 @@ def landscape_figure(
         mesh = ax.pcolormesh(xe, ye, np.ma.masked_invalid(s.T), cmap="viridis", shading="flat", rasterized=True)
         cbar = fig.colorbar(mesh, ax=ax)
         cbar.set_label("S - max S (nats)")
-        x, y_max = landscape.max_entropy_curve(exclude=exclude)
-        ax.plot(x, y_max, "-", color=MAX_S_COLOR, linewidth=2.0, label="max S (per train-loss bin)")
-        x, y_mean = landscape.mean_curve()
-        ax.plot(x, y_mean, "--", color=MEAN_COLOR, linewidth=1.8, label="Eq. (1): exp(S)-weighted mean")
+        max_label, mean_label = "max S (per train-loss bin)", "Eq. (1): exp(S)-weighted mean"
+        if readouts is not None and "max_s" in readouts:
+            _draw_readout(ax, readouts["max_s"], MAX_S_COLOR, "-", max_label)
+            _draw_readout(ax, readouts["mean_curve"], MEAN_COLOR, "--", mean_label)
+        else:
+            x, y_max = landscape.max_entropy_curve(exclude=exclude)
+            ax.plot(x, y_max, "-", color=MAX_S_COLOR, linewidth=2.0, label=max_label)
+            x, y_mean = landscape.mean_curve()
+            ax.plot(x, y_mean, "--", color=MEAN_COLOR, linewidth=1.8, label=mean_label)
         if baseline is not None:
             _draw_baseline(ax, baseline, baseline_label)
         ax.set_xlim(*_view(xe, finite.any(axis=1) & inside_window(landscape)))
         ax.set_ylim(*_view(ye, finite.any(axis=0)))
         ax.set_ylabel(axis_label(landscape.names[1], landscape.labels[1]))
         ax.set_facecolor("#d9d9d9")
-        legend = ax.legend(loc="lower left", fontsize=8, framealpha=0.85)  # low loss + low accuracy: empty
-        legend.get_frame().set_facecolor("#f0f0f0")
+        if legend:
+            box = ax.legend(loc="lower left", fontsize=8, framealpha=0.85)  # low loss + low accuracy: empty
+            box.get_frame().set_facecolor("#f0f0f0")
     else:
         finite = np.isfinite(s)
         x = landscape.centers[0]
@@ -126,18 +157,83 @@ def landscape_figure(
         ax.set_xlim(*_view(xe, finite & inside_window(landscape)))
         if landscape.observable_names:
             ax2 = ax.twinx()
-            xo, mean, err = landscape.observable_curve(landscape.observable_names[0])
-            ax2.errorbar(xo, mean, yerr=err, fmt="-", color=MAX_S_COLOR, linewidth=1.6, capsize=0,
-                         label="Eq. (1): unbiased mean per train-loss bin")
+            label = "Eq. (1): unbiased mean per train-loss bin"
+            if readouts is not None and "label_free" in readouts:
+                _draw_readout(ax2, readouts["label_free"], MAX_S_COLOR, "-", label)
+            else:
+                xo, mean, err = landscape.observable_curve(landscape.observable_names[0])
+                ax2.errorbar(xo, mean, yerr=err, fmt="-", color=MAX_S_COLOR, linewidth=1.6, capsize=0, label=label)
             if baseline is not None:
                 _draw_baseline(ax2, baseline, baseline_label)
             ax2.set_ylabel(axis_label(landscape.observable_names[0]))
             handles, labels = ax.get_legend_handles_labels()
             more_handles, more_labels = ax2.get_legend_handles_labels()
-            ax2.legend(handles + more_handles, labels + more_labels, loc="best", fontsize=8)
-        else:
+            if legend:
+                ax2.legend(handles + more_handles, labels + more_labels, loc="best", fontsize=8)
+        elif legend:
             ax.legend(loc="best", fontsize=8)
     ax.set_xlabel(xlabel)
+    if convergence is not None and not convergence.converged:
+        text = "NOT CONVERGED\n" + "\n".join(convergence.tags)
+        ax.text(0.98, 0.98, text, transform=ax.transAxes, ha="right", va="top", fontsize=7, color="#b00000",
+                bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "#b00000"})
+
+
+def convergence_figure(history: list[dict[str, float]], *, walkers: int | None = None, title: str | None = None,
+                       thresholds: dict[str, float] | None = None,
+                       figsize: tuple[float, float] = (9.0, 3.2)) -> Figure:
+    """Three panels over the run's snapshots (``landscape.history``): the RMS change of S between snapshots, the
+    window's histogram flatness, and the walkers that made a round trip across the train-loss range."""
+    fig = Figure(figsize=figsize, layout="constrained")
+    axes = fig.subplots(1, 3)
+    steps = np.array([h["step"] for h in history], dtype=float)
+    panels = (
+        ("s_change", "S change between snapshots (nats RMS)", True),
+        ("flatness", "histogram flatness in the window", False),
+        ("walkers_with_round_trip", "walkers with a round trip", False),
+    )
+    for ax, (key, label, log) in zip(axes, panels):
+        values = np.array([h.get(key, np.nan) for h in history], dtype=float)
+        ax.plot(steps, values, "o-", markersize=3)
+        limit = (thresholds or {}).get(key if key != "walkers_with_round_trip" else "round_trip_fraction")
+        if limit is not None:
+            ax.axhline(limit * (walkers or 1) if key == "walkers_with_round_trip" else limit, color="grey",
+                       linestyle="--", linewidth=1)
+        if log and np.isfinite(values).any() and (values[np.isfinite(values)] > 0).all():
+            ax.set_yscale("log")
+        ax.set_xlabel("sampler step")
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def width_figure(rows: list[dict], *, title: str | None = None, figsize: tuple[float, float] = (6.4, 4.2)) -> Figure:
+    """The advantage against parameter count, one line per task (rows of :func:`lightning_entropy.analysis.width_table`);
+    hollow markers for runs that are not converged."""
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax = fig.add_subplot()
+    tasks = sorted({str(r["task"]) for r in rows})
+    for task in tasks:
+        mine = [r for r in rows if str(r["task"]) == task and r["mean_advantage"] is not None and r["parameters"]]
+        if not mine:
+            continue
+        p = np.array([r["parameters"] for r in mine], dtype=float)
+        a = np.array([r["mean_advantage"] for r in mine], dtype=float)
+        e = np.array([r["mean_advantage_error"] or 0.0 for r in mine], dtype=float)
+        line = ax.errorbar(p, a, yerr=e, fmt="-", capsize=3, label=task)
+        done = np.array([bool(r["converged"]) for r in mine])
+        color = line[0].get_color()
+        ax.plot(p[done], a[done], "o", color=color)
+        ax.plot(p[~done], a[~done], "o", color=color, markerfacecolor="white")
+    ax.axhline(0.0, color="grey", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("mean high-entropy advantage\n(positive: generalizes better than the baseline)")
+    ax.grid(alpha=0.3)
+    if tasks:
+        ax.legend(fontsize=8, title="hollow: not converged", title_fontsize=7)
     if title:
         ax.set_title(title, fontsize=10)
     return fig

@@ -151,7 +151,18 @@ def test_wang_landau_run_writes_the_four_files(tmp_path):
     assert on_disk["box"]["rule"] == "fan_out"
     assert 0.0 < on_disk["flatness"] <= 1.0
     assert on_disk["wall_time_s"] > 0
-    assert set(on_disk["files"]) == {"landscape.npz", "landscape.png", "curves.csv", "summary.json", "baseline.csv"}
+    assert set(on_disk["files"]) == {"landscape.npz", "landscape.png", "curves.csv", "summary.json", "baseline.csv",
+                                     "convergence.png"}
+    # convergence figures: three snapshots (every 5 sampler steps = a tenth of the run, at least one chunk)
+    conv = on_disk["convergence"]
+    assert [h["step"] for h in conv["history"]] == [5, 10, 15]
+    assert on_disk["converged"] is False and conv["reasons"]  # 15 steps cannot converge, and the run says so
+    assert any("NOT converged" in line for line in lines)
+    # the advantage: signed readout minus baseline on the bins both cover, with the bins it used
+    adv = on_disk["advantage"]
+    assert adv["readout"] == "max_s" and adv["metric"] == "smooth_test_accuracy" and adv["higher_is_better"]
+    assert on_disk["mean_advantage"] == adv["mean_advantage"]
+    assert set(on_disk["advantage_by_readout"]) == {"max_s", "mean_curve"}
     assert on_disk["variables"] == ["ln_train_loss", "test_accuracy"]
     assert on_disk["test_labels_in_dynamics"] is True
     assert on_disk["baseline"]["records"] == 2 * 12 and on_disk["baseline"]["metric"] == "smooth_test_accuracy"
@@ -171,6 +182,13 @@ def test_wang_landau_run_writes_the_four_files(tmp_path):
     curve = pool(records, metric="smooth_test_accuracy", edges=landscape.edges[0])
     assert [int(r["baseline_count"]) for r in rows] == curve.count.tolist()
     np.testing.assert_allclose([float(r["baseline_mean"]) for r in rows], curve.mean, equal_nan=True)
+    per_bin = np.array([float(r["advantage"]) for r in rows])
+    used = np.isfinite(per_bin)
+    assert used.sum() == adv["bins"]
+    if adv["bins"]:
+        np.testing.assert_allclose(per_bin[used], (y_max - curve.mean)[used])
+        assert adv["mean_advantage"] == pytest.approx(per_bin[used].mean())
+        assert all(int(r["undersampled"]) == 0 for r, u in zip(rows, used) if u)
 
 
 def test_monte_carlo_run_uses_hard_accuracy_for_axis_and_baseline(tmp_path):
@@ -186,8 +204,9 @@ def test_one_axis_landscape_reports_the_unbiased_mean_curve(tmp_path):
     overrides = [*TINY, "sampler.variables=[train_loss]", "sampler.window=[[-10,-0.7]]", "sampler.bin_width=[0.1]"]
     summary = run(compose_config(overrides), tmp_path, echo=lambda _: None)
     assert summary["variables"] == ["ln_train_loss"] and summary["test_labels_in_dynamics"] is False
-    assert summary["comparison"]["metric"] == "hard_test_accuracy"
-    assert summary["comparison"]["max_s_minus_baseline"] is None
+    assert summary["advantage"]["metric"] == "hard_test_accuracy"
+    assert summary["advantage"]["readout"] == "label_free"
+    assert set(summary["advantage_by_readout"]) == {"label_free"}
     rows = _read_curves(tmp_path / "curves.csv")
     assert all(r["max_s"] == "nan" for r in rows)
     landscape = Landscape.load(tmp_path / "landscape.npz")

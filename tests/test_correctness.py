@@ -5,6 +5,7 @@ import pytest
 import torch
 from toy import rms_error, toy_landscape, toy_problem
 
+from lightning_entropy import analysis
 from lightning_entropy.core import loop
 from lightning_entropy.core.box import uniform
 from lightning_entropy.core.samplers import wlmc, wlmd
@@ -30,6 +31,7 @@ def _walk(dims, steps, *, sampler="md", observables=(), config=None, chunk=250):
         state, sched_state = loop.run(state, chunk, evaluate=evaluate, landscape=landscape, bound=bound,
                                       schedule=schedule, schedule_state=sched_state, config=config,
                                       observe_every=5)
+        landscape.snapshot(state.step)
     return landscape, state
 
 
@@ -72,6 +74,16 @@ def test_label_free_eq1_estimate_matches_exact_and_2d_mean_curve(walk_1d, exact)
     good = exact["1d"] >= 2000
     assert np.isfinite(mean[good]).all()
     assert np.abs(mean[good] - exact["mean_test"][good]).max() < 0.1  # measured 0.03
+    # the error bars of the analysis (spread of walker groups) cover the deviation from exact in most bins
+    readout = analysis.readouts(landscape)["label_free"]
+    ok = good & ~readout.undersampled
+    assert ok.sum() >= 30 and np.isfinite(readout.error[ok]).all()
+    covered = np.abs(readout.value[ok] - exact["mean_test"][ok]) <= 3 * readout.error[ok] + 0.005
+    assert covered.mean() >= 0.7, f"only {covered.mean():.0%} of bins within 3 standard errors of exact"
+    assert readout.error[ok].max() < 0.1
+    # S settles: the change between snapshots shrinks as the WL factor falls
+    changes = [h["s_change"] for h in landscape.history[1:]]
+    assert np.mean(changes[-5:]) < 0.5 * np.mean(changes[:5])
     two_d, _ = _walk(2, 8000)
     _, eq1 = two_d.mean_curve()
     close = (exact["1d"] >= 20000) & np.isfinite(eq1)

@@ -46,12 +46,12 @@ def toy_problem(dims: int, observables: tuple[str, ...] = ()):
     return net, layout, evaluator, BOX.bounds(layout)
 
 
-def toy_landscape(dims: int, kernel_sigma: float = 1.0, observables: tuple[str, ...] = ()) -> Landscape:
+def toy_landscape(dims: int, kernel_sigma: float = 1.0, observables: tuple[str, ...] = (), groups: int = 8) -> Landscape:
     names = ("ln_train_loss", "ln_test_loss")[:dims]
     ranges = [RANGES[n] for n in names]
     bins = [int(round((hi - lo) / WIDTH)) for lo, hi in ranges]
     obs = [resolve(n, loss="mse").name for n in observables]
-    return Landscape(ranges, bins, names, kernel_sigma=kernel_sigma, observables=obs)
+    return Landscape(ranges, bins, names, kernel_sigma=kernel_sigma, observables=obs, groups=groups)
 
 
 def brute_force(samples: int = 2_000_000, seed: int = 1):

@@ -30,6 +30,9 @@ OPTIMIZER_KINDS = ("adam", "sgd")
 LOGGER_KINDS = ("none", "csv", "wandb")
 
 
+REQUIRED = "REQUIRED"  # the value of a key that an experiment preset needs from the command line
+
+
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the key (e.g. ``model.width``)."""
 
@@ -122,6 +125,8 @@ class WangLandauConfig(SamplerConfig):
     accuracy_slope: float = 5.0
     accuracy_axis: str = "linear"
     vectorize: Any = "auto"
+    snapshot_every: Optional[int] = None  # sampler steps between convergence snapshots (null: a tenth of the run)
+    groups: Optional[int] = None  # walker groups for the readouts' error bars (null: min(8, walkers))
 
 
 @dataclass
@@ -297,6 +302,9 @@ def validate(cfg: DictConfig) -> None:
     from lightning_entropy.cli.tasks import TASKS  # late import: the registry imports the task modules
 
     _unknown_keys(cfg, Config, "")
+    if cfg.task.path == REQUIRED:
+        raise ConfigError(f"task.path: this preset needs a data file that is not bundled with the package ({cfg.task.name}"
+                          " task); give it on the command line, e.g. task.path=../shared/data/<file>.npz.")
     _choice(cfg, "task.name", tuple(TASKS))
     for key in ("task.n_train", "task.n_test"):
         if OmegaConf.select(cfg, key) is not None:

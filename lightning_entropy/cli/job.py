@@ -47,8 +47,10 @@ log = logging.getLogger("lightning_entropy.cli")
 #: Files of a Wang-Landau run, and of an optimiser-only run.
 LANDSCAPE_FILES = ("landscape.npz", "landscape.png", "curves.csv", "baseline.csv", "summary.json")
 BASELINE_FILES = ("baseline.png", "curves.csv", "baseline.csv", "summary.json")
-CURVE_COLUMNS = ("ln_train_loss", "max_s", "mean_curve", "baseline_mean", "baseline_std", "baseline_count", "visits",
-                 "in_window")
+CURVE_COLUMNS = ("ln_train_loss", "max_s", "max_s_err", "mean_curve", "mean_curve_err", "label_free", "label_free_err",
+                 "undersampled", "baseline_mean", "baseline_std", "baseline_sem", "baseline_count", "advantage",
+                 "advantage_err", "visits", "in_window")
+INTEGER_COLUMNS = ("baseline_count", "visits", "in_window", "undersampled")
 
 OPEN_WINDOW = 1e9  # the soft-wall limit of an axis given as null in sampler.window (no wall: CVs never get there)
 
@@ -151,6 +153,8 @@ def make_strategy(cfg: DictConfig, *, classifier: bool = True):
             accuracy_slope=s.accuracy_slope,
             accuracy_axis=s.accuracy_axis,
             vectorize=plain(s.vectorize),
+            snapshot_every=s.snapshot_every,
+            groups=s.groups,
         )
     except (ValueError, TypeError) as err:
         raise ConfigError(f"sampler: {err}") from err
@@ -303,35 +307,15 @@ def _metric_text(column: str | None, landscape=None) -> str:
 
 
 def write_curves(path: Path, x: np.ndarray, columns: dict[str, np.ndarray]) -> Path:
-    """``curves.csv``: one row per x bin with the columns of :data:`CURVE_COLUMNS`."""
+    """``curves.csv``: one row per x bin with the columns of :data:`CURVE_COLUMNS` (NaN for a column not given)."""
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(CURVE_COLUMNS)
         for i, xc in enumerate(x):
-            row = [float(xc)] + [float(columns[c][i]) for c in CURVE_COLUMNS[1:]]
-            w.writerow(["nan" if not math.isfinite(v) else (int(v) if c in ("baseline_count", "visits", "in_window")
-                                                             else repr(v))
+            row = [float(xc)] + [float(columns[c][i]) if c in columns else math.nan for c in CURVE_COLUMNS[1:]]
+            w.writerow(["nan" if not math.isfinite(v) else (int(v) if c in INTEGER_COLUMNS else repr(v))
                         for c, v in zip(CURVE_COLUMNS, row)])
     return path
-
-
-def compare(x: np.ndarray, landscape_y: np.ndarray, curve, *, mask: np.ndarray | None = None,
-            min_count: int = 1) -> dict[str, Any]:
-    """Landscape curve minus baseline mean over the x bins where both exist (the high-entropy advantage).
-
-    ``mask`` restricts the bins (e.g. to the soft-wall window, outside which S is biased by the wall).
-    """
-    ok = np.isfinite(landscape_y) & np.isfinite(curve.mean) & (curve.count >= min_count)
-    if mask is not None:
-        ok &= mask
-    if not ok.any():
-        return {"bins": 0, "mean_difference": None, "ln_train_loss_range": None}
-    diff = landscape_y[ok] - curve.mean[ok]
-    return {
-        "bins": int(ok.sum()),
-        "mean_difference": float(diff.mean()),
-        "ln_train_loss_range": [float(x[ok].min()), float(x[ok].max())],
-    }
 
 
 def _jsonable(value: Any) -> Any:
@@ -377,7 +361,7 @@ def run(cfg: DictConfig, out_dir: str | Path, *, echo: Callable[[str], None] = p
 def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: float) -> dict[str, Any]:
     import lightning.pytorch as pl
 
-    from lightning_entropy import plotting
+    from lightning_entropy import analysis, plotting
     from lightning_entropy.baseline import pool, save_records
 
     out = out_dir.resolve()
@@ -470,45 +454,57 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
         title = (f"{task.name}: {type(model).__name__} ({parameters} params, box {box_text})\n"
                  f"{SAMPLER_NAMES[kind]}: {strategy.walkers} walkers x {steps:,} steps"
                  f"; baseline: {baseline_text}")
-        fig = plotting.landscape_figure(landscape, baseline=curve, baseline_label=optimizer_name, title=title,
-                                        exclude=int(cfg.plot.exclude))
-        plotting.save(fig, out / "landscape.png", dpi=int(cfg.plot.dpi))
-        files.append("landscape.png")
         x = landscape.centers[0]
         nbins = x.size
-        if landscape.ndim == 2:
-            _, max_s = landscape.max_entropy_curve(exclude=int(cfg.plot.exclude))
-        else:
-            max_s = np.full(nbins, np.nan)
-        _, mean_y = landscape.mean_curve() if (landscape.ndim == 2 or landscape.observable_names) else (
-            x, np.full(nbins, np.nan))
+        nan = np.full(nbins, np.nan)
+        reads = analysis.readouts(landscape, exclude=int(cfg.plot.exclude))
+        conv = analysis.convergence(landscape, walkers=int(strategy.walkers))
+        primary = "max_s" if "max_s" in reads else ("label_free" if "label_free" in reads else None)
+        in_window = analysis.inside_window(landscape)
+        advantages = {}
+        if curve is not None and column is not None:
+            better = "accuracy" in column
+            advantages = {name: analysis.advantage(r, curve, higher_is_better=better, in_window=in_window)
+                          for name, r in reads.items()}
+        fig = plotting.landscape_figure(landscape, baseline=curve, baseline_label=optimizer_name, title=title,
+                                        exclude=int(cfg.plot.exclude), readouts=reads, convergence=conv)
+        plotting.save(fig, out / "landscape.png", dpi=int(cfg.plot.dpi))
+        files.append("landscape.png")
+        if conv.history:
+            fig = plotting.convergence_figure(conv.history, walkers=int(strategy.walkers), thresholds=conv.thresholds,
+                                              title=f"{task.name}: convergence over {len(conv.history)} snapshots")
+            plotting.save(fig, out / "convergence.png", dpi=int(cfg.plot.dpi))
+            files.append("convergence.png")
         hist = landscape.histogram
         visits = hist.sum(axis=tuple(range(1, hist.ndim))) if hist.ndim > 1 else hist
-        nan = np.full(nbins, np.nan)
-        in_window = plotting.inside_window(landscape)
-        write_curves(out / "curves.csv", x, {
-            "max_s": max_s, "mean_curve": mean_y,
+        _, mean_y = landscape.mean_curve() if (landscape.ndim == 2 or landscape.observable_names) else (x, nan)
+        columns = {"mean_curve": mean_y, "visits": visits, "in_window": in_window}
+        for name in analysis.READOUTS:
+            r = reads.get(name)
+            if name != "mean_curve":
+                columns[name] = r.value if r is not None else nan
+            columns[f"{name}_err"] = r.error if r is not None else nan
+        under = reads[primary].undersampled if primary else np.ones(nbins, dtype=bool)
+        columns["undersampled"] = under.astype(float)
+        main = advantages.get(primary)
+        columns.update({
             "baseline_mean": curve.mean if curve is not None else nan,
             "baseline_std": curve.std if curve is not None else nan,
+            "baseline_sem": curve.sem if curve is not None and curve.sem is not None else nan,
             "baseline_count": curve.count if curve is not None else np.zeros(nbins),
-            "visits": visits,
-            "in_window": in_window,
+            "advantage": main.per_bin if main is not None else nan,
+            "advantage_err": main.error if main is not None else nan,
         })
+        write_curves(out / "curves.csv", x, columns)
         files.append("curves.csv")
-        comparison = None
-        if curve is not None:
-            comparison = {
-                "metric": column,
-                "higher_is_better": "accuracy" in column,
-                "max_s_minus_baseline": compare(x, max_s, curve, mask=in_window) if landscape.ndim == 2 else None,
-                "mean_curve_minus_baseline": compare(x, mean_y, curve, mask=in_window),
-            }
         summary.update({
             "box": box,
             "steps": steps,
             "walkers": int(strategy.walkers),
             "walker_steps": int(landscape.walker_steps),
             "flatness": float(landscape.flatness()),
+            "convergence": conv.summary(),
+            "converged": conv.converged,
             "variables": list(landscape.names),
             "axis_labels": list(landscape.labels),
             "test_labels_in_dynamics": bool(meta.get("test_labels_in_dynamics", False)),
@@ -521,7 +517,9 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
                 "visited_bins": int((hist > 0).sum()),
                 "visited_ln_train_loss": _visited_range(x, visits),
             },
-            "comparison": comparison,
+            "advantage": main.summary() if main is not None else None,
+            "mean_advantage": main.mean_advantage if main is not None else None,
+            "advantage_by_readout": {k: v.summary() for k, v in advantages.items()},
         })
     else:
         curve = pool(records, metric="test_metric") if records else None
@@ -532,9 +530,8 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
             plotting.save(fig, out / "baseline.png", dpi=int(cfg.plot.dpi))
             files.append("baseline.png")
             nbins = curve.mean.size
-            nan = np.full(nbins, np.nan)
             write_curves(out / "curves.csv", curve.centers, {
-                "max_s": nan, "mean_curve": nan, "baseline_mean": curve.mean, "baseline_std": curve.std,
+                "baseline_mean": curve.mean, "baseline_std": curve.std, "baseline_sem": curve.sem,
                 "baseline_count": curve.count, "visits": np.zeros(nbins), "in_window": np.ones(nbins),
             })
             files.append("curves.csv")
@@ -542,7 +539,7 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
         summary.update({"box": None, "steps": int(settings["epochs"]) * batches, "walkers": None,
                         "walker_steps": None, "flatness": None})
     if want_baseline:
-        metric_col = (summary.get("comparison") or {}).get("metric") or _record_metric(records)
+        metric_col = column if landscape is not None and column is not None else _record_metric(records)
         summary["baseline"] = {
             **{k: settings[k] for k in ("optimizer", "lr", "momentum", "seeds", "epochs", "every_n_epochs")},
             "batch_size": task.description.get("batch_size"),
@@ -586,11 +583,11 @@ def _log_final(logger: Any, summary: dict[str, Any], out: Path, *, step: int) ->
     if not logger:
         return
     metrics = {k: summary[k] for k in ("flatness", "walker_steps", "wall_time_s") if summary.get(k) is not None}
-    comparison = summary.get("comparison") or {}
-    for key in ("max_s_minus_baseline", "mean_curve_minus_baseline"):
-        value = (comparison.get(key) or {}).get("mean_difference")
-        if value is not None:
-            metrics[f"report/{key}"] = value
+    for name, adv in (summary.get("advantage_by_readout") or {}).items():
+        if adv.get("mean_advantage") is not None:
+            metrics[f"report/advantage_{name}"] = adv["mean_advantage"]
+    if summary.get("converged") is not None:
+        metrics["report/converged"] = float(summary["converged"])
     try:
         logger.log_metrics({f"report/{k}" if "/" not in k else k: v for k, v in metrics.items()}, step=step)
         if hasattr(logger, "log_image") and (out / "landscape.png").exists():
@@ -618,13 +615,18 @@ def report_lines(summary: dict[str, Any]) -> list[str]:
         end = f"; final ln L_train {min(finals):.2f}..{max(finals):.2f}" if finals else ""
         lines.append(f"  baseline: {base['optimizer']} lr {base['lr']:g}, {len(base['seeds'])} seeds x"
                      f" {base['epochs']} epochs ({base['records']} records, metric {base['metric']}){end}")
-    comparison = summary.get("comparison")
-    if comparison:
-        for key, name in (("max_s_minus_baseline", "max-S line"), ("mean_curve_minus_baseline", "Eq. (1) mean")):
-            c = comparison.get(key)
-            if c and c["bins"]:
-                lines.append(f"  {name} minus baseline: {c['mean_difference']:+.3f} {comparison['metric']} (mean over"
-                             f" {c['bins']} ln L_train bins in {_span(c['ln_train_loss_range'])})")
+    names = {"max_s": "max-S line", "mean_curve": "Eq. (1) mean", "label_free": "label-free Eq. (1)"}
+    for key, adv in (summary.get("advantage_by_readout") or {}).items():
+        if adv["bins"]:
+            lines.append(f"  advantage of the {names.get(key, key)} over the baseline: {adv['mean_advantage']:+.3f}"
+                         f" ± {adv['mean_advantage_error']:.3f} {adv['metric']} (positive: generalizes better; mean"
+                         f" over {adv['bins']} ln L_train bins in {_span(adv['ln_train_loss_range'])})")
+        else:
+            lines.append(f"  advantage of the {names.get(key, key)}: no bin covered by both curves")
+    conv = summary.get("convergence")
+    if conv:
+        verdict = "converged" if conv["converged"] else "NOT converged: " + "; ".join(conv["reasons"])
+        lines.append(f"  convergence: {verdict}")
     lines.append(f"  wall time {summary['wall_time_s']:.1f} s; files: {', '.join(summary['files'])}")
     lines.append(f"  run directory: {summary['run_dir']}")
     return lines

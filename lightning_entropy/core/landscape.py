@@ -40,6 +40,9 @@ class Landscape:
         window: per axis ``(lo, hi)`` of the soft wall, CV units; default the grid range (no soft wall).
         wall_strength: ``c`` of the soft wall ``c * d**2`` (nats per CV unit squared); ``0`` disables it.
         observables: names of quantities recorded per bin without bias.
+        groups: walker groups (walker ``w`` is in group ``w % groups``) with their own recent visit histograms and
+            observable sums; their spread is the statistical uncertainty of the readouts (see
+            :mod:`lightning_entropy.analysis`). 1 keeps no group statistics.
         device: where the grid lives (the walkers' device).
     """
 
@@ -55,6 +58,7 @@ class Landscape:
         window: Sequence[tuple[float, float]] | None = None,
         wall_strength: float = 0.0,
         observables: Sequence[str] = (),
+        groups: int = 1,
         device: torch.device | str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
@@ -69,6 +73,8 @@ class Landscape:
                 raise ValueError(f"Axis {name!r}: range ({lo}, {hi}) is empty or not finite; give lo < hi.")
             if int(n) < 2:
                 raise ValueError(f"Axis {name!r}: bins={n}; a landscape needs at least 2 bins per axis.")
+        if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+            raise ValueError(f"groups={groups!r} must be a positive integer (walker groups for error bars).")
         if kernel_sigma < 0 or wall_strength < 0:
             raise ValueError(f"kernel_sigma={kernel_sigma} and wall_strength={wall_strength} must be >= 0.")
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -92,6 +98,16 @@ class Landscape:
         self.obs_sq = torch.zeros((k, *self.shape), dtype=torch.float64, device=self.device)
         self.obs_count = torch.zeros(self.shape, dtype=torch.float64, device=self.device)
         self._walker_steps = torch.zeros((), dtype=torch.int64, device=self.device)
+        # per walker group: visits in the current and the previous snapshot interval, observables over the run
+        self.groups = int(groups)
+        g = self.groups
+        self.recent_visits = torch.zeros((2, g, *self.shape), dtype=torch.float64, device=self.device)
+        self.group_obs_sum = torch.zeros((k, g, *self.shape), dtype=torch.float64, device=self.device)
+        self.group_obs_count = torch.zeros((g, *self.shape), dtype=torch.float64, device=self.device)
+        self.snapshot_bias = torch.zeros(self.shape, dtype=torch.float64, device=self.device)
+        self.snapshot_visits = torch.zeros(self.shape, dtype=torch.float64, device=self.device)
+        self.history: list[dict[str, float]] = []  # one entry per snapshot (see ``snapshot``)
+        self._group_of: torch.Tensor | None = None
         self._strides = torch.tensor(
             [math.prod(self.shape[i + 1 :]) for i in range(d)], dtype=torch.int64, device=self.device
         )
@@ -183,7 +199,9 @@ class Landscape:
         near = torch.minimum(near.clamp(min=0), n - 1)
         flat = (near * self._strides).sum(-1).reshape(-1)
         self.bias.view(-1).index_add_(0, flat, (amount.unsqueeze(1) * self._weights.unsqueeze(0)).reshape(-1))
-        self.visits.view(-1).index_add_(0, (idx * self._strides).sum(-1), m)
+        here = (idx * self._strides).sum(-1)
+        self.visits.view(-1).index_add_(0, here, m)
+        self.recent_visits[0].view(-1).index_add_(0, self._group_offset(cv.shape[0]) + here, m)
 
     def record(self, cv: torch.Tensor, observed: torch.Tensor, mask: torch.Tensor) -> None:
         """Accumulate per-bin sums of observables ``(W, k)`` for walkers in ``mask``."""
@@ -193,6 +211,51 @@ class Landscape:
         self.obs_sum.view(len(self.observable_names), -1).index_add_(1, flat, obs.T)
         self.obs_sq.view(len(self.observable_names), -1).index_add_(1, flat, (obs**2).T)
         self.obs_count.view(-1).index_add_(0, flat, m)
+        k = len(self.observable_names)
+        grouped = self._group_offset(cv.shape[0]) + flat  # flat index into (groups, bins)
+        self.group_obs_sum.view(k, -1).index_add_(1, grouped, obs.T)
+        self.group_obs_count.view(-1).index_add_(0, grouped, m)
+
+    def _group_offset(self, walkers: int) -> torch.Tensor:
+        """``(W,)`` offset of each walker's group in a flattened ``(groups, bins)`` array (cached per W)."""
+        if self._group_of is None or self._group_of.numel() != walkers:
+            size = math.prod(self.shape)
+            self._group_of = (torch.arange(walkers, device=self.device) % self.groups) * size
+        return self._group_of
+
+    def snapshot(self, step: int, **extra: float) -> dict[str, float]:
+        """Close a snapshot interval: measure how much S moved since the last snapshot, start a new interval of the
+        recent per-group histograms, and append an entry to :attr:`history`. Synchronises with the host: call it
+        at a cadence (the strategies do so a few times per run), not per step.
+
+        The entry holds ``step``, ``walker_steps``, ``s_change`` (RMS change of S in nats since the previous
+        snapshot, over bins visited at both and inside the window, after removing the mean shift; NaN at the
+        first snapshot), ``flatness`` (inside the window) and any ``extra`` figures (e.g. round trips).
+        """
+        visited = (self.visits > 0) & (self.snapshot_visits > 0) & self.window_mask()
+        change = float("nan")
+        if bool(visited.any()):
+            d = (self.bias - self.snapshot_bias)[visited]
+            change = float(torch.sqrt(((d - d.mean()) ** 2).mean()))
+        entry = {"step": int(step), "walker_steps": self.walker_steps, "s_change": change,
+                 "flatness": self.flatness(window_only=True), **{k: float(v) for k, v in extra.items()}}
+        self.history.append(entry)
+        self.snapshot_bias.copy_(self.bias)
+        self.snapshot_visits.copy_(self.visits)
+        self.recent_visits[1].copy_(self.recent_visits[0])
+        self.recent_visits[0].zero_()
+        return entry
+
+    def window_mask(self) -> torch.Tensor:
+        """Boolean grid of the bins whose centres lie inside the soft-wall window (all bins without a window)."""
+        mask = torch.ones(self.shape, dtype=torch.bool, device=self.device)
+        for axis, c in enumerate(self.centers):
+            lo, hi = (float(v) for v in self.window[axis])
+            inside = torch.from_numpy((c >= lo) & (c <= hi)).to(self.device)
+            shape = [1] * self.ndim
+            shape[axis] = -1
+            mask = mask & inside.view(shape)
+        return mask
 
     def add_walker_steps(self, count: int) -> None:
         """Count ``count`` sampler steps (summed over walkers); an in-place add on the device, no host sync."""
@@ -219,17 +282,18 @@ class Landscape:
             s -= np.nanmax(s)
         return s
 
-    def flatness(self, histogram: torch.Tensor | None = None, quantile: float = 0.05) -> float:
+    def flatness(self, histogram: torch.Tensor | None = None, quantile: float = 0.05, *,
+                 window_only: bool = False) -> float:
         """How flat the visit histogram is over the visited bins: its ``quantile`` (default the 5th percentile)
         divided by its mean. 1 is perfectly flat; 0 when nothing was visited. The low quantile, not the minimum,
         keeps a few rarely reachable edge bins of a continuous landscape from vetoing flatness forever.
+        ``window_only`` counts only the bins inside the soft-wall window (the region the run is about).
         """
-        h = self.visits if histogram is None else histogram
-        h = h.reshape(-1)
-        if histogram is None:
-            h = h[h > 0]
-        else:
-            h = h[self.visits.reshape(-1) > 0]
+        h = (self.visits if histogram is None else histogram).reshape(-1)
+        keep = self.visits > 0
+        if window_only:
+            keep = keep & self.window_mask()
+        h = h[keep.reshape(-1)]
         if h.numel() == 0 or float(h.mean()) == 0:
             return 0.0
         return float(torch.quantile(h, quantile) / h.mean())
@@ -296,7 +360,10 @@ class Landscape:
             "window": self.window.tolist(),
             "wall_strength": self.wall_strength,
             "observables": list(self.observable_names),
+            "groups": self.groups,
         }
+
+    _GROUP_STATE = ("recent_visits", "group_obs_sum", "group_obs_count", "snapshot_bias", "snapshot_visits")
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -308,6 +375,8 @@ class Landscape:
             "obs_sq": self.obs_sq.clone(),
             "obs_count": self.obs_count.clone(),
             "walker_steps": self._walker_steps.clone(),
+            **{key: getattr(self, key).clone() for key in self._GROUP_STATE},
+            "history": [dict(h) for h in self.history],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -318,6 +387,10 @@ class Landscape:
             )
         for key in ("bias", "visits", "obs_sum", "obs_sq", "obs_count"):
             getattr(self, key).copy_(state[key])
+        for key in self._GROUP_STATE:  # absent in files written before group statistics existed
+            if key in state:
+                getattr(self, key).copy_(state[key])
+        self.history = [dict(h) for h in state.get("history", [])]
         self._walker_steps.copy_(state["walker_steps"])
         self.metadata.update(state.get("metadata", {}))
 
@@ -335,7 +408,8 @@ class Landscape:
         path.parent.mkdir(parents=True, exist_ok=True)
         state = self.state_dict()
         arrays = {k: v.cpu().numpy() for k, v in state.items() if isinstance(v, torch.Tensor)}
-        meta = json.dumps({"config": state["config"], "metadata": state["metadata"]}, default=str)
+        meta = json.dumps({"config": state["config"], "metadata": state["metadata"], "history": state["history"]},
+                          default=str)
         with open(path, "wb") as fh:
             np.savez_compressed(fh, json=np.array(meta), entropy=self.entropy, **arrays)
         return path

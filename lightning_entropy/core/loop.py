@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from lightning_entropy.core.landscape import Landscape
+from lightning_entropy.core import round_trips as trips
 from lightning_entropy.core.samplers import wlmc, wlmd
 
 
@@ -24,11 +25,12 @@ def run(
     schedule_state: dict[str, torch.Tensor],
     config: wlmd.MDConfig | wlmc.MCConfig,
     observe_every: int = 0,
+    round_trips: trips.RoundTripState | None = None,
 ) -> tuple[Any, dict[str, torch.Tensor]]:
     """Run ``steps`` sampler steps; return the new sampler state and schedule state.
 
     The sampler follows from ``config`` (:class:`~wlmd.MDConfig` or :class:`~wlmc.MCConfig`). Observables are
-    recorded every ``observe_every`` steps (0: never).
+    recorded every ``observe_every`` steps (0: never). ``round_trips``, if given, is updated in place every step.
     """
     step_fn = wlmd.step if isinstance(config, wlmd.MDConfig) else wlmc.step
     device = state.theta.device
@@ -40,6 +42,8 @@ def run(
         factor = schedule.factor(schedule_state, t_device)
         state = step_fn(state, evaluate=evaluate, landscape=landscape, bound=bound, factor=factor, config=config,
                         observe=observing and t % observe_every == 0)
+        if round_trips is not None:
+            trips.update(round_trips, state.cv[:, 0])
     schedule_state = schedule.update(schedule_state, landscape, state.step)
     landscape.metadata["steps"] = state.step
     return state, schedule_state

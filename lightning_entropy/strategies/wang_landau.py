@@ -31,7 +31,7 @@ from lightning.pytorch.plugins.precision import DoublePrecision, Precision
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from lightning_entropy import __version__
-from lightning_entropy.core import loop
+from lightning_entropy.core import loop, round_trips
 from lightning_entropy.core import schedule as schedules
 from lightning_entropy.core.box import Box, uniform
 from lightning_entropy.core.evaluator import Evaluator
@@ -120,6 +120,9 @@ class WangLandauStrategy(SingleDeviceStrategy):
         accuracy_slope: slope ``k`` of the smoothed accuracy.
         accuracy_axis: ``"linear"`` or ``"logit"`` for accuracy axes.
         vectorize: ``"auto"`` (vmap when it traces), ``True`` or ``False`` (loop over walkers).
+        snapshot_every: sampler steps between convergence snapshots (S change, window flatness, round trips; see
+            ``landscape.history``); default a tenth of the run (``max_steps``), at least one Lightning step.
+        groups: walker groups whose spread gives the readouts' error bars; default ``min(8, walkers)``.
         device: the device; default the Trainer's accelerator device.
     """
 
@@ -158,6 +161,8 @@ class WangLandauStrategy(SingleDeviceStrategy):
         accuracy_slope: float = 5.0,
         accuracy_axis: str = "linear",
         vectorize: bool | str = "auto",
+        snapshot_every: int | None = None,
+        groups: int | None = None,
         device: torch.device | str | None = None,
         accelerator=None,
         checkpoint_io=None,
@@ -179,7 +184,8 @@ class WangLandauStrategy(SingleDeviceStrategy):
                 " put the test metric second, e.g. ('train_loss', 'test_accuracy')."
             )
         for name, value in (("walkers", walkers), ("steps_per_lightning_step", steps_per_lightning_step),
-                            ("observe_every", observe_every)):
+                            ("observe_every", observe_every), ("snapshot_every", snapshot_every or 1),
+                            ("groups", groups or 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer.")
         if start not in MODES:
@@ -214,6 +220,10 @@ class WangLandauStrategy(SingleDeviceStrategy):
         self.accuracy_slope = float(accuracy_slope)
         self.accuracy_axis = accuracy_axis
         self.vectorize = vectorize
+        self.snapshot_every = snapshot_every
+        self.groups = groups if groups is not None else min(8, walkers)
+        self._round_trips: round_trips.RoundTripState | None = None
+        self._next_snapshot = 0
         self._landscape: Landscape | None = None
         self._state: wlmd.MDState | wlmc.MCState | None = None
         self._schedule_state: dict[str, torch.Tensor] | None = None
@@ -345,7 +355,7 @@ class WangLandauStrategy(SingleDeviceStrategy):
             ranges, bins, [v.name for v in variables], labels=[v.label for v in variables],
             kernel_sigma=self.kernel_sigma, window=self._window, wall_strength=self.wall_strength,
             observables=[o.name if o.name != "test_accuracy" else "hard_test_accuracy" for o in observables],
-            device=device, metadata=self._metadata(module, layout, variables, evaluate),
+            groups=self.groups, device=device, metadata=self._metadata(module, layout, variables, evaluate),
         )
         self._schedule_state = self.schedule.init(device)
         theta0 = self._admit(theta0, evaluate, ranges)
@@ -354,6 +364,11 @@ class WangLandauStrategy(SingleDeviceStrategy):
         else:
             self._state = wlmc.init(theta0, evaluate, seed=self.seed + 1, config=self.mc_config)
         self._last_accepted = self._state.accepted.clone()
+        x_lo, x_hi = (float(v) for v in self._landscape.window[0])
+        x_range = (max(x_lo, ranges[0][0]), min(x_hi, ranges[0][1]))
+        self._round_trips = round_trips.init(self.walkers, x_range, device=device)
+        self._snapshot_interval = self._interval(trainer)
+        self._next_snapshot = self._snapshot_interval
         if self._pending is not None:
             self._restore(self._pending)
             self._pending = None
@@ -456,10 +471,44 @@ class WangLandauStrategy(SingleDeviceStrategy):
         self._state, self._schedule_state = loop.run(
             self._state, steps, evaluate=self._evaluator, landscape=self._landscape, bound=self._bound,
             schedule=self.schedule, schedule_state=self._schedule_state, config=config,
-            observe_every=self.observe_every,
+            observe_every=self.observe_every, round_trips=self._round_trips,
         )
         self._layout.load_into(self.lightning_module, self._state.theta[0])
+        if self._state.step >= self._next_snapshot:
+            self.snapshot()
         self._log_progress(steps)
+
+    def on_train_end(self) -> None:
+        """A last convergence snapshot when at least half an interval has passed since the previous one."""
+        super().on_train_end()
+        if self._state is not None and self._state.step - (self._next_snapshot - self._snapshot_interval) >= max(
+                1, self._snapshot_interval // 2):
+            self.snapshot()
+
+    def _interval(self, trainer: lightning.pytorch.Trainer) -> int:
+        """Sampler steps between snapshots, a multiple of the chunk length."""
+        chunk = self.steps_per_lightning_step
+        if self.snapshot_every is not None:
+            return max(chunk, int(math.ceil(self.snapshot_every / chunk)) * chunk)
+        max_steps = int(getattr(trainer, "max_steps", -1) or -1)
+        total = max_steps * chunk if max_steps > 0 else 100 * chunk
+        return max(chunk, (total // 10) // chunk * chunk)
+
+    def snapshot(self) -> dict[str, float]:
+        """Record a convergence snapshot now (S change since the last one, flatness, round trips); see
+        :meth:`Landscape.snapshot`. Called by the strategy every ``snapshot_every`` sampler steps."""
+        trips = self._round_trips.round_trips
+        entry = self._landscape.snapshot(
+            self._state.step, round_trips=float(trips.sum()), walkers_with_round_trip=float((trips > 0).sum()))
+        self._next_snapshot = self._state.step + self._snapshot_interval
+        return entry
+
+    @property
+    def round_trips(self) -> np.ndarray:
+        """Completed round trips per walker across the x range (ends: the lowest and highest tenth)."""
+        if self._round_trips is None:
+            raise RuntimeError("The walkers do not exist before trainer.fit starts.")
+        return self._round_trips.round_trips.cpu().numpy()
 
     def _log_progress(self, steps: int) -> None:
         state, landscape = self._state, self._landscape
@@ -495,6 +544,8 @@ class WangLandauStrategy(SingleDeviceStrategy):
             "landscape": self._landscape.state_dict(),
             "schedule": {k: v.clone() for k, v in self._schedule_state.items()},
             "last_accepted": self._last_accepted.clone(),
+            "round_trips": self._round_trips.state_dict(),
+            "next_snapshot": self._next_snapshot,
         }
 
     def load_sampler_state_dict(self, state: dict[str, Any]) -> None:
@@ -515,3 +566,6 @@ class WangLandauStrategy(SingleDeviceStrategy):
         self._landscape.load_state_dict(state["landscape"])
         self._schedule_state = {k: v.to(device) for k, v in state["schedule"].items()}
         self._last_accepted = state["last_accepted"].to(device)
+        if "round_trips" in state:
+            self._round_trips = round_trips.RoundTripState.from_state_dict(state["round_trips"], device)
+            self._next_snapshot = int(state["next_snapshot"])

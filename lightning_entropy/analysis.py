@@ -1,0 +1,315 @@
+"""The high-entropy advantage as a result: readouts of a landscape per train-loss bin with uncertainties, the
+advantage against a baseline, and convergence figures. Pure numpy on a :class:`~lightning_entropy.Landscape`.
+
+Readouts, per ``ln L_train`` bin (x):
+
+- ``max_s`` (2-D): the test-axis position of max S inside a window that excludes the walls' pile-up (``exclude``
+  rows at each end of the test axis and anything outside the soft-wall window): the paper's "magenta line".
+- ``mean_curve`` (2-D): Eq. (1), the exp(S)-weighted mean of the test axis.
+- ``label_free``: the average held-out metric recorded without bias per x bin. From a 1-D walk on ln L_train this
+  estimates Eq. (1) without held-out labels in the dynamics; from a 2-D walk it is the plain visit-weighted
+  average, which is biased by the walk and is not reported.
+
+Uncertainties come from walker groups (walker ``w`` is in group ``w % groups``). Each group keeps its own visit
+histogram over the last one or two snapshot intervals, so each group has its own estimate
+``S_g = S + ln((h_g + 1) / (h̄ + 1))`` (the residual non-flatness of its recent visits corrects the shared bias);
+the readouts of the groups scatter, and their standard error (``std / sqrt(groups)``) is the statistical
+uncertainty. The label-free readout uses the groups' own per-bin averages. What this does not capture is a bias
+that has not converged: the ``drift`` of each readout (its change since the previous snapshot) and the
+convergence figures (:func:`convergence`) say that.
+
+A bin is flagged ``undersampled`` when fewer than half of the groups visited its column recently, or its recent
+visits fall below ``min_fraction`` of the median column; such bins are left out of the advantage.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+READOUTS = ("max_s", "mean_curve", "label_free")
+
+
+@dataclass
+class Readout:
+    """One readout per x bin: arrays of length ``bins`` (NaN where there is no value)."""
+
+    name: str
+    x: np.ndarray
+    value: np.ndarray
+    error: np.ndarray  # standard error across walker groups (NaN with fewer than two groups)
+    drift: np.ndarray  # value now minus value at the previous snapshot (NaN without one)
+    undersampled: np.ndarray  # bool
+
+    def usable(self, in_window: np.ndarray | None = None) -> np.ndarray:
+        ok = np.isfinite(self.value) & ~self.undersampled
+        return ok if in_window is None else ok & in_window
+
+
+# -- the test-axis readouts of one S grid ------------------------------------------------------------------------------
+
+
+def _max_s(s: np.ndarray, y: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    s = np.where(keep & np.isfinite(s), s, -np.inf)
+    out = y[np.argmax(s, axis=-1)]
+    return np.where(np.isfinite(s).any(axis=-1), out, np.nan)
+
+
+def _mean(s: np.ndarray, y: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    s = np.where(keep & np.isfinite(s), s, -np.inf)
+    top = s.max(axis=-1, keepdims=True)
+    w = np.exp(s - np.where(np.isfinite(top), top, 0.0))
+    total = w.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (w * y).sum(axis=-1) / total, np.nan)
+
+
+def _test_axis_keep(landscape, exclude: int) -> np.ndarray:
+    """Rows of the test axis the readouts may use: not the outer ``exclude`` rows, not outside the window."""
+    y = landscape.centers[1]
+    keep = np.ones(y.size, dtype=bool)
+    if exclude:
+        keep[:exclude] = False
+        keep[y.size - exclude:] = False
+    lo, hi = (float(v) for v in landscape.window[1])
+    return keep & (y >= lo) & (y <= hi)
+
+
+def _spread(per_group: np.ndarray) -> np.ndarray:
+    """Standard error across the first axis (groups), NaN with fewer than two finite values."""
+    n = np.isfinite(per_group).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nanmean(np.where(n > 0, per_group, 0.0), axis=0)
+        var = np.nansum((per_group - mean) ** 2, axis=0) / np.maximum(n - 1, 1)
+    return np.where(n > 1, np.sqrt(var / np.maximum(n, 1)), np.nan)
+
+
+def readouts(landscape, *, exclude: int = 1, min_fraction: float = 0.05) -> dict[str, Readout]:
+    """The readouts of ``landscape`` per x bin (see the module docstring); keys from :data:`READOUTS`.
+
+    Args:
+        exclude: test-axis rows ignored at each end by ``max_s`` and ``mean_curve`` (walls pile volume up there).
+        min_fraction: a column with fewer recent visits than this fraction of the median visited column (inside
+            the window) is flagged under-sampled.
+    """
+    x = landscape.centers[0]
+    nb = x.size
+    recent = landscape.recent_visits.sum(0).cpu().numpy()  # (groups, *shape): the last one or two intervals
+    groups = recent.shape[0]
+    visits = landscape.visits.cpu().numpy()
+    column_recent = recent.sum(axis=tuple(range(2, recent.ndim))) if recent.ndim > 2 else recent  # (groups, nb)
+    in_window = inside_window(landscape)
+    total_recent = column_recent.sum(0)
+    reference = np.median(total_recent[in_window & (total_recent > 0)]) if (in_window & (total_recent > 0)).any() else 0
+    groups_seen = (column_recent > 0).sum(0)
+    sparse = (total_recent < min_fraction * reference) | (groups_seen < max(1, math.ceil(groups / 2)))
+    out: dict[str, Readout] = {}
+
+    if landscape.ndim == 2:
+        y = landscape.centers[1]
+        keep = _test_axis_keep(landscape, exclude)
+        bias = landscape.bias.cpu().numpy()
+        s_now = np.where(visits > 0, bias, np.nan)
+        old = landscape.snapshot_bias.cpu().numpy()
+        s_old = np.where(landscape.snapshot_visits.cpu().numpy() > 0, old, np.nan)
+        have_old = bool(landscape.history)
+        mean_h = recent.mean(0)
+        per_group = s_now[None] + np.log((recent + 1.0) / (mean_h[None] + 1.0))
+        for name, fn in (("max_s", _max_s), ("mean_curve", _mean)):
+            value = fn(s_now, y, keep)
+            groups_value = np.stack([fn(s, y, keep) for s in per_group]) if groups > 1 else np.full((1, nb), np.nan)
+            drift = value - fn(s_old, y, keep) if have_old else np.full(nb, np.nan)
+            out[name] = Readout(name, x, value, _spread(groups_value), drift, sparse | ~np.isfinite(value))
+
+    if landscape.observable_names and landscape.ndim == 1:
+        s = landscape.group_obs_sum[0].cpu().numpy()  # (groups, *shape)
+        c = landscape.group_obs_count.cpu().numpy()
+        total_s = landscape.obs_sum[0].cpu().numpy()
+        total_c = landscape.obs_count.cpu().numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            value = np.where(total_c > 0, total_s / total_c, np.nan)
+            per_group = np.where(c > 0, s / c, np.nan)
+        error = _spread(per_group) if groups > 1 else np.full(nb, np.nan)
+        few = (total_c < 10 * max(groups, 1)) | ((c > 0).sum(0) < max(1, math.ceil(groups / 2)))
+        out["label_free"] = Readout("label_free", x, value, error, np.full(nb, np.nan), few | ~np.isfinite(value))
+    return out
+
+
+def inside_window(landscape) -> np.ndarray:
+    """Per x bin: is the bin centre inside the soft-wall window? (All true without a soft wall.)
+
+    Outside the window the walkers also felt the wall, and the wall is not part of S, so S is underestimated there
+    by the wall's height; readouts and figures use only the window.
+    """
+    x = landscape.centers[0]
+    window = getattr(landscape, "window", None)
+    if not getattr(landscape, "wall_strength", 0.0) or window is None:
+        return np.ones(x.size, dtype=bool)
+    lo, hi = (float(v) for v in window[0])
+    return (x >= lo) & (x <= hi)
+
+
+# -- the advantage -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Advantage:
+    """Readout minus baseline per x bin, signed so that positive means the high-entropy states generalize better."""
+
+    readout: str
+    metric: str
+    higher_is_better: bool
+    x: np.ndarray
+    per_bin: np.ndarray  # NaN outside the bins both cover
+    error: np.ndarray
+    used: np.ndarray  # bool: bins that enter the mean
+    mean_advantage: float | None
+    mean_advantage_error: float | None
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: the mean, its error, the bins used and the per-bin values on them."""
+        u = self.used
+        return {
+            "readout": self.readout,
+            "metric": self.metric,
+            "higher_is_better": self.higher_is_better,
+            "mean_advantage": self.mean_advantage,
+            "mean_advantage_error": self.mean_advantage_error,
+            "bins": int(u.sum()),
+            "ln_train_loss": [float(v) for v in self.x[u]],
+            "per_bin": [float(v) for v in self.per_bin[u]],
+            "per_bin_error": [None if not np.isfinite(v) else float(v) for v in self.error[u]],
+            "ln_train_loss_range": [float(self.x[u].min()), float(self.x[u].max())] if u.any() else None,
+            "notes": list(self.notes),
+        }
+
+
+def advantage(readout: Readout, baseline, *, higher_is_better: bool, in_window: np.ndarray | None = None,
+              min_seeds: int = 1) -> Advantage:
+    """The advantage of ``readout`` over a pooled baseline (:class:`~lightning_entropy.baseline.BaselineCurve` on the
+    same x bins): per bin ``±(readout - baseline mean)``, and its mean over the bins both cover.
+
+    Bins enter the mean when the readout is finite and not under-sampled, inside ``in_window``, and the baseline has
+    records from at least ``min_seeds`` seeds. Per-bin errors add the readout's group error and the baseline's
+    standard error across seeds in quadrature (a missing error counts as zero and is noted). The mean's error
+    treats bins as independent, which neighbouring bins of one landscape are not: read it as a lower bound.
+    """
+    if baseline.mean.shape != readout.value.shape:
+        raise ValueError(
+            f"The baseline has {baseline.mean.size} bins and the readout {readout.value.size}: pool the baseline"
+            " on the landscape's x edges (baseline.pool(records, edges=landscape.edges[0]))."
+        )
+    sign = 1.0 if higher_is_better else -1.0
+    seeds = baseline.seeds if baseline.seeds is not None and baseline.seeds.any() else (baseline.count > 0).astype(int)
+    used = readout.usable(in_window) & np.isfinite(baseline.mean) & (seeds >= min_seeds)
+    per_bin = np.where(used, sign * (readout.value - baseline.mean), np.nan)
+    sem = baseline.sem if baseline.sem is not None else np.full_like(baseline.mean, np.nan)
+    notes = []
+    if used.any() and not np.isfinite(readout.error[used]).all():
+        notes.append("readout error missing in some bins (fewer than two walker groups): counted as 0")
+    if used.any() and not np.isfinite(sem[used]).all():
+        notes.append("baseline error missing in some bins (fewer than two seeds): counted as 0")
+    error = np.sqrt(np.nan_to_num(readout.error) ** 2 + np.nan_to_num(sem) ** 2)
+    error = np.where(used, error, np.nan)
+    mean = err = None
+    if used.any():
+        mean = float(per_bin[used].mean())
+        err = float(np.sqrt((error[used] ** 2).sum()) / used.sum())
+    else:
+        notes.append("no bin is covered by both the landscape and the baseline")
+    return Advantage(readout.name, baseline.metric, higher_is_better, readout.x, per_bin, error, used, mean, err,
+                     notes)
+
+
+# -- convergence ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Convergence:
+    """Convergence figures of a run and the verdict they support."""
+
+    flatness: float  # 5th percentile / mean of the histogram over the visited bins inside the window
+    s_change: float | None  # RMS change of S (nats) between the last two snapshots
+    round_trips: float | None  # completed round trips across the x range, all walkers
+    walkers_with_round_trip: float | None
+    walkers: int | None
+    snapshots: int
+    converged: bool
+    reasons: list[str]
+    tags: list[str]  # the reasons in a few words, for figures
+    thresholds: dict[str, float]
+    history: list[dict[str, float]]
+
+    def summary(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+THRESHOLDS = {"s_change": 0.1, "flatness": 0.2, "round_trip_fraction": 0.5}
+
+
+def convergence(landscape, *, walkers: int | None = None, thresholds: dict[str, float] | None = None) -> Convergence:
+    """Judge a run by its snapshots (``landscape.history``): converged when S moved less than ``s_change`` nats RMS
+    over the last snapshot interval, the window's histogram is at least ``flatness`` flat, and at least
+    ``round_trip_fraction`` of the walkers crossed the x range and back. Every failed test is a reason.
+    """
+    th = {**THRESHOLDS, **(thresholds or {})}
+    history = [dict(h) for h in landscape.history]
+    last = history[-1] if history else {}
+    flat = float(landscape.flatness(window_only=True))
+    change = last.get("s_change")
+    change = None if change is None or not math.isfinite(change) else float(change)
+    trips = last.get("round_trips")
+    with_trip = last.get("walkers_with_round_trip")
+    reasons, tags = [], []
+    if len(history) < 2:
+        reasons.append("fewer than two snapshots: the change of S between snapshots is unknown")
+        tags.append("too few snapshots")
+    elif change is None:
+        reasons.append("no bin inside the window was visited at the last two snapshots: the change of S is unknown")
+        tags.append("window not reached")
+    elif change > th["s_change"]:
+        reasons.append(f"S still moves: {change:.3g} nats RMS over the last snapshot interval (> {th['s_change']:g})")
+        tags.append("S still moving")
+    if flat < th["flatness"]:
+        reasons.append(f"histogram not flat inside the window: flatness {flat:.3g} (< {th['flatness']:g})")
+        tags.append("histogram not flat")
+    if walkers and with_trip is not None and with_trip < th["round_trip_fraction"] * walkers:
+        reasons.append(f"{int(with_trip)} of {walkers} walkers made a round trip across the train-loss range"
+                       f" (< {th['round_trip_fraction']:.0%})")
+        tags.append("few round trips")
+    return Convergence(flat, change, trips, with_trip, walkers, len(history), not reasons, reasons, tags, th,
+                       history)
+
+
+# -- many runs -----------------------------------------------------------------------------------------------------------
+
+
+def width_table(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run of a sweep, sorted by task and parameter count: the advantage against model size.
+
+    Each summary is a run's ``summary.json`` (as a dict).
+    """
+    rows = []
+    for s in summaries:
+        adv = s.get("advantage") or {}
+        conv = s.get("convergence") or {}
+        rows.append({
+            "run": s.get("run_name") or s.get("run_dir"),
+            "task": s.get("task"),
+            "model": s.get("model_config"),
+            "parameters": s.get("parameters"),
+            "sampler": s.get("sampler"),
+            "metric": adv.get("metric"),
+            "readout": adv.get("readout"),
+            "mean_advantage": adv.get("mean_advantage"),
+            "mean_advantage_error": adv.get("mean_advantage_error"),
+            "bins": adv.get("bins"),
+            "converged": conv.get("converged"),
+        })
+    rows.sort(key=lambda r: (str(r["task"]), r["parameters"] or 0))
+    return rows

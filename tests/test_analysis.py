@@ -1,0 +1,187 @@
+"""Readouts with uncertainties, the advantage against a baseline, and convergence figures (lightning_entropy.analysis)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_entropy import analysis
+from lightning_entropy.baseline import pool
+from lightning_entropy.core import round_trips
+from lightning_entropy.core.landscape import Landscape
+
+
+def _grid(groups=4, observables=()):
+    # x: ln L_train in [-5, -1) by 0.5 (8 bins); y: accuracy in [0, 1) by 0.1 (10 bins)
+    return Landscape([(-5.0, -1.0), (0.0, 1.0)], [8, 10], ["ln_train_loss", "test_accuracy"], kernel_sigma=0.0,
+                     groups=groups, observables=observables)
+
+
+def _fill(land, s, visits_per_group):
+    """Set S and the visit histograms directly (as a converged run would leave them)."""
+    land.bias.copy_(torch.as_tensor(s, dtype=torch.float64))
+    v = torch.as_tensor(visits_per_group, dtype=torch.float64)
+    land.recent_visits[0].copy_(v)
+    land.visits.copy_(v.sum(0))
+
+
+def test_round_trips_count_end_to_end_crossings():
+    state = round_trips.init(3, (0.0, 10.0), end_fraction=0.1)  # ends: x <= 1 and x >= 9
+    path = [
+        [0.5, 5.0, 9.5],
+        [5.0, 5.0, 5.0],
+        [9.5, 5.0, 0.5],  # walker 0 crosses up; walker 2 crosses down
+        [0.5, 9.5, 0.5],  # walker 0 back down: one round trip; walker 1 now at the high end (first end: no crossing)
+        [0.8, 0.2, 9.9],  # walker 1 crosses down; walker 2 up again: a round trip
+    ]
+    for x in path:
+        round_trips.update(state, torch.tensor(x))
+    assert state.crossings.tolist() == [2, 1, 2]
+    assert state.round_trips.tolist() == [1, 0, 1]
+    again = round_trips.RoundTripState.from_state_dict(state.state_dict(), "cpu")
+    assert again.crossings.tolist() == [2, 1, 2] and again.last_end.tolist() == [0, 0, 1]
+    with pytest.raises(ValueError, match="x_range"):
+        round_trips.init(2, (1.0, 1.0))
+
+
+def test_deposits_count_visits_per_walker_group():
+    land = Landscape([(0.0, 1.0)], [4], ["ln_train_loss"], kernel_sigma=0.0, groups=2)
+    cv = torch.tensor([[0.1], [0.1], [0.9], [0.6]])  # walkers 0, 2 -> group 0; walkers 1, 3 -> group 1
+    land.deposit(cv, 1.0, torch.ones(4, dtype=torch.bool))
+    assert land.recent_visits[0].tolist() == [[1, 0, 0, 1], [1, 0, 1, 0]]
+    assert land.visits.tolist() == [2, 0, 1, 1]
+    with pytest.raises(ValueError, match="groups=0"):
+        Landscape([(0.0, 1.0)], [4], ["x"], groups=0)
+
+
+def test_snapshot_measures_the_change_of_s_and_rolls_the_recent_histograms():
+    land = Landscape([(0.0, 1.0)], [4], ["ln_train_loss"], kernel_sigma=0.0, groups=2)
+    land.visits.fill_(5)
+    land.recent_visits[0].fill_(3)
+    first = land.snapshot(100)
+    assert math.isnan(first["s_change"]) or first["s_change"] == 0.0
+    land.bias += 7.0  # a constant shift is no change of S
+    assert land.snapshot(200)["s_change"] == pytest.approx(0.0)
+    land.bias += torch.tensor([0.0, 0.2, 0.0, 0.2], dtype=torch.float64)
+    entry = land.snapshot(300, round_trips=4)
+    assert entry["s_change"] == pytest.approx(0.1)  # deviations +-0.1 around the mean shift
+    assert entry["round_trips"] == 4 and entry["step"] == 300
+    assert land.recent_visits[0].sum() == 0 and land.recent_visits[1].sum() == 0  # rolled twice since filled
+    assert [h["step"] for h in land.history] == [100, 200, 300]
+    again = Landscape.from_state_dict(land.state_dict())
+    assert again.history == land.history and again.groups == 2
+
+
+def test_save_load_keeps_group_statistics_and_history(tmp_path):
+    land = _grid(groups=3, observables=("hard_test_accuracy",))
+    land.deposit(torch.tensor([[-4.2, 0.55], [-2.1, 0.75], [-2.1, 0.75]]), 0.5, torch.ones(3, dtype=torch.bool))
+    land.record(torch.tensor([[-4.2, 0.55], [-2.1, 0.75], [-2.1, 0.75]]), torch.tensor([[0.5], [0.7], [0.9]]),
+                torch.ones(3, dtype=torch.bool))
+    land.snapshot(10, round_trips=1)
+    back = Landscape.load(land.save(tmp_path / "l.npz"))
+    for key in ("recent_visits", "group_obs_sum", "group_obs_count", "snapshot_bias"):
+        assert torch.equal(getattr(back, key), getattr(land, key)), key
+    assert json.dumps(back.history) == json.dumps(land.history)  # NaN-safe
+    assert float(back.group_obs_sum[0, 2].sum()) == pytest.approx(0.9)  # walker 2 is group 2
+
+
+def test_readouts_find_max_s_and_eq1_with_error_bars_and_flag_thin_columns():
+    land = _grid(groups=4)
+    y = land.centers[1]
+    peak = np.linspace(0.25, 0.85, 8)  # the max-S test accuracy rises as the train loss falls... per x bin
+    s = -((y[None, :] - peak[:, None]) ** 2) / (2 * 0.1**2)
+    rng = np.random.default_rng(0)
+    visits = rng.poisson(200, size=(4, 8, 10)).astype(float)
+    visits[:, 7, :] = 0  # the last column: only one group, few visits
+    visits[0, 7, 4] = 3
+    _fill(land, s, visits)
+    reads = analysis.readouts(land, exclude=1)
+    max_s, eq1 = reads["max_s"], reads["mean_curve"]
+    well = ~max_s.undersampled
+    assert well[:7].all() and max_s.undersampled[7]
+    nearest = y[np.argmin(np.abs(y[None, :] - peak[:, None]), axis=1)]
+    assert np.allclose(max_s.value[:7], nearest[:7])
+    w = np.exp(s - s.max(axis=1, keepdims=True))
+    w[:, [0, 9]] = 0  # the excluded outer rows
+    assert np.allclose(eq1.value[:7], ((w * y).sum(1) / w.sum(1))[:7])
+    # group errors exist, are small for well-sampled columns, and shrink with more visits
+    assert np.isfinite(eq1.error[:7]).all() and (eq1.error[:7] < 0.02).all()
+    land2 = _grid(groups=4)
+    more = rng.poisson(20000, size=(4, 8, 10)).astype(float)  # 100x the visits: relative noise 10x smaller
+    _fill(land2, s, more)
+    assert np.nanmean(analysis.readouts(land2)["mean_curve"].error[:7]) < 0.3 * np.nanmean(eq1.error[:7])
+    assert np.isnan(max_s.drift).all()  # no snapshot yet
+
+
+def test_readout_drift_is_the_change_since_the_last_snapshot():
+    land = _grid(groups=2)
+    y = land.centers[1]
+    s = -((y[None, :] - 0.45) ** 2) / 0.02 + np.zeros((8, 1))
+    _fill(land, s, np.full((2, 8, 10), 50.0))
+    land.snapshot(100)
+    moved = -((y[None, :] - 0.65) ** 2) / 0.02 + np.zeros((8, 1))
+    land.bias.copy_(torch.as_tensor(moved))
+    drift = analysis.readouts(land)["max_s"].drift
+    assert np.allclose(drift, 0.2)
+
+
+def _records(values_by_seed, xs):
+    return [{"seed": seed, "ln_train_loss": x, "test_metric": v} for seed, vals in enumerate(values_by_seed)
+            for x, v in zip(xs, vals)]
+
+
+def test_advantage_is_signed_by_the_metric_and_uses_only_bins_both_cover():
+    land = _grid(groups=4)
+    x = land.centers[0]
+    readout = analysis.Readout("max_s", x, np.full(8, 0.8), np.full(8, 0.01), np.full(8, np.nan),
+                               np.array([False] * 6 + [True, False]))
+    # three seeds with records only in bins 2..7
+    recs = _records([[0.70] * 6, [0.72] * 6, [0.74] * 6], x[2:])
+    base = pool(recs, metric="test_metric", edges=land.edges[0])
+    assert base.seeds[2:].tolist() == [3] * 6 and base.sem[2] == pytest.approx(0.02 / math.sqrt(3))
+    acc = analysis.advantage(readout, base, higher_is_better=True)
+    assert acc.used.tolist() == [False, False, True, True, True, True, False, True]  # bin 6 under-sampled
+    assert acc.mean_advantage == pytest.approx(0.08)
+    per_bin_err = math.sqrt(0.01**2 + (0.02 / math.sqrt(3)) ** 2)
+    assert acc.mean_advantage_error == pytest.approx(per_bin_err / math.sqrt(5))
+    loss = analysis.advantage(readout, base, higher_is_better=False)  # e.g. ln test loss: lower is better
+    assert loss.mean_advantage == pytest.approx(-0.08)
+    window = x < -2.5
+    assert analysis.advantage(readout, base, higher_is_better=True, in_window=window).used.sum() == 3
+    summary = acc.summary()
+    assert summary["bins"] == 5 and len(summary["per_bin"]) == 5 and summary["metric"] == "test_metric"
+    one_seed = pool(_records([[0.7] * 6], x[2:]), metric="test_metric", edges=land.edges[0])
+    assert any("fewer than two seeds" in n for n in analysis.advantage(readout, one_seed,
+                                                                       higher_is_better=True).notes)
+    wrong = pool(recs, metric="test_metric", width=0.1)
+    with pytest.raises(ValueError, match="edges=landscape.edges"):
+        analysis.advantage(readout, wrong, higher_is_better=True)
+
+
+def test_convergence_verdict_lists_every_failed_test():
+    land = _grid(groups=2)
+    _fill(land, np.zeros((8, 10)), np.full((2, 8, 10), 10.0))
+    verdict = analysis.convergence(land, walkers=8)
+    assert not verdict.converged and any("fewer than two snapshots" in r for r in verdict.reasons)
+    land.snapshot(100, round_trips=2, walkers_with_round_trip=2)
+    land.bias += torch.linspace(0, 1, 80, dtype=torch.float64).reshape(8, 10)
+    land.snapshot(200, round_trips=3, walkers_with_round_trip=3)
+    verdict = analysis.convergence(land, walkers=8)
+    text = " ".join(verdict.reasons)
+    assert "S still moves" in text and "3 of 8 walkers" in text and "flat" not in text
+    land.snapshot(300, round_trips=9, walkers_with_round_trip=6)
+    verdict = analysis.convergence(land, walkers=8)
+    assert verdict.converged and verdict.reasons == [] and verdict.snapshots == 3
+    assert verdict.summary()["history"][-1]["walkers_with_round_trip"] == 6
+
+
+def test_width_table_sorts_runs_by_size():
+    rows = analysis.width_table([
+        {"task": "mnist", "parameters": 1002, "advantage": {"mean_advantage": 0.01}, "convergence": {"converged": 0}},
+        {"task": "mnist", "parameters": 362, "advantage": {"mean_advantage": 0.06, "mean_advantage_error": 0.01},
+         "convergence": {"converged": True}},
+    ])
+    assert [r["parameters"] for r in rows] == [362, 1002]
+    assert rows[0]["mean_advantage"] == 0.06 and rows[0]["converged"] is True

@@ -1,0 +1,70 @@
+"""A Hydra multirun from the command line (a real subprocess) and the report that aggregates it."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lightning_entropy.cli import report
+
+TINY = [
+    "trainer.max_steps=4", "trainer.progress_bar=false", "trainer.threads=1",
+    "sampler.walkers=8", "sampler.steps_per_lightning_step=5", "sampler.start_steps=10",
+    "baseline.epochs=30", "baseline.seeds=[0,1]", "baseline.parallel=false",
+]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """``lightning-entropy -m model.width=3,5 ...`` in a subprocess, as a user types it."""
+    root = tmp_path_factory.mktemp("sweep")
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "lightning_entropy.cli", "-m", "model.width=3,5", *TINY,
+           f"hydra.sweep.dir={root}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root
+
+
+def test_multirun_writes_one_run_per_width(sweep):
+    runs = report.find_runs(sweep)
+    assert [r.name for r in runs] == ["0", "1"]
+    widths = [json.loads((r / "summary.json").read_text())["model_config"]["width"] for r in runs]
+    assert widths == [3, 5]
+    params = [json.loads((r / "summary.json").read_text())["parameters"] for r in runs]
+    assert params[0] < params[1]
+    for r in runs:
+        assert (r / "landscape.npz").is_file() and (r / "landscape.png").is_file()
+
+
+def test_report_aggregates_the_sweep_into_figures_and_a_table(sweep, tmp_path):
+    lines = []
+    result = report.report(sweep, tmp_path, echo=lines.append)
+    for name in ("report.png", "report.csv", "report.md"):
+        assert (tmp_path / name).is_file(), name
+    assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+    with open(tmp_path / "report.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["overrides"] for r in rows] == ["model.width=3", "model.width=5"]
+    assert [int(r["parameters"]) for r in rows] == sorted(int(r["parameters"]) for r in rows)
+    for row, summary in zip(rows, (json.loads((p / "summary.json").read_text()) for p in report.find_runs(sweep))):
+        expected = summary["mean_advantage"]
+        assert (row["mean_advantage"] == "") == (expected is None)
+        if expected is not None:
+            assert float(row["mean_advantage"]) == pytest.approx(expected, rel=1e-3)
+    if any(r["mean_advantage"] for r in rows):
+        assert (tmp_path / "width_study.png").is_file()
+    assert "model.width=5" in (tmp_path / "report.md").read_text()
+    assert "2 runs" in lines[-1] and len(result["rows"]) == 2
+
+
+def test_report_command_names_a_directory_without_runs(tmp_path, capsys):
+    assert report.main([str(tmp_path)]) == 2
+    assert "No summary.json" in capsys.readouterr().err
+    assert report.main([str(tmp_path / "missing")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert not any(Path(tmp_path).iterdir())  # nothing written
