@@ -169,6 +169,7 @@ class Advantage:
     used: np.ndarray  # bool: bins that enter the mean
     mean_advantage: float | None
     mean_advantage_error: float | None
+    mean_advantage_drift: float | None = None  # how much the mean moved since the previous snapshot
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -180,6 +181,7 @@ class Advantage:
             "higher_is_better": self.higher_is_better,
             "mean_advantage": self.mean_advantage,
             "mean_advantage_error": self.mean_advantage_error,
+            "mean_advantage_drift": self.mean_advantage_drift,
             "bins": int(u.sum()),
             "ln_train_loss": [float(v) for v in self.x[u]],
             "per_bin": [float(v) for v in self.per_bin[u]],
@@ -198,6 +200,8 @@ def advantage(readout: Readout, baseline, *, higher_is_better: bool, in_window: 
     records from at least ``min_seeds`` seeds. Per-bin errors add the readout's group error and the baseline's
     standard error across seeds in quadrature (a missing error counts as zero and is noted). The mean's error
     treats bins as independent, which neighbouring bins of one landscape are not: read it as a lower bound.
+    ``mean_advantage_drift`` is how far the mean moved since the previous snapshot (the readouts' ``drift``): a
+    systematic uncertainty of a run that is still converging, which the statistical error does not contain.
     """
     if baseline.mean.shape != readout.value.shape:
         raise ValueError(
@@ -216,14 +220,17 @@ def advantage(readout: Readout, baseline, *, higher_is_better: bool, in_window: 
         notes.append("baseline error missing in some bins (fewer than two seeds): counted as 0")
     error = np.sqrt(np.nan_to_num(readout.error) ** 2 + np.nan_to_num(sem) ** 2)
     error = np.where(used, error, np.nan)
-    mean = err = None
+    mean = err = drift = None
     if used.any():
         mean = float(per_bin[used].mean())
         err = float(np.sqrt((error[used] ** 2).sum()) / used.sum())
+        moved = readout.drift[used]
+        if np.isfinite(moved).all():
+            drift = float(sign * moved.mean())
     else:
         notes.append("no bin is covered by both the landscape and the baseline")
     return Advantage(readout.name, baseline.metric, higher_is_better, readout.x, per_bin, error, used, mean, err,
-                     notes)
+                     drift, notes)
 
 
 # -- convergence ---------------------------------------------------------------------------------------------------------

@@ -144,6 +144,10 @@ def test_advantage_is_signed_by_the_metric_and_uses_only_bins_both_cover():
     acc = analysis.advantage(readout, base, higher_is_better=True)
     assert acc.used.tolist() == [False, False, True, True, True, True, False, True]  # bin 6 under-sampled
     assert acc.mean_advantage == pytest.approx(0.08)
+    assert acc.mean_advantage_drift is None  # no snapshot: the drift is unknown
+    drifting = analysis.Readout("max_s", x, readout.value, readout.error, np.full(8, 0.03), readout.undersampled)
+    assert analysis.advantage(drifting, base, higher_is_better=True).mean_advantage_drift == pytest.approx(0.03)
+    assert analysis.advantage(drifting, base, higher_is_better=False).mean_advantage_drift == pytest.approx(-0.03)
     per_bin_err = math.sqrt(0.01**2 + (0.02 / math.sqrt(3)) ** 2)
     assert acc.mean_advantage_error == pytest.approx(per_bin_err / math.sqrt(5))
     loss = analysis.advantage(readout, base, higher_is_better=False)  # e.g. ln test loss: lower is better

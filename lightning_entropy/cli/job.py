@@ -618,9 +618,11 @@ def report_lines(summary: dict[str, Any]) -> list[str]:
     names = {"max_s": "max-S line", "mean_curve": "Eq. (1) mean", "label_free": "label-free Eq. (1)"}
     for key, adv in (summary.get("advantage_by_readout") or {}).items():
         if adv["bins"]:
+            drift = adv.get("mean_advantage_drift")
+            moved = f"; moved {drift:+.3f} since the previous snapshot" if drift is not None else ""
             lines.append(f"  advantage of the {names.get(key, key)} over the baseline: {adv['mean_advantage']:+.3f}"
                          f" ± {adv['mean_advantage_error']:.3f} {adv['metric']} (positive: generalizes better; mean"
-                         f" over {adv['bins']} ln L_train bins in {_span(adv['ln_train_loss_range'])})")
+                         f" over {adv['bins']} ln L_train bins in {_span(adv['ln_train_loss_range'])}{moved})")
         else:
             lines.append(f"  advantage of the {names.get(key, key)}: no bin covered by both curves")
     conv = summary.get("convergence")
