@@ -125,7 +125,7 @@ class WangLandauConfig(SamplerConfig):
     accuracy_slope: float = 5.0
     accuracy_axis: str = "linear"
     vectorize: Any = "auto"
-    snapshot_every: Optional[int] = None  # sampler steps between convergence snapshots (null: a tenth of the run)
+    snapshot_every: Optional[int] = None  # sampler steps between convergence snapshots (null: a twentieth of the run)
     groups: Optional[int] = None  # walker groups for the readouts' error bars (null: min(8, walkers))
 
 

@@ -43,6 +43,9 @@ def find_runs(root: str | Path) -> list[Path]:
     return runs
 
 
+QUIET = ("trainer.progress_bar=", "task.path=", "hydra.", "logger=")
+
+
 def _overrides(run: Path) -> str:
     path = run / ".hydra" / "overrides.yaml"
     if not path.exists():
@@ -60,6 +63,8 @@ def load_summaries(runs: Sequence[Path]) -> list[dict[str, Any]]:
         summary["run_name"] = run.name
         summary["overrides"] = _overrides(run)
         out.append(summary)
+    for s in out:  # settings that do not tell runs apart
+        s["overrides"] = " ".join(t for t in s["overrides"].split() if not t.startswith(QUIET))
     if len(out) > 1:  # name each run by what differs between the runs (the swept values)
         common = set.intersection(*(set(s["overrides"].split()) for s in out))
         for s in out:

@@ -121,7 +121,7 @@ class WangLandauStrategy(SingleDeviceStrategy):
         accuracy_axis: ``"linear"`` or ``"logit"`` for accuracy axes.
         vectorize: ``"auto"`` (vmap when it traces), ``True`` or ``False`` (loop over walkers).
         snapshot_every: sampler steps between convergence snapshots (S change, window flatness, round trips; see
-            ``landscape.history``); default a tenth of the run (``max_steps``), at least one Lightning step.
+            ``landscape.history``); default a twentieth of the run (``max_steps``), at least one Lightning step.
         groups: walker groups whose spread gives the readouts' error bars; default ``min(8, walkers)``.
         device: the device; default the Trainer's accelerator device.
     """
@@ -479,10 +479,11 @@ class WangLandauStrategy(SingleDeviceStrategy):
         self._log_progress(steps)
 
     def on_train_end(self) -> None:
-        """A last convergence snapshot when at least half an interval has passed since the previous one."""
+        """A last convergence snapshot when at least a quarter interval has passed since the previous one (a run
+        stopped by ``max_time`` ends between snapshots)."""
         super().on_train_end()
         if self._state is not None and self._state.step - (self._next_snapshot - self._snapshot_interval) >= max(
-                1, self._snapshot_interval // 2):
+                1, self._snapshot_interval // 4):
             self.snapshot()
 
     def _interval(self, trainer: lightning.pytorch.Trainer) -> int:
@@ -492,7 +493,7 @@ class WangLandauStrategy(SingleDeviceStrategy):
             return max(chunk, int(math.ceil(self.snapshot_every / chunk)) * chunk)
         max_steps = int(getattr(trainer, "max_steps", -1) or -1)
         total = max_steps * chunk if max_steps > 0 else 100 * chunk
-        return max(chunk, (total // 10) // chunk * chunk)
+        return max(chunk, (total // 20) // chunk * chunk)
 
     def snapshot(self) -> dict[str, float]:
         """Record a convergence snapshot now (S change since the last one, flatness, round trips); see
