@@ -92,7 +92,7 @@ def trace_figure(trace: dict[str, np.ndarray], metric: str | None, *, baseline: 
     import matplotlib.pyplot as plt
 
     step = trace["step"]
-    fig, axes = plt.subplots(2 if metric else 1, 1, figsize=(7, 6 if metric else 3.2), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(2 if metric else 1, 1, figsize=(7.5, 6.5 if metric else 3.5), sharex=True, squeeze=False)
     panels = ([(metric, baseline["test_metric"])] if metric else []) + [("ln_train_loss", baseline["ln_train_loss"])]
     for ax, (name, base) in zip(axes[:, 0], panels):
         mean, std = trace[f"{name}_mean"], trace[f"{name}_std"]
@@ -162,7 +162,7 @@ def run_entropy_md(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], 
     steps = int(trace["step"][-1]) if len(trace["step"]) else 0
     title = (f"{task.name}: {type(model).__name__} ({parameters} params), box {strategy.box}\n"
              f"entropy MD: {strategy.walkers} walkers x {steps:,} steps at ln L_train = {strategy.target:.3f}"
-             f" (width {strategy.width:.3g}); start: {settings['optimizer']} lr {settings['lr']:g},"
+             f" (width {strategy.width:.3g})\nstart: {settings['optimizer']} lr {settings['lr']:g},"
              f" {settings['epochs']} epochs")
     fig = trace_figure(trace, strategy.metric_name, baseline=baseline, target=strategy.target, width=strategy.width,
                        ensemble=ensemble_row["test_metric"], title=title)

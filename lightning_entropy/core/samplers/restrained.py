@@ -92,7 +92,9 @@ class RestrainedState:
 
     Attributes:
         md: positions, velocities, CVs, forces, RNG and counters (:class:`~wlmd.MDState`).
-        observed: one ``(1 + k, W)`` tensor per observation: ln L_train and the ``k`` observables of every walker.
+        observed: the observations so far, ln L_train and the ``k`` observables of every walker: ``(1 + k, W)``
+            tensors (one observation) or ``(n, 1 + k, W)`` chunks (:func:`run` stacks the observations of a call
+            into one chunk, so a long run keeps one tensor per call, not one per observation).
         observed_steps: the MD step of each observation.
     """
 
@@ -108,14 +110,20 @@ class RestrainedState:
     def step(self) -> int:
         return self.md.step
 
+    def observations(self) -> torch.Tensor | None:
+        """All observations as one ``(n, 1 + k, W)`` tensor (``None`` before the first)."""
+        if not self.observed:
+            return None
+        return torch.cat([o if o.dim() == 3 else o.unsqueeze(0) for o in self.observed])
+
     def state_dict(self) -> dict[str, Any]:
-        observed = torch.stack(self.observed) if self.observed else None
+        observed = self.observations()
         return {"md": self.md.state_dict(), "observed": observed, "observed_steps": list(self.observed_steps)}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], device: torch.device) -> RestrainedState:
         observed = state["observed"]
-        rows = list(observed.to(device).unbind(0)) if observed is not None else []
+        rows = [observed.to(device)] if observed is not None else []
         return cls(MDState.from_state_dict(state["md"], device), rows, list(state["observed_steps"]))
 
 
@@ -152,10 +160,13 @@ def step(state: RestrainedState, *, evaluate, bound: torch.Tensor, config: Restr
 def run(state: RestrainedState, steps: int, *, evaluate, bound: torch.Tensor, config: RestraintConfig,
         observe_every: int = 0) -> RestrainedState:
     """``steps`` MD steps; observe every ``observe_every`` steps (0: never). Never synchronises with the host."""
+    first = len(state.observed)
     for _ in range(steps):
         t = state.step + 1
         state = step(state, evaluate=evaluate, bound=bound, config=config,
                      observe_now=observe_every > 0 and t % observe_every == 0)
+    if len(state.observed) - first > 1:  # this call's observations as one chunk
+        state.observed[first:] = [torch.stack(state.observed[first:])]
     return state
 
 
@@ -183,7 +194,7 @@ def trace_arrays(state: RestrainedState, names: tuple[str, ...] = ()) -> dict[st
         walkers = state.md.theta.shape[0]
         values = np.zeros((0, 1 + len(names), walkers))
     else:
-        values = torch.stack(state.observed).detach().to("cpu", torch.float64).numpy()
+        values = state.observations().detach().to("cpu", torch.float64).numpy()
     k = values.shape[1] - 1
     labels = ["ln_train_loss"] + [names[i] if i < len(names) else f"observable_{i}" for i in range(k)]
     out: dict[str, np.ndarray] = {"step": np.asarray(state.observed_steps, dtype=np.int64)}
