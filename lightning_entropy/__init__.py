@@ -1,6 +1,6 @@
 """lightning-entropy: entropy landscapes of neural networks, sampled with Wang-Landau as Lightning strategies.
 
-``import lightning_entropy`` registers the strategy names ``wang_landau`` and ``wang_landau_mc`` with
+``import lightning_entropy`` registers the strategy names ``wang_landau``, ``wang_landau_mc`` and ``entropy_md`` with
 ``lightning.pytorch``'s ``StrategyRegistry``, so ``Trainer(strategy="wang_landau")`` works.
 """
 
@@ -14,7 +14,7 @@ from lightning_entropy.core import (  # noqa: E402
     Landscape,
     RampPlateauDecay,
 )
-from lightning_entropy.strategies import WangLandauStrategy  # noqa: E402
+from lightning_entropy.strategies import EntropyMDStrategy, WangLandauStrategy  # noqa: E402
 from lightning_entropy.strategies.registry import register as _register  # noqa: E402
 
 _register()
@@ -23,6 +23,7 @@ __all__ = [
     "Box",
     "CollectiveVariable",
     "Constant",
+    "EntropyMDStrategy",
     "FlatnessOneOverT",
     "Landscape",
     "RampPlateauDecay",

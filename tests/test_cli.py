@@ -53,7 +53,7 @@ def _read_curves(path: Path) -> list[dict[str, str]]:
 
 
 def test_groups_ship_the_expected_options():
-    assert {"wang_landau", "wang_landau_mc", "adam", "sgd"} <= set(_options("sampler"))
+    assert {"wang_landau", "wang_landau_mc", "entropy_md", "adam", "sgd"} <= set(_options("sampler"))
     assert "spiral" in _options("task")
     assert {"none", "csv"} <= set(_options("logger"))
     assert "default" in _options("trainer")
@@ -72,7 +72,7 @@ def test_every_task_sampler_pair_composes_and_validates(task, sampler):
     for key in ("max_steps", "max_time"):
         assert key in cfg.trainer
     assert list(cfg.baseline.seeds) and cfg.baseline.epochs >= 1
-    if sampler.startswith("wang_landau"):
+    if sampler.startswith("wang_landau") or sampler == "entropy_md":
         assert cfg.sampler.walkers >= 1 and "dt" in cfg.sampler and "box" in cfg.sampler
     else:
         assert cfg.sampler.lr > 0

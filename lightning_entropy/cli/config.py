@@ -10,8 +10,9 @@ Groups (``key=option`` on the command line):
 
 - ``task``: the data and the network (``spiral``, ``spiral_regression``, ``tabular``, ``mnist``, ``embeddings``);
   sets ``task.*`` and ``model.*``.
-- ``sampler``: ``wang_landau`` (WLMD, vectorized walkers), ``wang_landau_mc`` (WLMC), or ``adam`` / ``sgd`` (the
-  optimiser alone: the run trains and reports the baseline only).
+- ``sampler``: ``wang_landau`` (WLMD, vectorized walkers), ``wang_landau_mc`` (WLMC), ``entropy_md`` (the training
+  mode: train the baseline, then MD at its train loss), or ``adam`` / ``sgd`` (the optimiser alone: the run trains and
+  reports the baseline only).
 - ``logger``: ``none``, ``csv`` (Lightning's CSVLogger in the run directory) or ``wandb`` (offline by default).
 - ``trainer``: ``default`` (Lightning Trainer limits and threads).
 """
@@ -26,6 +27,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 WANG_LANDAU_KINDS = ("wang_landau", "wang_landau_mc")
+ENTROPY_MD_KINDS = ("entropy_md",)
 OPTIMIZER_KINDS = ("adam", "sgd")
 LOGGER_KINDS = ("none", "csv", "wandb")
 
@@ -130,6 +132,34 @@ class WangLandauConfig(SamplerConfig):
 
 
 @dataclass
+class EntropyMDConfig(SamplerConfig):
+    """Arguments of :class:`lightning_entropy.EntropyMDStrategy` (see its docstring for units).
+
+    ``box`` is ``null`` (the smallest ``fan_out:c``, integer ``c >= 2``, that holds the trained weights), a positive
+    float or a rule name. ``target`` is the ln L_train to hold (``null``: the trained baseline's). ``strength`` is the
+    restraint constant k in 1/nats² (width 1/sqrt(k) nats).
+    """
+
+    kind: str = "entropy_md"
+    walkers: int = 32
+    box: Any = None
+    seed: int = 0
+    target: Optional[float] = None
+    strength: float = 1e4
+    dt: float = 1e-3
+    adapt_steps: int = 2000
+    friction: float = 0.01
+    metropolis: bool = True
+    mass: str = "box"
+    steps_per_lightning_step: int = 100
+    observe_every: int = 10
+    select: str = "closest"
+    heldout: str = "val"
+    max_start_shift: float = 1.0
+    vectorize: Any = "auto"
+
+
+@dataclass
 class OptimizerConfig(SamplerConfig):
     """The optimiser alone (``kind``: ``adam`` or ``sgd``); runs use ``baseline.seeds`` and ``baseline.epochs``."""
 
@@ -228,6 +258,7 @@ def register_configs(cs: ConfigStore | None = None) -> None:
     cs.store(name="lightning_entropy_schema", node=Config)
     cs.store(group="schema/sampler", name="wang_landau", node=WangLandauConfig)
     cs.store(group="schema/sampler", name="optimizer", node=OptimizerConfig)
+    cs.store(group="schema/sampler", name="entropy_md", node=EntropyMDConfig)
 
 
 # -- validation of values (types and keys are checked by Hydra) ---------------------------------------------------------
@@ -317,9 +348,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"task.noise={cfg.task.noise!r}: must be a finite number >= 0.")
     _positive_int(cfg, "model.width")
     _positive_int(cfg, "model.depth")
-    _choice(cfg, "sampler.kind", WANG_LANDAU_KINDS + OPTIMIZER_KINDS)
+    _choice(cfg, "sampler.kind", WANG_LANDAU_KINDS + ENTROPY_MD_KINDS + OPTIMIZER_KINDS)
     kind = cfg.sampler.kind
-    if kind in WANG_LANDAU_KINDS:
+    if kind in ENTROPY_MD_KINDS:
+        _validate_entropy_md(cfg)
+    elif kind in WANG_LANDAU_KINDS:
         if "walkers" not in cfg.sampler:
             raise ConfigError(
                 f"sampler.kind={kind!r} needs the Wang-Landau settings: choose the group option sampler={kind}"
@@ -359,6 +392,9 @@ def validate(cfg: DictConfig) -> None:
         if not 0 <= cfg.sampler.momentum < 1:
             raise ConfigError(f"sampler.momentum={cfg.sampler.momentum!r}: must be in [0, 1).")
     _choice(cfg, "baseline.optimizer", OPTIMIZER_KINDS)
+    if kind in ENTROPY_MD_KINDS and not cfg.baseline.seeds:
+        raise ConfigError("baseline.seeds=[]: sampler=entropy_md starts from the baseline trained with the first seed;"
+                          " give at least one seed.")
     _positive_float(cfg, "baseline.lr")
     if not 0 <= cfg.baseline.momentum < 1:
         raise ConfigError(f"baseline.momentum={cfg.baseline.momentum!r}: must be in [0, 1).")
@@ -380,3 +416,21 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.max_time={cfg.trainer.max_time!r}: use 'DD:HH:MM:SS' (e.g. '00:00:04:00') or null.")
     _positive_int(cfg, "plot.exclude", 0)
     _positive_int(cfg, "plot.dpi")
+
+
+def _validate_entropy_md(cfg: DictConfig) -> None:
+    if "strength" not in cfg.sampler:
+        raise ConfigError("sampler.kind='entropy_md' needs its settings: choose the group option sampler=entropy_md"
+                          " instead of overriding sampler.kind.")
+    for key in ("walkers", "steps_per_lightning_step", "observe_every"):
+        _positive_int(cfg, f"sampler.{key}")
+    _positive_int(cfg, "sampler.adapt_steps", 0)
+    for key in ("dt", "strength", "max_start_shift"):
+        _positive_float(cfg, f"sampler.{key}")
+    _positive_float(cfg, "sampler.friction", upper=1.0)
+    target = cfg.sampler.target
+    if target is not None and not math.isfinite(target):
+        raise ConfigError(f"sampler.target={target!r}: give a finite ln L_train, or null to hold the baseline's.")
+    _choice(cfg, "sampler.mass", ("box", "unit"))
+    _choice(cfg, "sampler.heldout", ("val", "test"))
+    _choice(cfg, "sampler.select", ("closest", "best_train", "first", "ensemble"))

@@ -16,7 +16,7 @@ Order of work:
 4. Write ``landscape.npz``, ``landscape.png``, ``curves.csv``, ``baseline.csv`` and ``summary.json``.
 
 With ``sampler=adam`` or ``sampler=sgd`` only the baseline runs: ``baseline.png``, ``baseline.csv``, ``curves.csv``
-and ``summary.json`` are written.
+and ``summary.json`` are written. ``sampler=entropy_md`` (the training mode) runs :mod:`lightning_entropy.cli.md_job`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_entropy.callbacks import LandscapeLogger
-from lightning_entropy.cli.config import OPTIMIZER_KINDS, ConfigError, validate
+from lightning_entropy.cli.config import ENTROPY_MD_KINDS, OPTIMIZER_KINDS, ConfigError, validate
 from lightning_entropy.cli.tasks import Task, build_task
 
 log = logging.getLogger("lightning_entropy.cli")
@@ -355,6 +355,10 @@ def run(cfg: DictConfig, out_dir: str | Path, *, echo: Callable[[str], None] = p
     """
     started = time.perf_counter()
     with _job_environment(int(cfg.trainer.threads) if "trainer" in cfg else 0):
+        if OmegaConf.select(cfg, "sampler.kind") in ENTROPY_MD_KINDS:  # the training mode has its own path
+            from lightning_entropy.cli.md_job import run_entropy_md
+
+            return run_entropy_md(cfg, Path(out_dir), echo, started)
         return _run(cfg, Path(out_dir), echo, started)
 
 

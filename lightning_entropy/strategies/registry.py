@@ -1,8 +1,8 @@
 """Registration of the strategy names with Lightning's ``StrategyRegistry``.
 
-``wang_landau`` (WLMD) and ``wang_landau_mc`` (WLMC) are built here. ``wang_landau_ddp`` and ``entropy_md`` are part
-of the public contract but not built yet: their names are reserved so that a Trainer asking for them fails with a
-message that says so, instead of Lightning's "unknown strategy".
+``wang_landau`` (WLMD), ``wang_landau_mc`` (WLMC) and ``entropy_md`` (MD held at a train-loss target) are built here.
+``wang_landau_ddp`` is part of the public contract but not built yet: its name is reserved so that a Trainer asking for
+it fails with a message that says so, instead of Lightning's "unknown strategy".
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from typing import Any
 
 from lightning.pytorch.strategies import StrategyRegistry
 
+from lightning_entropy.strategies.entropy_md import EntropyMDStrategy
 from lightning_entropy.strategies.wang_landau import WangLandauStrategy
 
 RESERVED = {
     "wang_landau_ddp": "walkers spread over DDP processes sharing one landscape",
-    "entropy_md": "molecular dynamics held at a train-loss target (the training mode)",
 }
 
 
@@ -35,6 +35,7 @@ def register(registry=StrategyRegistry) -> None:
     entries = {
         "wang_landau": (WangLandauStrategy, "Wang-Landau molecular dynamics: entropy landscape of the module", {}),
         "wang_landau_mc": (WangLandauStrategy, "Wang-Landau Monte Carlo (single-parameter moves)", {"sampler": "mc"}),
+        "entropy_md": (EntropyMDStrategy, "molecular dynamics held at a train-loss target (the training mode)", {}),
     }
     for name, (cls, description, params) in entries.items():
         if name not in registry:

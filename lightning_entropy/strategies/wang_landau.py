@@ -27,8 +27,6 @@ from typing import Any
 import lightning
 import numpy as np
 import torch
-from lightning.pytorch.plugins.precision import DoublePrecision, Precision
-from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from lightning_entropy import __version__
 from lightning_entropy.core import loop, round_trips
@@ -45,7 +43,10 @@ from lightning_entropy.core.variables import (
     resolve,
 )
 from lightning_entropy.core.walkers import ParameterLayout
+from lightning_entropy.strategies.base import SamplerOptimizer, SamplerStrategy
 from lightning_entropy.strategies.data import cache_full_batch, detect_loss
+
+__all__ = ["SamplerOptimizer", "WangLandauStrategy"]
 
 
 def _unit_slope(cv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,33 +54,7 @@ def _unit_slope(cv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return cv[:, 0], torch.nn.functional.one_hot(torch.zeros(len(cv), dtype=torch.long), cv.shape[1]).to(cv)
 
 
-class SamplerOptimizer(torch.optim.Optimizer):
-    """The placeholder the Trainer steps. It holds no parameters' updates: its ``state_dict`` is the sampler's.
-
-    Lightning saves optimizer states in every checkpoint and restores them on resume, so the sampler state travels
-    with checkpoints like any ``torch.optim`` state.
-    """
-
-    def __init__(self, params, strategy: WangLandauStrategy) -> None:
-        super().__init__(params, {})
-        self._strategy = strategy
-
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        return closure() if closure is not None else None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"state": {}, "param_groups": [], "sampler": self._strategy.sampler_state_dict()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "sampler" not in state_dict:
-            raise ValueError(
-                "This checkpoint was not written by a Wang-Landau strategy (its optimizer state has no sampler state);"
-                " resume it with the strategy that wrote it, or start a fresh run."
-            )
-        self._strategy.load_sampler_state_dict(state_dict["sampler"])
-
-
-class WangLandauStrategy(SingleDeviceStrategy):
+class WangLandauStrategy(SamplerStrategy):
     """Sample the entropy landscape of a LightningModule instead of training it with an optimizer.
 
     Args:
@@ -168,10 +143,8 @@ class WangLandauStrategy(SingleDeviceStrategy):
         checkpoint_io=None,
         precision_plugin=None,
     ) -> None:
-        super().__init__(device=device or "cpu", accelerator=accelerator, checkpoint_io=checkpoint_io,
+        super().__init__(device=device, accelerator=accelerator, checkpoint_io=checkpoint_io,
                          precision_plugin=precision_plugin)
-        self._device = torch.device(device) if device is not None else None
-        self.parallel_devices: list[torch.device] | None = None  # the Trainer fills this from its accelerator
         if sampler not in ("md", "mc"):
             raise ValueError(f"sampler={sampler!r}: use 'md' (Wang-Landau MD) or 'mc' (Wang-Landau Monte Carlo).")
         if isinstance(variables, str) or callable(variables):
@@ -231,65 +204,9 @@ class WangLandauStrategy(SingleDeviceStrategy):
         self._evaluator: Evaluator | None = None
         self._last_accepted: torch.Tensor | None = None
 
-    # -- devices -----------------------------------------------------------------------------------------------
-
-    @property
-    def root_device(self) -> torch.device:
-        if self._device is not None:
-            return self._device
-        if self.parallel_devices:
-            return torch.device(self.parallel_devices[0])
-        return torch.device("cpu")
-
-    # -- what the Trainer calls -------------------------------------------------------------------------------------
-
-    def setup(self, trainer: lightning.pytorch.Trainer) -> None:
-        self._check_trainer(trainer)
-        super().setup(trainer)
-
-    def _check_trainer(self, trainer: lightning.pytorch.Trainer) -> None:
-        module = trainer.lightning_module
-        name = type(self).__name__
-        if module is not None and not module.automatic_optimization:
-            raise ValueError(
-                f"{name} replaces the optimizer, so manual optimization (automatic_optimization=False) cannot run."
-                " Remove manual optimization from the module (the sampler never calls your optimizers), or train"
-                " it with another strategy."
-            )
-        plugin = self.precision_plugin
-        if type(plugin) not in (Precision, DoublePrecision):
-            scaler = getattr(plugin, "scaler", None)
-            what = "16-bit AMP with a gradient scaler" if scaler is not None else f"precision={trainer.precision!r}"
-            raise ValueError(
-                f"{name} does not support {what}: a scaler rescales gradients (the sampler's forces) and reduced"
-                " precision blurs small loss differences. Use Trainer(precision='32-true') or '64-true'."
-            )
-        if trainer.gradient_clip_val:
-            raise ValueError(
-                f"{name} cannot clip gradients (gradient_clip_val={trainer.gradient_clip_val}): clipping would change"
-                " the forces and break the sampled distribution. Remove gradient_clip_val from the Trainer."
-            )
-        if trainer.accumulate_grad_batches != 1:
-            raise ValueError(
-                f"{name} evaluates full-batch losses, so accumulate_grad_batches={trainer.accumulate_grad_batches}"
-                " has no meaning for it. Remove accumulate_grad_batches (the sampler always uses the whole train set)."
-            )
-
-    def setup_optimizers(self, trainer: lightning.pytorch.Trainer) -> None:
-        params = [p for p in self.lightning_module.parameters() if p.requires_grad]
-        self.optimizers = [SamplerOptimizer(params, self)]
-        self.lr_scheduler_configs = []
-
-    def on_train_start(self) -> None:
-        self._prepare(self.lightning_module.trainer)
-
-    def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """Runs a chunk of sampler steps; returns the walkers' mean train loss (for display; nothing backpropagates)."""
-        self.run_chunk(self.steps_per_lightning_step)
+    def _display_loss(self) -> torch.Tensor:
+        """The walkers' mean train loss (shown by Lightning; nothing backpropagates)."""
         return self._state.cv[:, 0].exp().mean()
-
-    def backward(self, closure_loss: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return closure_loss  # nothing to backpropagate: the sampler computed its own forces
 
     # -- the sampler -----------------------------------------------------------------------------------------------
 

@@ -106,6 +106,59 @@ def init(theta: torch.Tensor, evaluate, landscape: Landscape, *, seed: int) -> M
     return MDState(theta.detach().clone(), velocity, cv, grad, gen, 0, zeros, zeros.clone(), zeros.clone())
 
 
+def move(
+    state: MDState,
+    *,
+    evaluate,
+    potential,
+    admissible,
+    bound: torch.Tensor,
+    config: MDConfig,
+) -> MDState:
+    """One integrator step of every walker under ``potential``, shared by the MD samplers (WLMD, restrained MD).
+
+    ``potential(cv) -> (value (W,), slope (W, d))`` is the potential energy (nats, kT = 1) as a function of the CVs
+    and its slope; ``state.bias_grad`` must hold its gradient in parameter space at ``state.theta``.
+    ``admissible(cv) -> (W,) bool`` says where a walker may go (e.g. inside the grid); a walker that leaves it goes
+    back with its velocity reversed. Non-finite CVs are never admissible.
+    """
+    dt, gamma = config.dt, config.friction
+    scale = config.scale(bound)  # velocities live in units of scale; forces are scaled to match
+    noise = torch.randn(state.theta.shape, generator=state.generator, device=state.theta.device, dtype=state.theta.dtype)
+    force0 = -scale * state.bias_grad
+    if config.metropolis:
+        v0 = (1 - gamma) * state.velocity + math.sqrt(gamma * (2 - gamma)) * noise
+        v = v0 + 0.5 * dt * force0
+    else:
+        v = (1 - gamma) * (state.velocity + dt * force0) + math.sqrt(gamma * (2 - gamma)) * noise
+    theta, v = reflect(state.theta + dt * scale * v, v, bound)
+    cv, value1, grad = evaluate.value_and_grad(theta, potential)
+    finite = torch.isfinite(cv).all(-1)
+    inside = admissible(cv) & finite
+    ok = inside
+    if config.metropolis:
+        value0, _ = potential(state.cv)
+        v = v - 0.5 * dt * scale * grad
+        kinetic = 0.5 * ((v - v0) * (v + v0)).sum(-1, dtype=torch.float64)  # K1 - K0, summed in double
+        log_u = torch.log(torch.rand(ok.shape, generator=state.generator, device=ok.device, dtype=torch.float64))
+        ok = ok & (log_u < value0 - value1 - kinetic)
+        back = -v0
+    else:
+        back = -v
+    keep = ok.unsqueeze(-1)
+    return MDState(
+        theta=torch.where(keep, theta, state.theta),
+        velocity=torch.where(keep, v, back),
+        cv=torch.where(keep, cv, state.cv),
+        bias_grad=torch.where(keep, grad, state.bias_grad),
+        generator=state.generator,
+        step=state.step + 1,
+        accepted=state.accepted + ok,
+        reverted=state.reverted + ~inside,
+        nonfinite=state.nonfinite + ~finite,
+    )
+
+
 def step(
     state: MDState,
     *,
@@ -121,43 +174,10 @@ def step(
     The force at the current position was computed on the landscape before the previous step's deposit (one
     forward and one backward per step); the Metropolis test itself uses the current landscape.
     """
-    dt, gamma = config.dt, config.friction
-    scale = config.scale(bound)  # velocities live in units of scale; forces are scaled to match
-    noise = torch.randn(state.theta.shape, generator=state.generator, device=state.theta.device, dtype=state.theta.dtype)
-    force0 = -scale * state.bias_grad
-    if config.metropolis:
-        v0 = (1 - gamma) * state.velocity + math.sqrt(gamma * (2 - gamma)) * noise
-        v = v0 + 0.5 * dt * force0
-    else:
-        v = (1 - gamma) * (state.velocity + dt * force0) + math.sqrt(gamma * (2 - gamma)) * noise
-    theta, v = reflect(state.theta + dt * scale * v, v, bound)
-    cv, value1, grad = evaluate.value_and_grad(theta, landscape.value_and_slope)
-    finite = torch.isfinite(cv).all(-1)
-    inside = landscape.inside(cv)
-    ok = inside
-    if config.metropolis:
-        value0, _ = landscape.value_and_slope(state.cv)
-        v = v - 0.5 * dt * scale * grad
-        kinetic = 0.5 * ((v - v0) * (v + v0)).sum(-1, dtype=torch.float64)  # K1 - K0, summed in double
-        log_u = torch.log(torch.rand(ok.shape, generator=state.generator, device=ok.device, dtype=torch.float64))
-        ok = ok & (log_u < value0 - value1 - kinetic)
-        back = -v0
-    else:
-        back = -v
-    keep = ok.unsqueeze(-1)
-    new = MDState(
-        theta=torch.where(keep, theta, state.theta),
-        velocity=torch.where(keep, v, back),
-        cv=torch.where(keep, cv, state.cv),
-        bias_grad=torch.where(keep, grad, state.bias_grad),
-        generator=state.generator,
-        step=state.step + 1,
-        accepted=state.accepted + ok,
-        reverted=state.reverted + ~inside,
-        nonfinite=state.nonfinite + ~finite,
-    )
+    new = move(state, evaluate=evaluate, potential=landscape.value_and_slope, admissible=landscape.inside,
+               bound=bound, config=config)
     walkers = state.theta.shape[0]
-    everyone = torch.ones_like(ok)
+    everyone = torch.ones_like(new.accepted, dtype=torch.bool)
     landscape.deposit(new.cv, factor / walkers, everyone)
     landscape.add_walker_steps(walkers)
     if observe:

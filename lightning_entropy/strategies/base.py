@@ -1,0 +1,138 @@
+"""What every sampler strategy shares: the device, the settings that cannot work with a sampler, the placeholder
+optimizer whose ``state_dict`` carries the sampler state through checkpoints, and the Lightning hooks that hand each
+Lightning step to the sampler.
+
+A subclass implements ``_prepare(trainer)`` (read the data, start the walkers; called at ``on_train_start``),
+``run_chunk(steps)`` (run ``steps`` sampler steps, copy a walker into the module, log), ``_display_loss()`` (the value
+``training_step`` returns), ``sampler_state_dict()`` and ``load_sampler_state_dict(state)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning
+import torch
+from lightning.pytorch.plugins.precision import DoublePrecision, Precision
+from lightning.pytorch.strategies import SingleDeviceStrategy
+
+
+class SamplerOptimizer(torch.optim.Optimizer):
+    """The placeholder the Trainer steps. It holds no parameters' updates: its ``state_dict`` is the sampler's.
+
+    Lightning saves optimizer states in every checkpoint and restores them on resume, so the sampler state travels
+    with checkpoints like any ``torch.optim`` state.
+    """
+
+    def __init__(self, params, strategy: SamplerStrategy) -> None:
+        super().__init__(params, {})
+        self._strategy = strategy
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        return closure() if closure is not None else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": {}, "param_groups": [], "sampler": self._strategy.sampler_state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "sampler" not in state_dict:
+            raise ValueError(
+                "This checkpoint was not written by a lightning-entropy sampler strategy (its optimizer state has no"
+                " sampler state); resume it with the strategy that wrote it, or start a fresh run."
+            )
+        self._strategy.load_sampler_state_dict(state_dict["sampler"])
+
+
+class SamplerStrategy(SingleDeviceStrategy):
+    """Base of the strategies that replace the optimizer with a sampler (one device; see the module docstring).
+
+    Args:
+        device: the device; default the Trainer's accelerator device.
+    """
+
+    steps_per_lightning_step: int = 1
+
+    def __init__(self, *, device: torch.device | str | None = None, accelerator=None, checkpoint_io=None,
+                 precision_plugin=None) -> None:
+        super().__init__(device=device or "cpu", accelerator=accelerator, checkpoint_io=checkpoint_io,
+                         precision_plugin=precision_plugin)
+        self._device = torch.device(device) if device is not None else None
+        self.parallel_devices: list[torch.device] | None = None  # the Trainer fills this from its accelerator
+
+    # -- devices -----------------------------------------------------------------------------------------------
+
+    @property
+    def root_device(self) -> torch.device:
+        if self._device is not None:
+            return self._device
+        if self.parallel_devices:
+            return torch.device(self.parallel_devices[0])
+        return torch.device("cpu")
+
+    # -- what the Trainer calls -------------------------------------------------------------------------------------
+
+    def setup(self, trainer: lightning.pytorch.Trainer) -> None:
+        self._check_trainer(trainer)
+        super().setup(trainer)
+
+    def _check_trainer(self, trainer: lightning.pytorch.Trainer) -> None:
+        module = trainer.lightning_module
+        name = type(self).__name__
+        if module is not None and not module.automatic_optimization:
+            raise ValueError(
+                f"{name} replaces the optimizer, so manual optimization (automatic_optimization=False) cannot run."
+                " Remove manual optimization from the module (the sampler never calls your optimizers), or train"
+                " it with another strategy."
+            )
+        plugin = self.precision_plugin
+        if type(plugin) not in (Precision, DoublePrecision):
+            scaler = getattr(plugin, "scaler", None)
+            what = "16-bit AMP with a gradient scaler" if scaler is not None else f"precision={trainer.precision!r}"
+            raise ValueError(
+                f"{name} does not support {what}: a scaler rescales gradients (the sampler's forces) and reduced"
+                " precision blurs small loss differences. Use Trainer(precision='32-true') or '64-true'."
+            )
+        if trainer.gradient_clip_val:
+            raise ValueError(
+                f"{name} cannot clip gradients (gradient_clip_val={trainer.gradient_clip_val}): clipping would change"
+                " the forces and break the sampled distribution. Remove gradient_clip_val from the Trainer."
+            )
+        if trainer.accumulate_grad_batches != 1:
+            raise ValueError(
+                f"{name} evaluates full-batch losses, so accumulate_grad_batches={trainer.accumulate_grad_batches}"
+                " has no meaning for it. Remove accumulate_grad_batches (the sampler always uses the whole train set)."
+            )
+
+    def setup_optimizers(self, trainer: lightning.pytorch.Trainer) -> None:
+        params = [p for p in self.lightning_module.parameters() if p.requires_grad]
+        self.optimizers = [SamplerOptimizer(params, self)]
+        self.lr_scheduler_configs = []
+
+    def on_train_start(self) -> None:
+        self._prepare(self.lightning_module.trainer)
+
+    def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Runs a chunk of sampler steps; returns a loss for display (nothing backpropagates)."""
+        self.run_chunk(self.steps_per_lightning_step)
+        return self._display_loss()
+
+    def backward(self, closure_loss: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return closure_loss  # nothing to backpropagate: the sampler computed its own forces
+
+    # -- what a subclass provides ---------------------------------------------------------------------------------
+
+    def _prepare(self, trainer: lightning.pytorch.Trainer) -> None:
+        raise NotImplementedError
+
+    def run_chunk(self, steps: int) -> None:
+        raise NotImplementedError
+
+    def _display_loss(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sampler_state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_sampler_state_dict(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError

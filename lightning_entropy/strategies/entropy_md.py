@@ -1,0 +1,418 @@
+"""``EntropyMDStrategy``: molecular dynamics held at a train loss, the training mode of lightning-entropy.
+
+``Trainer(strategy="entropy_md")`` starts from the module's current weights (for example after SGD/Adam), and runs
+Langevin MD of ``walkers`` copies of them inside the box under a restraint ``k/2 (ln L_train - target)²`` (the
+target defaults to the module's own starting ln L_train). No held-out label enters the dynamics: the walkers drift,
+at the same train loss, into the iso-loss region that holds most volume, which the paper finds generalizes better
+than where SGD/Adam stop. The held-out metric is only observed, every ``observe_every`` MD steps, into
+:attr:`~EntropyMDStrategy.trace`.
+
+What the fit leaves behind:
+
+- the module's parameters are one walker's (``select``: the walker closest to the target by default), copied after
+  every Lightning step, so checkpoints and ``trainer.validate`` see it;
+- :meth:`~EntropyMDStrategy.ensemble` / :meth:`~EntropyMDStrategy.ensemble_predict`: all walkers' averaged
+  predictions (mean class probabilities, or mean outputs for regression); :attr:`~EntropyMDStrategy.result` is the
+  returned model (the module, or the ensemble with ``select="ensemble"``);
+- :attr:`~EntropyMDStrategy.trace`: per observation the MD step and every walker's ln L_train and held-out metric
+  (numpy), with means and standard deviations over walkers;
+- :attr:`~EntropyMDStrategy.walker_parameters`: the walkers' flat parameters ``(W, P)``.
+
+Checkpoints carry the whole MD state (walkers, velocities, RNG, target, trace); a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from typing import Any
+
+import lightning
+import numpy as np
+import torch
+
+from lightning_entropy.core.box import Box
+from lightning_entropy.core.ensemble import EnsembleModule, output_kind
+from lightning_entropy.core.evaluator import Evaluator
+from lightning_entropy.core.samplers import restrained
+from lightning_entropy.core.samplers.wlmd import MDConfig
+from lightning_entropy.core.variables import default_observables, loss_fn, resolve
+from lightning_entropy.core.walkers import ParameterLayout
+from lightning_entropy.strategies.base import SamplerStrategy
+from lightning_entropy.strategies.data import cache_full_batch, detect_loss
+
+SELECT = ("closest", "best_train", "first", "ensemble")
+
+
+def fitting_box(layout: ParameterLayout, theta: torch.Tensor, *, spare: float = 1.1, smallest: float = 2.0) -> Box:
+    """``Box.fan_out(c)`` with the smallest integer ``c >= smallest`` whose bounds exceed ``spare * |theta|``."""
+    unit = Box.fan_out(1.0).bounds(layout, device=theta.device, dtype=theta.dtype)
+    need = float((spare * theta.abs() / unit).max())
+    return Box.fan_out(float(max(smallest, math.ceil(need))))
+
+
+class EntropyMDStrategy(SamplerStrategy):
+    """Hold ln L_train at a target with Langevin MD inside the box; return a high-entropy model.
+
+    Args:
+        walkers: number of MD walkers (vectorized), all starting at the module's weights with independent velocities.
+        box: the box, as for :class:`~lightning_entropy.WangLandauStrategy` (a positive float, ``"fan_out"``,
+            ``"fan_out:3"``, ``"first_hidden"`` or a :class:`~lightning_entropy.Box`). Weights outside it are clamped
+            to its walls at the start (with a warning; an error if that moves ln L_train by more than
+            ``max_start_shift``). ``None`` (default): ``b = c/sqrt(fan_out)`` with the smallest integer ``c >= 2`` that
+            holds the module's weights with 10 % to spare (SGD/Adam often leave the paper's ``c = 2`` box); the box
+            used is :attr:`box` after the fit starts.
+        seed: seeds the velocities and the Langevin noise. The same seed gives the same trajectory.
+        target: the ln L_train (nats of ln loss) the walkers are held at; ``None``: the module's starting value.
+        strength: restraint constant ``k`` in 1/nats²; the restraint's width is ``1/sqrt(k)`` nats (1e4: 0.01 nats).
+        dt: initial MD time step (box half-widths per unit velocity for ``mass="box"``). A trained module sits in a
+            narrow valley: the step that keeps the Metropolis acceptance in 0.6-0.9 is found during ``adapt_steps``.
+        adapt_steps: MD steps at the start during which ``dt`` adapts, once per Lightning step (0: never). The
+            current step is :attr:`dt`; adaptation stops afterwards (it would break detailed balance).
+        friction: Langevin γ per step, in (0, 1].
+        metropolis: GHMC with a Metropolis test on the restraint energy (no time-step bias).
+        mass: ``"box"`` (mass 1/b², scale-free ``dt``) or ``"unit"``.
+        steps_per_lightning_step: MD steps per Lightning step.
+        observe_every: observe ln L_train and the held-out metric every this many MD steps (no gradient, on device).
+        select: which model the module becomes after each Lightning step: ``"closest"`` (the walker whose ln L_train
+            is closest to the target), ``"best_train"`` (lowest ln L_train), ``"first"`` (walker 0) or
+            ``"ensemble"`` (the module holds the closest walker, :attr:`result` is the ensemble). None uses
+            held-out labels.
+        metric: the observed held-out metric: ``"auto"`` (hard accuracy for classifiers, ln test loss otherwise),
+            any collective-variable name of the held-out split, or ``None`` (observe ln L_train only).
+        loss: ``"auto"`` (the module's ``loss_fn``/``criterion``; else its ``training_step``), a loss name or a
+            callable ``loss(outputs, targets)``.
+        heldout: ``"val"`` (val_dataloader) or ``"test"`` (test_dataloader): the data the metric is observed on.
+        max_start_shift: the largest change of ln L_train (nats) that clamping the module into the box may cause.
+        vectorize: ``"auto"`` (vmap when it traces), ``True`` or ``False`` (loop over walkers).
+        device: the device; default the Trainer's accelerator device.
+    """
+
+    strategy_name = "entropy_md"
+
+    def __init__(
+        self,
+        *,
+        walkers: int = 16,
+        box: float | str | Box | None = None,
+        seed: int = 0,
+        target: float | None = None,
+        strength: float = 1e4,
+        dt: float = 1e-3,
+        adapt_steps: int = 2000,
+        friction: float = 0.01,
+        metropolis: bool = True,
+        mass: str = "box",
+        steps_per_lightning_step: int = 100,
+        observe_every: int = 10,
+        select: str = "closest",
+        metric: str | None = "auto",
+        loss: Any = "auto",
+        heldout: str = "val",
+        max_start_shift: float = 1.0,
+        vectorize: bool | str = "auto",
+        device: torch.device | str | None = None,
+        accelerator=None,
+        checkpoint_io=None,
+        precision_plugin=None,
+    ) -> None:
+        super().__init__(device=device, accelerator=accelerator, checkpoint_io=checkpoint_io,
+                         precision_plugin=precision_plugin)
+        for name, value in (("walkers", walkers), ("steps_per_lightning_step", steps_per_lightning_step),
+                            ("observe_every", observe_every)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer.")
+        if target is not None and not (isinstance(target, (int, float)) and math.isfinite(target)):
+            raise ValueError(
+                f"target={target!r}: give a finite ln L_train (e.g. target=-3.0), or target=None to hold the walkers"
+                " at the module's starting train loss."
+            )
+        md = MDConfig(dt=dt, friction=friction, metropolis=metropolis, mass=mass)
+        restrained.RestraintConfig(0.0 if target is None else float(target), strength, md)  # validates strength
+        if not isinstance(adapt_steps, int) or isinstance(adapt_steps, bool) or adapt_steps < 0:
+            raise ValueError(f"adapt_steps={adapt_steps!r} must be an integer >= 0 (MD steps; 0: keep dt fixed).")
+        if select not in SELECT:
+            raise ValueError(f"select={select!r}: use one of {SELECT}.")
+        if heldout not in ("val", "test"):
+            raise ValueError(f"heldout={heldout!r}: use 'val' (val_dataloader) or 'test' (test_dataloader).")
+        if not (isinstance(max_start_shift, (int, float)) and max_start_shift > 0):
+            raise ValueError(f"max_start_shift={max_start_shift!r} must be a positive number of nats.")
+        self.walkers = walkers
+        self.box: Box | None = Box.parse(box) if box is not None else None
+        self.seed = int(seed)
+        self._target = None if target is None else float(target)
+        self.strength = float(strength)
+        self.md_config = md
+        self.adapt_steps = adapt_steps
+        self.steps_per_lightning_step = steps_per_lightning_step
+        self.observe_every = observe_every
+        self.select = select
+        self._metric = metric
+        self._loss = loss
+        self.heldout = heldout
+        self.max_start_shift = float(max_start_shift)
+        self.vectorize = vectorize
+        self._state: restrained.RestrainedState | None = None
+        self._config: restrained.RestraintConfig | None = None
+        self._pending: dict[str, Any] | None = None
+        self._last_accepted: torch.Tensor | None = None
+        self.start_ln_train_loss: float | None = None
+
+    # -- results ---------------------------------------------------------------------------------------------------
+
+    @property
+    def width(self) -> float:
+        """The restraint's width ``1/sqrt(strength)`` in nats of ln L_train."""
+        return 1.0 / math.sqrt(self.strength)
+
+    @property
+    def dt(self) -> float:
+        """The current MD time step (adapted during ``adapt_steps``)."""
+        return (self._config.md if self._config is not None else self.md_config).dt
+
+    @property
+    def target(self) -> float:
+        """The ln L_train the walkers are held at (known once the fit has started)."""
+        if self._config is None:
+            if self._target is not None:
+                return self._target
+            raise RuntimeError("The target is the module's starting ln L_train: it is known once trainer.fit starts.")
+        return self._config.target
+
+    @property
+    def walker_parameters(self) -> torch.Tensor:
+        """The walkers' current flat parameters ``(W, P)``, in the order of the module's trainable parameters."""
+        return self._require().theta
+
+    @property
+    def walker_ln_train_loss(self) -> torch.Tensor:
+        """Every walker's current ln L_train ``(W,)``."""
+        return self._require().md.cv[:, 0]
+
+    @property
+    def metric_name(self) -> str | None:
+        """The observed held-out metric (``hard_test_accuracy``, ``ln_test_loss``, ...), or ``None``."""
+        self._require()
+        return self._metric_names[0] if self._metric_names else None
+
+    @property
+    def trace(self) -> dict[str, np.ndarray]:
+        """Observations over MD time (numpy): ``step (n,)``; ``ln_train_loss (n, W)`` with ``ln_train_loss_mean`` and
+        ``ln_train_loss_std`` over walkers; the same three for the held-out metric (named by :attr:`metric_name`).
+        The first observation is the start (step 0)."""
+        return restrained.trace_arrays(self._require(), self._metric_names)
+
+    def ensemble(self) -> EnsembleModule:
+        """All walkers as one module whose forward averages their predictions (class probabilities for classifiers,
+        outputs for regression)."""
+        state = self._require()
+        return EnsembleModule(self.lightning_module, self._layout, state.theta, output_kind(self._loss_kind))
+
+    @torch.no_grad()
+    def ensemble_predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The walkers' averaged predictions on ``x`` (mean probabilities for classifiers, mean outputs otherwise)."""
+        return self.ensemble().to(self.root_device)(x.to(self.root_device))
+
+    @property
+    def result(self) -> torch.nn.Module:
+        """The returned model: the LightningModule (holding the selected walker), or the ensemble for
+        ``select="ensemble"``."""
+        return self.ensemble() if self.select == "ensemble" else self.lightning_module
+
+    @torch.no_grad()
+    def ensemble_metrics(self) -> dict[str, float]:
+        """ln L_train of the ensemble's averaged prediction and its held-out metric (hard accuracy of the mean
+        probabilities for classifiers, ln MSE of the mean prediction for ``mse``). Needs a standard loss name."""
+        self._require()
+        kind = self._loss_kind
+        if kind not in ("cross_entropy", "binary_cross_entropy", "mse"):
+            raise ValueError(
+                f"ensemble_metrics needs a standard loss ('cross_entropy', 'binary_cross_entropy' or 'mse'), but the"
+                f" module's loss is {kind!r}. Give the module a loss_fn such as nn.CrossEntropyLoss()."
+            )
+        ensemble = self.ensemble().to(self.root_device)
+        data = self._evaluator.data
+        out: dict[str, float] = {}
+        for split, pair in (("train", data.train), ("test", data.test)):
+            if pair is None:
+                continue
+            x, y = pair
+            pred = ensemble(x)
+            if kind == "cross_entropy":
+                ln_loss = torch.log(-torch.log(pred.gather(-1, y.long().unsqueeze(-1)).clamp_min(1e-30)).mean())
+                acc = (pred.argmax(-1) == y).float().mean()
+            elif kind == "binary_cross_entropy":
+                p = pred.reshape(y.shape).clamp(1e-30, 1 - 1e-7)
+                ln_loss = torch.log(-(y * p.log() + (1 - y) * (1 - p).log()).mean())
+                acc = ((p > 0.5) == (y > 0.5)).float().mean()
+            else:
+                ln_loss = torch.log(loss_fn("mse")(pred, y))
+                acc = None
+            out[f"ln_{split}_loss"] = float(ln_loss)
+            if split == "test":
+                out["hard_test_accuracy"] = float(acc) if acc is not None else math.nan
+        return out
+
+    def _require(self) -> restrained.RestrainedState:
+        if self._state is None:
+            raise RuntimeError("The walkers do not exist before trainer.fit starts (they start at on_train_start).")
+        return self._state
+
+    # -- starting ---------------------------------------------------------------------------------------------------
+
+    def _prepare(self, trainer: lightning.pytorch.Trainer) -> None:
+        module = self.lightning_module
+        module.eval()  # deterministic losses: no dropout noise, no batch-norm statistics updates
+        device = self.root_device
+        loss = detect_loss(module, self._loss)
+        data = cache_full_batch(trainer, self.heldout, loss is not None, device)
+        train_cv = resolve("train_loss", loss=loss)
+        if self._metric == "auto":
+            names = default_observables(loss, [train_cv], data.has_heldout)
+        elif self._metric is None:
+            names = ()
+        else:
+            names = (self._metric,)
+        observables = [resolve(n, loss=loss, monte_carlo=True) for n in names]
+        for cv in observables:
+            if cv.split != "test":
+                raise ValueError(f"metric={self._metric!r} is not a held-out metric; use e.g. 'test_accuracy'.")
+        layout = ParameterLayout.of(module)
+        hook = "validation_step" if self.heldout == "val" else "test_step"
+        evaluate = Evaluator(module, layout, data, [train_cv], observables, vectorize=self.vectorize,
+                             step_hooks=loss is None, heldout_hook=hook)
+        self._evaluator, self._layout, self._loss_kind = evaluate, layout, loss
+        self._metric_names = tuple("hard_test_accuracy" if o.name == "test_accuracy" else o.name for o in observables)
+        dtype = next(module.parameters()).dtype
+        theta_module = layout.flatten(module).to(device=device, dtype=dtype)
+        if self.box is None:
+            self.box = fitting_box(layout, theta_module)
+        self._bound = bound = self.box.bounds(layout, device=device, dtype=dtype)
+        outside = int((theta_module.abs() > bound).sum())
+        theta0 = torch.maximum(torch.minimum(theta_module, bound), -bound).unsqueeze(0).repeat(self.walkers, 1)
+        with torch.no_grad():
+            x_module, x_start = evaluate(torch.stack([theta_module, theta0[0]])).values[:, 0].tolist()
+        if not math.isfinite(x_module):
+            raise ValueError(
+                f"The module's train loss is not finite (ln L_train = {x_module}); entropy_md holds a finite train"
+                " loss."
+                " Train the module first (or check the data for NaN), then fit with strategy='entropy_md'."
+            )
+        if not math.isfinite(x_start) or abs(x_start - x_module) > self.max_start_shift:
+            raise ValueError(
+                f"The module's weights lie far outside the box ({self.box}): clamping them into it moves ln L_train"
+                f" from {x_module:.3f} to {x_start:.3f} (more than max_start_shift={self.max_start_shift:g} nats). Choose a"
+                f" larger box (e.g. box='{self.box.rule}:{2 * self.box.c:g}'), train the module inside the box, or"
+                " raise max_start_shift."
+            )
+        if outside:
+            warnings.warn(
+                f"{outside} of the module's {layout.numel} parameters lie outside the box ({self.box}); the walkers"
+                f" start with them clamped to its walls (ln L_train {x_module:.4f} -> {x_start:.4f}). Choose a larger"
+                " box (or box=None, fitted to the weights) to start exactly at the module.",
+                stacklevel=2,
+            )
+        self.start_ln_train_loss = x_module
+        target = self._target if self._target is not None else x_module
+        self._config = restrained.RestraintConfig(target, self.strength, self.md_config)
+        self._state = restrained.observe(restrained.init(theta0, evaluate, self._config, seed=self.seed + 1),
+                                         evaluate)
+        self._last_accepted = self._state.md.accepted.clone()
+        if self._pending is not None:
+            self._restore(self._pending)
+            self._pending = None
+
+    # -- running ----------------------------------------------------------------------------------------------------
+
+    def run_chunk(self, steps: int) -> None:
+        """``steps`` MD steps of every walker, then the selected walker into the module, then the log."""
+        if self._state is None:
+            self._prepare(self.lightning_module.trainer)
+        self._state = restrained.run(self._state, steps, evaluate=self._evaluator, bound=self._bound,
+                                     config=self._config, observe_every=self.observe_every)
+        self._layout.load_into(self.lightning_module, self._state.theta[self._selected()])
+        accepted = self._log_progress(steps)
+        if self._state.step - steps < self.adapt_steps and self.md_config.metropolis:
+            dt = restrained.adapt_dt(self.dt, float(accepted))
+            self._config = dataclasses.replace(self._config, md=dataclasses.replace(self._config.md, dt=dt))
+
+    def _selected(self) -> torch.Tensor:
+        """Index of the walker the module holds (a device tensor: no host synchronisation)."""
+        x = self._state.md.cv[:, 0]
+        if self.select == "first":
+            return torch.zeros((), dtype=torch.long, device=x.device)
+        if self.select == "best_train":
+            return torch.nan_to_num(x, nan=math.inf).argmin()
+        return torch.nan_to_num((x - self._config.target).abs(), nan=math.inf).argmin()
+
+    def _display_loss(self) -> torch.Tensor:
+        return self._state.md.cv[:, 0].exp().mean()
+
+    def _log_progress(self, steps: int) -> torch.Tensor:
+        state = self._state
+        md = state.md
+        accepted = (md.accepted - self._last_accepted).sum() / (steps * self.walkers)
+        self._last_accepted = md.accepted.clone()
+        x = md.cv[:, 0]
+        metrics = {
+            "md/ln_train_loss": x.mean(),
+            "md/ln_train_loss_std": x.std(unbiased=False),
+            "md/offset_widths": (x.mean() - self._config.target) / self.width,
+            "md/acceptance": accepted,
+            "md/spread": (md.theta / self._bound).std(0, unbiased=False).mean(),  # box units
+            "md/dt": torch.tensor(self.dt),
+        }
+        if self._metric_names and state.observed:
+            metrics["md/heldout"] = state.observed[-1][1].mean()  # the latest observation
+        module = self.lightning_module
+        if module is not None and getattr(module, "_current_fx_name", None) == "training_step":
+            for name, value in metrics.items():
+                module.log(name, value.float(), prog_bar=name in ("md/ln_train_loss", "md/heldout", "md/acceptance"),
+                           on_step=True, on_epoch=False, batch_size=1)
+        return accepted
+
+    # -- checkpoints ------------------------------------------------------------------------------------------------
+
+    def sampler_state_dict(self) -> dict[str, Any]:
+        if self._state is None:
+            return dict(self._pending or {})
+        return {
+            "kind": "entropy_md",
+            "walkers": self.walkers,
+            "target": self._config.target,
+            "dt": self._config.md.dt,
+            "box": self.box.describe(),
+            "start_ln_train_loss": self.start_ln_train_loss,
+            "state": self._state.state_dict(),
+            "last_accepted": self._last_accepted.clone(),
+        }
+
+    def load_sampler_state_dict(self, state: dict[str, Any]) -> None:
+        if state and (state.get("kind") != "entropy_md" or state.get("walkers") != self.walkers):
+            raise ValueError(
+                f"The checkpoint holds a {state.get('kind')!r} sampler with {state.get('walkers')} walkers; this"
+                f" strategy is 'entropy_md' with {self.walkers} walkers. Resume with the same strategy and walkers."
+            )
+        if self._state is None:
+            self._pending = state  # applied once the data and walkers exist (on_train_start)
+        else:
+            self._restore(state)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        device = self.root_device
+        if self._target is not None and state["target"] != self._target:
+            warnings.warn(f"target={self._target} differs from the checkpoint's {state['target']}; the checkpoint's"
+                          " target is used.", stacklevel=2)
+        box = Box.parse(state["box"])
+        if box != self.box:
+            self.box = box  # an automatic box was fitted to the weights of the first run, not to the resumed module
+            self._bound = box.bounds(self._layout, device=device, dtype=self._bound.dtype)
+        md = dataclasses.replace(self.md_config, dt=float(state["dt"]))
+        self._config = restrained.RestraintConfig(float(state["target"]), self.strength, md)
+        self.start_ln_train_loss = state.get("start_ln_train_loss")
+        self._state = restrained.RestrainedState.from_state_dict(state["state"], device)
+        self._last_accepted = state["last_accepted"].to(device)
+
+
+__all__ = ["SELECT", "EntropyMDStrategy"]
