@@ -41,7 +41,7 @@ def test_names_are_registered():
     assert Trainer(strategy="wang_landau_mc", logger=False).strategy.sampler == "mc"
 
 
-@pytest.mark.parametrize("name", ["entropy_md", "wang_landau_ddp"])
+@pytest.mark.parametrize("name", ["entropy_md"])
 def test_reserved_names_say_they_are_not_built_yet(name):
     with pytest.raises(NotImplementedError, match=f"{name}.*not available in this version"):
         Trainer(strategy=name, logger=False)

@@ -1,8 +1,9 @@
 """Registration of the strategy names with Lightning's ``StrategyRegistry``.
 
-``wang_landau`` (WLMD) and ``wang_landau_mc`` (WLMC) are built here. ``wang_landau_ddp`` and ``entropy_md`` are part
-of the public contract but not built yet: their names are reserved so that a Trainer asking for them fails with a
-message that says so, instead of Lightning's "unknown strategy".
+``wang_landau`` (WLMD), ``wang_landau_mc`` (WLMC) and ``wang_landau_ddp`` (WLMD walkers on several DDP processes
+sharing one landscape) are built here. ``entropy_md`` is part of the public contract but not built yet: its name is
+reserved so that a Trainer asking for it fails with a message that says so, instead of Lightning's "unknown
+strategy".
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from typing import Any
 from lightning.pytorch.strategies import StrategyRegistry
 
 from lightning_entropy.strategies.wang_landau import WangLandauStrategy
+from lightning_entropy.strategies.wang_landau_ddp import WangLandauDDPStrategy
 
 RESERVED = {
-    "wang_landau_ddp": "walkers spread over DDP processes sharing one landscape",
     "entropy_md": "molecular dynamics held at a train-loss target (the training mode)",
 }
 
@@ -35,6 +36,7 @@ def register(registry=StrategyRegistry) -> None:
     entries = {
         "wang_landau": (WangLandauStrategy, "Wang-Landau molecular dynamics: entropy landscape of the module", {}),
         "wang_landau_mc": (WangLandauStrategy, "Wang-Landau Monte Carlo (single-parameter moves)", {"sampler": "mc"}),
+        "wang_landau_ddp": (WangLandauDDPStrategy, "Wang-Landau MD walkers on DDP processes sharing one landscape", {}),
     }
     for name, (cls, description, params) in entries.items():
         if name not in registry:

@@ -163,8 +163,8 @@ class WangLandauStrategy(SingleDeviceStrategy):
         checkpoint_io=None,
         precision_plugin=None,
     ) -> None:
-        super().__init__(device=device or "cpu", accelerator=accelerator, checkpoint_io=checkpoint_io,
-                         precision_plugin=precision_plugin)
+        self._init_lightning_strategy(device=device, accelerator=accelerator, checkpoint_io=checkpoint_io,
+                                      precision_plugin=precision_plugin)
         self._device = torch.device(device) if device is not None else None
         self.parallel_devices: list[torch.device] | None = None  # the Trainer fills this from its accelerator
         if sampler not in ("md", "mc"):
@@ -220,6 +220,11 @@ class WangLandauStrategy(SingleDeviceStrategy):
         self._pending: dict[str, Any] | None = None
         self._evaluator: Evaluator | None = None
         self._last_accepted: torch.Tensor | None = None
+
+    def _init_lightning_strategy(self, *, device, accelerator, checkpoint_io, precision_plugin) -> None:
+        """Initialise the Lightning strategy base (one device here; the DDP subclass initialises a process group)."""
+        super().__init__(device=device or "cpu", accelerator=accelerator, checkpoint_io=checkpoint_io,
+                         precision_plugin=precision_plugin)
 
     # -- devices -----------------------------------------------------------------------------------------------
 
