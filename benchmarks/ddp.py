@@ -5,6 +5,7 @@ strategy's defaults otherwise (fan-out box, dt 0.02, friction 0.01, Metropolis, 
 ``start="uniform"``, 100 sampler steps per Lightning step.
 
   1 x 2W   - ``WangLandauStrategy(walkers=2W)``, one process with BENCH_THREADS threads (default 2).
+  1 x 2W/1t - the same with one thread (half the cores): what one process of the DDP run could do alone.
   2 x W    - ``WangLandauDDPStrategy(walkers=W)``, ``Trainer(accelerator="cpu", devices=2)``: two spawned processes
              (gloo) with BENCH_THREADS // 2 threads each (the same cores in total), landscape synchronised after every
              Lightning step (``sync_every=1``).
@@ -13,7 +14,7 @@ strategy's defaults otherwise (fan-out box, dt 0.02, friction 0.01, Metropolis, 
 Measured per Lightning step (100 sampler steps of every walker), after WARMUP steps: the wall time between two
 ``on_train_batch_end`` calls of rank 0 (everything: sampler, synchronisation, Lightning), and on every rank the time
 spent in ``sync_landscape`` (the all-reduce plus waiting for the slower rank). Printed: walker-steps per second from
-the fastest steps and from the median step, the ratio 2 x W / 1 x 2W, and the communication share of the step time
+the fastest steps and from the median step, the ratios to 1 x 2W, and the communication share of the step time
 (median over steps, the larger of the two ranks). Process start-up (several seconds of imports per process) is not
 included: it is paid once per fit.
 Run: ``.venv/bin/python benchmarks/ddp.py`` (BENCH_DDP_WALKERS=W, default 128).
@@ -22,6 +23,7 @@ Run: ``.venv/bin/python benchmarks/ddp.py`` (BENCH_DDP_WALKERS=W, default 128).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import statistics
 import sys
@@ -40,6 +42,11 @@ WALKERS = int(os.environ.get("BENCH_DDP_WALKERS", "128"))  # per rank; the singl
 CHUNK = 100
 WARMUP = 3
 MEASURED = 12
+
+# at import, so that the spawned ranks (which import this file) are quiet too
+warnings.filterwarnings("ignore")
+for _name in ("lightning.pytorch", "lightning.fabric"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 
 
 class StepTimer(pl.Callback):
@@ -68,8 +75,8 @@ def fit(kind: str, directory: str) -> list[list[tuple[float, float]]]:
     from lightning_entropy.tasks import SpiralClassifier, SpiralDataModule
 
     common = dict(start="uniform", steps_per_lightning_step=CHUNK, seed=1)
-    if kind == "1x2W":
-        torch.set_num_threads(C.THREADS)
+    if kind.startswith("1x2W"):
+        torch.set_num_threads(1 if kind.endswith("/1t") else C.THREADS)
         strategy, devices = WangLandauStrategy(walkers=2 * WALKERS, **common), 1
     else:
         os.environ["OMP_NUM_THREADS"] = str(max(1, C.THREADS // 2))  # read by Lightning's launcher in each rank
@@ -84,17 +91,12 @@ def fit(kind: str, directory: str) -> list[list[tuple[float, float]]]:
 
 
 def main() -> None:
-    warnings.filterwarnings("ignore")
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        import logging
-
-        logging.getLogger(name).setLevel(logging.ERROR)
     C.set_threads()
     print(C.machine())
     print(f"spiral classifier, {WALKERS} walkers per rank, {CHUNK} sampler steps per Lightning step,"
           f" {MEASURED} steps timed after {WARMUP}")
     results = {}
-    for kind in ("1x2W", "2xW", "2xW/10"):
+    for kind in ("1x2W", "2xW", "1x2W/1t", "2xW/10"):
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             results[kind] = fit(kind, tmp)
@@ -112,9 +114,10 @@ def main() -> None:
             share = "-"
         rows.append([kind, f"{total / best:,.0f}", f"{total / median:,.0f}", C.spread(steps), share])
     print(C.table(rows, ["setup", "walker-steps/s (best)", "(median)", "spread", "sync share"]))
-    for kind in ("2xW", "2xW/10"):
+    for kind in ("2xW", "2xW/10", "1x2W/1t"):
         best_ratio, median_ratio = rate[kind][0] / rate["1x2W"][0], rate[kind][1] / rate["1x2W"][1]
-        print(f"RESULT ddp {kind.replace('W', str(WALKERS))} vs 1x{2 * WALKERS}: {min(best_ratio, median_ratio):.2f}x"
+        name = kind.replace("2W", str(2 * WALKERS)).replace("W", str(WALKERS))
+        print(f"RESULT ddp {name} vs 1x{2 * WALKERS}: {min(best_ratio, median_ratio):.2f}x"
               f" walker-steps/s (best {best_ratio:.2f}x, median {median_ratio:.2f}x)")
     shares = {k: max(statistics.median(sync / step for step, sync in r) for r in results[k]) for k in ("2xW", "2xW/10")}
     print(f"RESULT ddp communication share of the step time: {shares['2xW']:.1%} (sync_every=1),"

@@ -4,6 +4,7 @@ ranks hold the same landscape; checkpoints resume exactly on the same ranks and 
 Spawning a process costs seconds, so one spawned run checks several things at once.
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,16 @@ class DumpRank(Callback):
                    Path(self.directory) / f"rank{trainer.global_rank}.pt")
 
 
+class FirstWalkers(Callback):
+    """Keeps the walkers as they are before the first step (after a checkpoint was restored)."""
+
+    theta = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.theta is None:
+            self.theta = trainer.strategy.walker_parameters.clone()
+
+
 def _strategy(**kw):  # the single-process accuracy test's settings (tests/test_correctness.py)
     return WangLandauDDPStrategy(
         variables=("train_loss",), observables=("test_loss",), observe_every=5, walkers=WALKERS, box=1.0,
@@ -52,9 +63,10 @@ def _fit(out: Path, max_steps: int, ckpt_dir: Path | None = None, ckpt_path: str
     callbacks = [DumpRank(str(out))]
     if ckpt_dir is not None:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=RESUME_AT, save_top_k=-1))
-    trainer = Trainer(strategy=_strategy(start_method=start_method), accelerator="cpu", devices=2, max_steps=max_steps, logger=False,
-                      enable_checkpointing=ckpt_dir is not None, callbacks=callbacks, enable_progress_bar=False,
-                      enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
+    trainer = Trainer(strategy=_strategy(start_method=start_method), accelerator="cpu", devices=2,
+                      max_steps=max_steps, logger=False, enable_checkpointing=ckpt_dir is not None,
+                      callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False,
+                      limit_val_batches=0, num_sanity_val_steps=0)
     trainer.fit(ToyModule(), datamodule=toy_datamodule(), ckpt_path=ckpt_path)
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
     return trainer.strategy, ranks
@@ -106,13 +118,39 @@ def test_ddp_checkpoint_resumes_on_one_process_with_all_walkers(straight):
     assert saved["walkers"] == 2 * WALKERS and saved["ddp"]["ranks"] == 2
     assert saved["state"]["theta"].shape[0] == 2 * WALKERS
     kw = dict(variables=("train_loss",), observables=("test_loss",), walkers=2 * WALKERS, box=1.0, start="uniform",
-              ranges=[RANGES["ln_train_loss"]], bin_width=0.1, kernel_sigma=0.5, steps_per_lightning_step=CHUNK)
+              ranges=[RANGES["ln_train_loss"]], bin_width=0.1, kernel_sigma=0.5, steps_per_lightning_step=10)
     strategy = WangLandauStrategy(**kw)
-    trainer = Trainer(strategy=strategy, accelerator="cpu", max_steps=RESUME_AT + 1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer = Trainer(strategy=strategy, accelerator="cpu", max_steps=RESUME_AT + 1, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      limit_val_batches=0)
     trainer.fit(ToyModule(), datamodule=toy_datamodule(), ckpt_path=str(ckpt))
-    assert strategy.landscape.walker_steps == (RESUME_AT + 1) * CHUNK * 2 * WALKERS
-    assert strategy.landscape.histogram.sum() == (RESUME_AT + 1) * CHUNK * 2 * WALKERS
+    assert strategy.landscape.walker_steps == (RESUME_AT * CHUNK + 10) * 2 * WALKERS
+    assert strategy.landscape.histogram.sum() == (RESUME_AT * CHUNK + 10) * 2 * WALKERS
+
+
+def test_ddp_checkpoint_resumes_on_one_rank_with_the_walkers_dealt_out(straight):
+    """One DDP rank of 48 walkers (in this process: start_method="popen" starts no other process) takes walkers
+    0-47 of the 128 saved; the landscape and schedule continue."""
+    base, _, _ = straight
+    ckpt = next(p for p in (base / "ckpt").glob("*.ckpt") if f"step={RESUME_AT}" in p.name)
+    saved = torch.load(ckpt, weights_only=False)["optimizer_states"][0]["sampler"]
+    environ = dict(os.environ)  # the popen launcher exports rank variables; later tests must not see them
+    try:
+        strategy = _strategy(start_method="popen")
+        strategy.walkers = 48
+        first = FirstWalkers()
+        trainer = Trainer(strategy=strategy, accelerator="cpu", devices=1, max_steps=RESUME_AT + 1, logger=False,
+                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                          limit_val_batches=0, callbacks=[first])
+        with pytest.warns(UserWarning, match="128 checkpointed walkers .* dealt out again .some are left out"):
+            trainer.fit(ToyModule(), datamodule=toy_datamodule(), ckpt_path=str(ckpt))
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(environ)
+    assert torch.equal(first.theta, saved["state"]["theta"][:48])
+    assert strategy.landscape.walker_steps == saved["landscape"]["walker_steps"] + CHUNK * 48
 
 
 # -- no processes needed ----------------------------------------------------------------------------------------------

@@ -32,7 +32,9 @@ After a spawned fit the main process holds the shared landscape (``strategy.land
 
 from __future__ import annotations
 
-import io
+import os
+import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -55,7 +57,9 @@ from lightning_entropy.strategies.wang_landau import WangLandauStrategy
 #: The landscape tensors summed over the ranks (besides the walker-step count).
 SHARED = ("bias", "visits", "obs_sum", "obs_sq", "obs_count")
 
-RANK_SEED_STRIDE = 1_000_003  # rank r seeds its walkers with seed + r * RANK_SEED_STRIDE (torch keeps 32 bits of a CPU seed)
+#: Rank r seeds its walkers with ``seed + r * RANK_SEED_STRIDE`` (a CPU generator keeps only 32 bits of a seed, so a
+#: stride of 2**32 would give every rank the same walkers).
+RANK_SEED_STRIDE = 1_000_003
 
 
 @dataclass(frozen=True)
@@ -100,21 +104,27 @@ def _cpu(obj: Any) -> Any:
 
 
 class _SamplerLauncher(_MultiProcessingLauncher):
-    """Lightning's multiprocessing launcher that also sends rank 0's sampler state back to the main process."""
+    """Lightning's multiprocessing launcher that also hands rank 0's sampler state to the main process.
+
+    The state goes through a temporary file, like Lightning's weights: the result queue is a pipe that rank 0 writes
+    before it exits and the main process reads only after every rank exited, so a large payload there would block.
+    """
 
     def get_extra_results(self, trainer: lightning.pytorch.Trainer) -> dict[str, Any]:
         extra = super().get_extra_results(trainer)
         final = getattr(self._strategy, "_final", None)
         if final is not None:
-            buffer = io.BytesIO()
-            torch.save(_cpu(final), buffer)
-            extra["wang_landau_bytes"] = buffer.getvalue()
+            path = os.path.join(tempfile.mkdtemp(), "wang_landau_state.pt")
+            torch.save(_cpu(final), path)
+            extra["wang_landau_path"] = path
         return extra
 
     def update_main_process_results(self, trainer: lightning.pytorch.Trainer, extra: dict[str, Any]) -> None:
         super().update_main_process_results(trainer, extra)
-        if "wang_landau_bytes" in extra:
-            self._strategy._adopt(torch.load(io.BytesIO(extra["wang_landau_bytes"]), weights_only=False))
+        path = extra.get("wang_landau_path")
+        if path is not None:
+            self._strategy._adopt(torch.load(path, weights_only=False))
+            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
 class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
@@ -179,6 +189,7 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
         self._base: torch.Tensor | None = None
         self._chunks_since_sync = 0
         self._final: dict[str, Any] | None = None
+        self._adopted = False
         self.sync_seconds = 0.0  # host time spent in synchronisations (communication and waiting for other ranks)
         self.chunk_seconds = 0.0  # host time spent in sampler chunks (compute)
 
@@ -257,7 +268,7 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
         self._layout.load_into(self.lightning_module, self._state.theta[0])
         self._log_progress(steps)
 
-    # -- the shared landscape --------------------------------------------------------------------------------------------
+    # -- the shared landscape ----------------------------------------------------------------------------------------
 
     def _snapshot(self) -> torch.Tensor:
         land = self._landscape
@@ -296,12 +307,12 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
         final = self._gathered_state_dict()
         self._final = final if self.global_rank == 0 else None
 
-    # -- checkpoints -------------------------------------------------------------------------------------------------------
+    # -- checkpoints -------------------------------------------------------------------------------------------------
 
     def sampler_state_dict(self) -> dict[str, Any]:
         """All ranks (Lightning builds checkpoints on every rank, rank 0 writes them): synchronise, gather walkers."""
-        if self._state is None:
-            return dict(self._pending or self._final or {})
+        if self._adopted or self._state is None:  # main process after a spawned fit, or not started yet
+            return dict(self._final or self._pending or {})
         if self._chunks_since_sync:
             self.sync_landscape()
         return self._gathered_state_dict()
@@ -352,11 +363,12 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
             gen.manual_seed(self.seed + 1 + int(pooled["step"]))
             rng = gen.get_state()
             if rank == 0:
+                wanted = self.ranks * walkers
+                how = "some repeat" if total < wanted else "some are left out" if total > wanted else "all kept"
                 warnings.warn(
                     f"Resuming {total} checkpointed walkers ({ddp.get('ranks', 1)} rank(s)) on {self.ranks} rank(s) of"
-                    f" {walkers} walkers: the pooled walkers are dealt out again"
-                    f" ({'some repeat' if total < self.ranks * walkers else 'some are left out' if total > self.ranks * walkers else 'all kept'})"
-                    " with fresh random streams; the landscape and schedule continue unchanged.",
+                    f" {walkers} walkers: the pooled walkers are dealt out again ({how}) with fresh random streams;"
+                    " the landscape and schedule continue unchanged.",
                     stacklevel=2,
                 )
         cls = wlmd.MDState if self.sampler == "md" else wlmc.MCState
@@ -377,3 +389,4 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
         self._schedule_state = dict(final["schedule"])
         self._last_accepted = final["last_accepted"]
         self._final = final
+        self._adopted = True
