@@ -6,6 +6,7 @@ Spawning a process costs seconds, so one spawned run checks several things at on
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from lightning.pytorch.strategies import SingleDeviceStrategy, StrategyRegistry
 from toy import RANGES, ToyModule, rms_error, toy_datamodule
 
 from lightning_entropy import FlatnessOneOverT, WangLandauDDPStrategy, WangLandauStrategy
+from lightning_entropy.strategies import wang_landau_ddp
 from lightning_entropy.strategies.wang_landau_ddp import RankShare, deal
 
 CHUNK = 250  # sampler steps per Lightning step
@@ -33,8 +35,7 @@ class DumpRank(Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         strategy = trainer.strategy
         torch.save({"landscape": strategy.landscape.state_dict(), "theta": strategy.walker_parameters.clone(),
-                    "rank": trainer.global_rank, "world": trainer.world_size,
-                    "seconds": (strategy.chunk_seconds, strategy.sync_seconds)},
+                    "rank": trainer.global_rank, "world": trainer.world_size},
                    Path(self.directory) / f"rank{trainer.global_rank}.pt")
 
 
@@ -82,7 +83,6 @@ def straight(tmp_path_factory):
 def test_two_ranks_share_one_landscape_that_matches_the_exact_log_volume(straight, exact):
     _, strategy, (rank0, rank1) = straight
     assert rank0["world"] == 2 and rank1["rank"] == 1
-    print("compute / sync seconds per rank:", rank0["seconds"], rank1["seconds"])
     for key in ("bias", "visits", "obs_sum", "obs_count", "walker_steps"):  # the same landscape on both ranks
         assert torch.equal(rank0["landscape"][key], rank1["landscape"][key]), key
     assert not torch.equal(rank0["theta"], rank1["theta"])  # each rank has its own walkers
@@ -94,7 +94,6 @@ def test_two_ranks_share_one_landscape_that_matches_the_exact_log_volume(straigh
     assert torch.equal(strategy.walker_parameters, torch.cat([rank0["theta"], rank1["theta"]]))
     rms, bins = rms_error(land.entropy, exact["1d"])
     assert bins >= 35
-    print(f"2-rank RMS {rms:.3f} nats over {bins} bins")
     assert rms < 0.15, f"2-rank WLMD entropy is {rms:.3f} nats RMS from the brute-force log-volume"
     x, mean, _ = land.observable_curve("ln_test_loss")  # observable sums are shared too
     good = exact["1d"] >= 2000
@@ -134,23 +133,57 @@ def test_ddp_checkpoint_resumes_on_one_rank_with_the_walkers_dealt_out(straight)
     base, _, _ = straight
     ckpt = next(p for p in (base / "ckpt").glob("*.ckpt") if f"step={RESUME_AT}" in p.name)
     saved = torch.load(ckpt, weights_only=False)["optimizer_states"][0]["sampler"]
+    strategy = _strategy(start_method="popen")
+    strategy.walkers = 48
+    first = FirstWalkers()
+    with pytest.warns(UserWarning, match="128 checkpointed walkers .* dealt out again .some are left out"):
+        _fit_in_process(strategy, RESUME_AT + 1, callbacks=[first], ckpt_path=str(ckpt))
+    assert torch.equal(first.theta, saved["state"]["theta"][:48])
+    assert strategy.landscape.walker_steps == saved["landscape"]["walker_steps"] + CHUNK * 48
+
+
+# -- no other processes: one rank in this process (start_method="popen" starts no other process) ---------------------
+
+
+def _fit_in_process(strategy, max_steps, **kw):
     environ = dict(os.environ)  # the popen launcher exports rank variables; later tests must not see them
     try:
-        strategy = _strategy(start_method="popen")
-        strategy.walkers = 48
-        first = FirstWalkers()
-        trainer = Trainer(strategy=strategy, accelerator="cpu", devices=1, max_steps=RESUME_AT + 1, logger=False,
+        trainer = Trainer(strategy=strategy, accelerator="cpu", devices=1, max_steps=max_steps, logger=False,
                           enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                          limit_val_batches=0, callbacks=[first])
-        with pytest.warns(UserWarning, match="128 checkpointed walkers .* dealt out again .some are left out"):
-            trainer.fit(ToyModule(), datamodule=toy_datamodule(), ckpt_path=str(ckpt))
+                          limit_val_batches=0, **{k: v for k, v in kw.items() if k != "ckpt_path"})
+        trainer.fit(ToyModule(), datamodule=toy_datamodule(), ckpt_path=kw.get("ckpt_path"))
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
         os.environ.clear()
         os.environ.update(environ)
-    assert torch.equal(first.theta, saved["state"]["theta"][:48])
-    assert strategy.landscape.walker_steps == saved["landscape"]["walker_steps"] + CHUNK * 48
+    return trainer.strategy
+
+
+def test_two_identical_ranks_deposit_like_one_process(monkeypatch):
+    """Rank 0 of a pretended 2-rank run whose twin rank does exactly what it does: each rank deposits f_t / 2 per step
+    and the sync sums both, so the landscape equals the one-process run's (which deposits f_t per step) and the
+    walkers move identically; visits and walker steps count both ranks."""
+    kw = dict(variables=("train_loss",), walkers=8, box=1.0, start="uniform", seed=3, ranges=[RANGES["ln_train_loss"]],
+              bin_width=0.1, kernel_sigma=0.5, schedule={"name": "constant", "f": 0.05}, steps_per_lightning_step=1)
+    single = _fit_in_process(WangLandauStrategy(**kw), 30)
+
+    def twin_all_reduce(tensor):
+        tensor.mul_(2)  # the other rank's change is the same
+
+    def twin_all_gather_object(parts, obj):
+        parts[:] = [obj] * len(parts)
+
+    twin = SimpleNamespace(all_reduce=twin_all_reduce, all_gather_object=twin_all_gather_object)
+    monkeypatch.setattr(wang_landau_ddp, "dist", twin)  # the strategy's collectives only, not Lightning's
+    monkeypatch.setattr(WangLandauDDPStrategy, "_distributed", property(lambda self: True))
+    monkeypatch.setattr(WangLandauDDPStrategy, "ranks", property(lambda self: 2))
+    ddp = _fit_in_process(WangLandauDDPStrategy(start_method="popen", **kw), 30)
+    assert torch.allclose(ddp.landscape.bias, single.landscape.bias, rtol=1e-12, atol=1e-12)
+    assert float(ddp.landscape.bias.sum()) == pytest.approx(30 * 0.05)  # f_t in total per step, not N f_t
+    assert torch.equal(ddp.landscape.visits, 2 * single.landscape.visits)
+    assert ddp.landscape.walker_steps == 2 * single.landscape.walker_steps == 2 * 30 * 8
+    assert torch.allclose(ddp.walker_parameters, single.walker_parameters)
 
 
 # -- no processes needed ----------------------------------------------------------------------------------------------

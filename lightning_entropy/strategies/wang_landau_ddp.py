@@ -321,7 +321,7 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
         local = _cpu({"state": self._state.state_dict(), "last_accepted": self._last_accepted})
         parts = [local]
         if self._distributed:
-            parts = [None] * dist.get_world_size()
+            parts = [None] * self.ranks
             dist.all_gather_object(parts, local)
         tensors = wlmd.MDState._TENSORS if self.sampler == "md" else wlmc.MCState._TENSORS
         pooled: dict[str, Any] = {k: torch.cat([p["state"][k] for p in parts]) for k in tensors}
