@@ -27,9 +27,10 @@ How the ranks cooperate (multiple-walker Wang-Landau):
   resumes on ``WangLandauStrategy(walkers=N * W)``.
 
 After a spawned fit the main process holds the shared landscape (``strategy.landscape``) and all walkers
-(``strategy.walker_parameters``, ``(N W, P)`` in rank order), sent back by rank 0. ``sampler="mc"`` goes through the same
-code (not covered by the tests). ``chunk_seconds`` and ``sync_seconds`` add up each rank's host time in sampler chunks and in synchronisations
-(which includes waiting for the slowest rank); on GPUs the chunk time is launch time unless something synchronises.
+(``strategy.walker_parameters``, ``(N W, P)`` in rank order), sent back by rank 0. ``sampler="mc"`` goes through the
+same code (not covered by the tests). ``chunk_seconds`` and ``sync_seconds`` add up each rank's host time in sampler
+chunks and in synchronisations (which includes waiting for the slowest rank); on GPUs the chunk time is launch time
+unless something synchronises.
 """
 
 from __future__ import annotations
