@@ -1,7 +1,7 @@
 """Run every benchmark (each in its own process) and print a summary of their RESULT lines.
 
 Usage:
-    .venv/bin/python benchmarks/run_all.py                 # all four, ~6-8 minutes on 2 cores
+    .venv/bin/python benchmarks/run_all.py                 # all five, ~8-10 minutes on 2 cores
     .venv/bin/python benchmarks/run_all.py throughput      # a subset, by name
     .venv/bin/python benchmarks/run_all.py --log out.txt   # also keep the full output
     .venv/bin/python benchmarks/run_all.py --strict        # exit 1 if a target is missed (not only on crashes)
@@ -20,7 +20,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCRIPTS = ("throughput", "mnist_step", "lightning_overhead", "memory")
+SCRIPTS = ("throughput", "mnist_step", "lightning_overhead", "memory", "ddp")
 
 
 def main(argv: list[str]) -> int:

@@ -1,7 +1,7 @@
 """lightning-entropy: entropy landscapes of neural networks, sampled with Wang-Landau as Lightning strategies.
 
-``import lightning_entropy`` registers the strategy names ``wang_landau``, ``wang_landau_mc`` and ``entropy_md`` with
-``lightning.pytorch``'s ``StrategyRegistry``, so ``Trainer(strategy="wang_landau")`` works.
+``import lightning_entropy`` registers the strategy names ``wang_landau``, ``wang_landau_mc``, ``wang_landau_ddp`` and
+``entropy_md`` with ``lightning.pytorch``'s ``StrategyRegistry``, so ``Trainer(strategy="wang_landau")`` works.
 """
 
 __version__ = "0.1.0"
@@ -14,7 +14,7 @@ from lightning_entropy.core import (  # noqa: E402
     Landscape,
     RampPlateauDecay,
 )
-from lightning_entropy.strategies import EntropyMDStrategy, WangLandauStrategy  # noqa: E402
+from lightning_entropy.strategies import EntropyMDStrategy, WangLandauDDPStrategy, WangLandauStrategy  # noqa: E402
 from lightning_entropy.strategies.registry import register as _register  # noqa: E402
 
 _register()
@@ -27,6 +27,7 @@ __all__ = [
     "FlatnessOneOverT",
     "Landscape",
     "RampPlateauDecay",
+    "WangLandauDDPStrategy",
     "WangLandauStrategy",
     "__version__",
 ]

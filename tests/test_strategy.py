@@ -41,10 +41,16 @@ def test_names_are_registered():
     assert Trainer(strategy="wang_landau_mc", logger=False).strategy.sampler == "mc"
 
 
-@pytest.mark.parametrize("name", ["wang_landau_ddp"])
-def test_reserved_names_say_they_are_not_built_yet(name):
-    with pytest.raises(NotImplementedError, match=f"{name}.*not available in this version"):
-        Trainer(strategy=name, logger=False)
+def test_every_contract_name_is_registered_with_its_strategy():
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    from lightning_entropy import EntropyMDStrategy, WangLandauDDPStrategy
+
+    expected = {"wang_landau": WangLandauStrategy, "wang_landau_mc": WangLandauStrategy,
+                "wang_landau_ddp": WangLandauDDPStrategy, "entropy_md": EntropyMDStrategy}
+    for name, cls in expected.items():
+        assert StrategyRegistry[name]["strategy"] is cls, name
+    assert StrategyRegistry["wang_landau_mc"]["init_params"] == {"sampler": "mc"}
 
 
 def test_boring_model_runs_unmodified():

@@ -15,6 +15,7 @@ from lightning_entropy.core.evaluator import Evaluator, FullBatch
 from lightning_entropy.core.landscape import Landscape
 from lightning_entropy.core.variables import resolve
 from lightning_entropy.core.walkers import ParameterLayout
+from lightning_entropy.tasks.common import NetModule, TensorDataModule
 
 BOX = Box.constant(1.0)
 RANGES = {"ln_train_loss": (-3.5, 2.3), "ln_test_loss": (-3.5, 2.3)}
@@ -78,3 +79,18 @@ def rms_error(entropy: np.ndarray, counts: np.ndarray, min_count: int = 2000) ->
     diff = entropy[good] - np.log(counts[good])
     diff -= diff.mean()
     return float(np.sqrt((diff**2).mean())), int(good.sum())
+
+
+class ToyModule(NetModule):
+    """The toy network as a LightningModule (MSE loss), for the strategies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = toy_net()
+        self.loss_fn = nn.MSELoss()
+
+
+def toy_datamodule() -> TensorDataModule:
+    """The toy problem's 12 train and 12 held-out points (full-batch loaders)."""
+    x, y = toy_data()
+    return TensorDataModule((x[:12], y[:12].unsqueeze(1)), (x[12:], y[12:].unsqueeze(1)))

@@ -55,10 +55,15 @@ class SamplerStrategy(SingleDeviceStrategy):
 
     def __init__(self, *, device: torch.device | str | None = None, accelerator=None, checkpoint_io=None,
                  precision_plugin=None) -> None:
-        super().__init__(device=device or "cpu", accelerator=accelerator, checkpoint_io=checkpoint_io,
-                         precision_plugin=precision_plugin)
+        self._init_lightning_strategy(device=device, accelerator=accelerator, checkpoint_io=checkpoint_io,
+                                      precision_plugin=precision_plugin)
         self._device = torch.device(device) if device is not None else None
         self.parallel_devices: list[torch.device] | None = None  # the Trainer fills this from its accelerator
+
+    def _init_lightning_strategy(self, *, device, accelerator, checkpoint_io, precision_plugin) -> None:
+        """Initialise the Lightning strategy base (one device here; the DDP subclass initialises a process group)."""
+        super().__init__(device=device or "cpu", accelerator=accelerator, checkpoint_io=checkpoint_io,
+                         precision_plugin=precision_plugin)
 
     # -- devices -----------------------------------------------------------------------------------------------
 

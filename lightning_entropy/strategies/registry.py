@@ -1,33 +1,15 @@
-"""Registration of the strategy names with Lightning's ``StrategyRegistry``.
-
-``wang_landau`` (WLMD), ``wang_landau_mc`` (WLMC) and ``entropy_md`` (MD held at a train-loss target) are built here.
-``wang_landau_ddp`` is part of the public contract but not built yet: its name is reserved so that a Trainer asking for
-it fails with a message that says so, instead of Lightning's "unknown strategy".
+"""Registration of the strategy names with Lightning's ``StrategyRegistry``: ``wang_landau`` (WLMD), ``wang_landau_mc``
+(WLMC), ``wang_landau_ddp`` (WLMD walkers on several DDP processes sharing one landscape) and ``entropy_md`` (MD held
+at a train-loss target, the training mode).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from lightning.pytorch.strategies import StrategyRegistry
 
 from lightning_entropy.strategies.entropy_md import EntropyMDStrategy
 from lightning_entropy.strategies.wang_landau import WangLandauStrategy
-
-RESERVED = {
-    "wang_landau_ddp": "walkers spread over DDP processes sharing one landscape",
-}
-
-
-class _Reserved:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __call__(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError(
-            f"strategy={self.name!r} ({RESERVED[self.name]}) is reserved by lightning-entropy but not available in"
-            " this version. Use strategy='wang_landau' (or 'wang_landau_mc') meanwhile."
-        )
+from lightning_entropy.strategies.wang_landau_ddp import WangLandauDDPStrategy
 
 
 def register(registry=StrategyRegistry) -> None:
@@ -35,11 +17,9 @@ def register(registry=StrategyRegistry) -> None:
     entries = {
         "wang_landau": (WangLandauStrategy, "Wang-Landau molecular dynamics: entropy landscape of the module", {}),
         "wang_landau_mc": (WangLandauStrategy, "Wang-Landau Monte Carlo (single-parameter moves)", {"sampler": "mc"}),
+        "wang_landau_ddp": (WangLandauDDPStrategy, "Wang-Landau MD walkers on DDP processes sharing one landscape", {}),
         "entropy_md": (EntropyMDStrategy, "molecular dynamics held at a train-loss target (the training mode)", {}),
     }
     for name, (cls, description, params) in entries.items():
         if name not in registry:
             registry.register(name, cls, description=description, **params)
-    for name, description in RESERVED.items():
-        if name not in registry:
-            registry.register(name, _Reserved(name), description=f"reserved: {description}")

@@ -396,9 +396,12 @@ class WangLandauStrategy(SamplerStrategy):
         self._log_progress(steps)
 
     def on_train_end(self) -> None:
+        super().on_train_end()
+        self._final_snapshot()
+
+    def _final_snapshot(self) -> None:
         """A last convergence snapshot when at least a quarter interval has passed since the previous one (a run
         stopped by ``max_time`` ends between snapshots)."""
-        super().on_train_end()
         if self._state is not None and self._state.step - (self._next_snapshot - self._snapshot_interval) >= max(
                 1, self._snapshot_interval // 4):
             self.snapshot()
@@ -415,11 +418,15 @@ class WangLandauStrategy(SamplerStrategy):
     def snapshot(self) -> dict[str, float]:
         """Record a convergence snapshot now (S change since the last one, flatness, round trips); see
         :meth:`Landscape.snapshot`. Called by the strategy every ``snapshot_every`` sampler steps."""
-        trips = self._round_trips.round_trips
-        entry = self._landscape.snapshot(
-            self._state.step, round_trips=float(trips.sum()), walkers_with_round_trip=float((trips > 0).sum()))
+        trips, walkers_with_trip = self._round_trip_counts()
+        entry = self._landscape.snapshot(self._state.step, round_trips=trips, walkers_with_round_trip=walkers_with_trip)
         self._next_snapshot = self._state.step + self._snapshot_interval
         return entry
+
+    def _round_trip_counts(self) -> tuple[float, float]:
+        """Round trips of all walkers, and how many walkers made at least one."""
+        trips = self._round_trips.round_trips
+        return float(trips.sum()), float((trips > 0).sum())
 
     @property
     def round_trips(self) -> np.ndarray:

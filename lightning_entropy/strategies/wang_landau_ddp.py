@@ -1,0 +1,414 @@
+"""``WangLandauDDPStrategy``: Wang-Landau walkers spread over DDP processes that share one landscape.
+
+``Trainer(strategy="wang_landau_ddp", accelerator="cpu", devices=2)`` (gloo) or ``accelerator="gpu", devices=4``
+(nccl) runs one process per device. Lightning's DDP process group is used, but the module is never wrapped in
+``DistributedDataParallel``: nothing is averaged between ranks except the landscape.
+
+How the ranks cooperate (multiple-walker Wang-Landau):
+
+- Every rank runs its own ``walkers`` vectorized walkers on the full train and held-out sets, seeded with
+  ``seed + 1_000_003 * rank`` (rank 0 uses ``seed`` itself, so it starts like the single-process run with that seed).
+- Each rank deposits into its local copy of the landscape during a chunk of ``steps_per_lightning_step`` sampler
+  steps (the single-process hot loop, untouched). Every ``sync_every`` chunks the ranks all-reduce what they
+  added since the last synchronisation (bias, visits, observable sums, walker steps: one float64 buffer) and every
+  rank sets its copy to the shared base plus the summed changes. Between synchronisations a rank's walkers feel
+  the shared landscape plus their own rank's recent deposits.
+- The WL factor keeps its meaning: ``f_t`` is the total deposit of one sampler step, shared by all walkers of all
+  ranks. Each rank therefore deposits ``f_t / N`` per step (``N`` ranks), ``f_t / (N W)`` per walker, so N ranks of
+  W walkers deposit exactly like one process of ``N W`` walkers. ``t`` counts sampler steps (each moves every walker
+  of every rank once): the global step count, identical on all ranks because all ranks run the same chunks.
+- Schedules that read the histogram (flatness) decide right after a synchronisation, on the shared landscape, so
+  every rank takes the same decision; grid ranges found automatically are the union over the ranks.
+- Checkpoints (written by rank 0) hold the shared landscape and every rank's walkers, gathered in rank order. A
+  checkpoint resumes exactly on the same number of ranks and walkers per rank; on any other layout the pooled
+  walkers are dealt out again (rank ``r`` takes walkers ``r W ... r W + W - 1`` of the pool, cyclically: a larger
+  run repeats walkers, which then diverge through their own noise; a smaller one leaves the rest out) with fresh
+  random streams. A single-process ``WangLandauStrategy`` checkpoint resumes here the same way, and a DDP checkpoint
+  resumes on ``WangLandauStrategy(walkers=N * W)``.
+
+After a spawned fit the main process holds the shared landscape (``strategy.landscape``) and all walkers
+(``strategy.walker_parameters``, ``(N W, P)`` in rank order), sent back by rank 0. ``sampler="mc"`` goes through the
+same code (not covered by the tests). ``chunk_seconds`` and ``sync_seconds`` add up each rank's host time in sampler
+chunks and in synchronisations (which includes waiting for the slowest rank); on GPUs the chunk time is launch time
+unless something synchronises.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import lightning
+import torch
+import torch.distributed as dist
+from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+from lightning_entropy.core import loop, round_trips
+from lightning_entropy.core.landscape import Landscape
+from lightning_entropy.core.samplers import wlmc, wlmd
+from lightning_entropy.strategies.wang_landau import WangLandauStrategy
+
+#: The landscape tensors summed over the ranks (besides the walker-step count).
+SHARED = ("bias", "visits", "obs_sum", "obs_sq", "obs_count", "recent_visits", "group_obs_sum", "group_obs_count")
+
+#: Rank r seeds its walkers with ``seed + r * RANK_SEED_STRIDE`` (a CPU generator keeps only 32 bits of a seed, so a
+#: stride of 2**32 would give every rank the same walkers).
+RANK_SEED_STRIDE = 1_000_003
+
+
+@dataclass(frozen=True)
+class RankShare:
+    """A schedule seen by one of ``ranks`` processes: ``f_t / ranks`` per step, no histogram decisions in the loop.
+
+    The strategy applies the real schedule's ``update`` itself, after each synchronisation, on the shared landscape.
+    """
+
+    schedule: Any
+    ranks: int
+
+    def init(self, device=None) -> dict[str, torch.Tensor]:
+        return self.schedule.init(device)
+
+    def factor(self, state: dict[str, torch.Tensor], t: torch.Tensor) -> torch.Tensor:
+        return self.schedule.factor(state, t) / self.ranks
+
+    def update(self, state, landscape: Landscape, t: int):
+        return state
+
+    def describe(self) -> dict[str, Any]:
+        return self.schedule.describe()
+
+
+def deal(total: int, rank: int, walkers: int) -> torch.Tensor:
+    """Indices into a pool of ``total`` walkers that rank ``rank`` takes when every rank runs ``walkers`` walkers:
+    ``rank * walkers ...`` onwards, wrapping around the pool (walkers repeat when the pool is smaller)."""
+    if total < 1:
+        raise ValueError(f"The checkpoint holds {total} walkers; there is nothing to resume.")
+    return (rank * walkers + torch.arange(walkers)) % total
+
+
+def _cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
+
+
+class _SamplerLauncher(_MultiProcessingLauncher):
+    """Lightning's multiprocessing launcher that also hands rank 0's sampler state to the main process.
+
+    The state goes through a temporary file, like Lightning's weights: the result queue is a pipe that rank 0 writes
+    before it exits and the main process reads only after every rank exited, so a large payload there would block.
+    """
+
+    def get_extra_results(self, trainer: lightning.pytorch.Trainer) -> dict[str, Any]:
+        extra = super().get_extra_results(trainer)
+        final = getattr(self._strategy, "_final", None)
+        if final is not None:
+            path = os.path.join(tempfile.mkdtemp(), "wang_landau_state.pt")
+            torch.save(_cpu(final), path)
+            extra["wang_landau_path"] = path
+        return extra
+
+    def update_main_process_results(self, trainer: lightning.pytorch.Trainer, extra: dict[str, Any]) -> None:
+        super().update_main_process_results(trainer, extra)
+        path = extra.get("wang_landau_path")
+        if path is not None:
+            self._strategy._adopt(torch.load(path, weights_only=False))
+            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+
+
+class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
+    """:class:`~lightning_entropy.WangLandauStrategy` on several processes (DDP) sharing one landscape.
+
+    Every argument of :class:`~lightning_entropy.WangLandauStrategy` applies per rank (``walkers`` is the number of
+    walkers of EACH rank; ``schedule`` keeps its meaning for the whole run: nats per sampler step shared by all
+    ``N * walkers`` walkers), except ``device``: each rank uses its own device of the Trainer's accelerator.
+
+    Args:
+        sync_every: synchronise the landscape every this many Lightning steps (chunks of
+            ``steps_per_lightning_step`` sampler steps). One all-reduce of ``(2 + 2k + 1) * bins`` float64 values per
+            synchronisation (``k`` observables). Larger values communicate less; between synchronisations each rank
+            feels only its own recent deposits, which delays the other ranks' filling by up to
+            ``sync_every * steps_per_lightning_step`` steps (a staleness the reference study ran with at 1e4-1e6).
+        start_method: ``"spawn"`` (default: works from scripts, pytest and Hydra; needs a ``__main__`` guard in
+            scripts), ``"fork"``/``"forkserver"``, or ``"popen"`` (Lightning re-runs the script per rank). Processes
+            started by a cluster (Slurm ``srun``, ``torchrun``) are used as they are.
+        process_group_backend: ``None`` picks ``"gloo"`` on CPU and ``"nccl"`` on GPUs.
+        timeout: collective timeout.
+        **kwargs: the arguments of :class:`~lightning_entropy.WangLandauStrategy`.
+    """
+
+    strategy_name = "wang_landau_ddp"
+
+    # SingleDeviceStrategy (a base of WangLandauStrategy) comes before DDPStrategy in the method order: take the
+    # process-group versions of everything it defines.
+    root_device = DDPStrategy.root_device
+    is_global_zero = DDPStrategy.is_global_zero
+    reduce = DDPStrategy.reduce
+    all_gather = DDPStrategy.all_gather
+    barrier = DDPStrategy.barrier
+    broadcast = DDPStrategy.broadcast
+    model_to_device = DDPStrategy.model_to_device
+
+    def __init__(
+        self,
+        *,
+        sync_every: int = 1,
+        parallel_devices: list[torch.device] | None = None,
+        cluster_environment=None,
+        process_group_backend: str | None = None,
+        timeout: timedelta | None = default_pg_timeout,
+        start_method: str = "spawn",
+        **kwargs: Any,
+    ) -> None:
+        if "device" in kwargs:
+            raise ValueError(
+                "WangLandauDDPStrategy takes no `device`: every rank uses its own device of the Trainer's accelerator."
+                " Choose devices with Trainer(accelerator=..., devices=...)."
+            )
+        if not isinstance(sync_every, int) or isinstance(sync_every, bool) or sync_every < 1:
+            raise ValueError(f"sync_every={sync_every!r} must be a positive integer (Lightning steps between syncs).")
+        if start_method not in ("spawn", "fork", "forkserver", "popen"):
+            raise ValueError(f"start_method={start_method!r}: use 'spawn', 'fork', 'forkserver' or 'popen'.")
+        self._ddp_options = {"cluster_environment": cluster_environment, "process_group_backend": process_group_backend,
+                             "timeout": timeout, "start_method": start_method}
+        super().__init__(**kwargs)
+        self.parallel_devices = parallel_devices
+        self.sync_every = sync_every
+        self.base_seed = self.seed
+        self._base: torch.Tensor | None = None
+        self._chunks_since_sync = 0
+        self._final: dict[str, Any] | None = None
+        self._adopted = False
+        self.sync_seconds = 0.0  # host time spent in synchronisations (communication and waiting for other ranks)
+        self.chunk_seconds = 0.0  # host time spent in sampler chunks (compute)
+
+    def _init_lightning_strategy(self, *, device, accelerator, checkpoint_io, precision_plugin) -> None:
+        DDPStrategy.__init__(self, accelerator=accelerator, checkpoint_io=checkpoint_io,
+                             precision_plugin=precision_plugin, **self._ddp_options)
+
+    # -- process group -------------------------------------------------------------------------------------------------
+
+    def _configure_launcher(self) -> None:
+        assert self.cluster_environment is not None
+        if self.cluster_environment.creates_processes_externally or self._start_method == "popen":
+            self._launcher = _SubprocessScriptLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
+        else:
+            self._launcher = _SamplerLauncher(self, start_method=self._start_method)
+
+    def setup(self, trainer: lightning.pytorch.Trainer) -> None:
+        self._check_trainer(trainer)
+        DDPStrategy.setup(self, trainer)
+
+    def configure_ddp(self) -> None:
+        """No ``DistributedDataParallel``: the ranks share the landscape, never gradients."""
+
+    @property
+    def _distributed(self) -> bool:
+        return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+    @property
+    def ranks(self) -> int:
+        """Number of processes sampling together."""
+        return dist.get_world_size() if self._distributed else 1
+
+    # -- sampler -------------------------------------------------------------------------------------------------------
+
+    def _prepare(self, trainer: lightning.pytorch.Trainer) -> None:
+        self.seed = self.base_seed + RANK_SEED_STRIDE * self.global_rank
+        self._chunks_since_sync = 0
+        super()._prepare(trainer)
+        self._shared_schedule = RankShare(self.schedule, self.ranks)
+        self._base = self._snapshot()
+
+    def _auto_ranges(self, variables, evaluate, theta0, bound, gen) -> list[tuple[float, float]]:
+        """The union of the ranks' automatic ranges, so that every rank builds the same grid."""
+        ranges = super()._auto_ranges(variables, evaluate, theta0, bound, gen)
+        if not self._distributed:
+            return ranges
+        lo = torch.tensor([r[0] for r in ranges], dtype=torch.float64, device=self.root_device)
+        hi = torch.tensor([r[1] for r in ranges], dtype=torch.float64, device=self.root_device)
+        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+        return list(zip(lo.tolist(), hi.tolist()))
+
+    def _metadata(self, module, layout, variables, evaluate) -> dict[str, Any]:
+        meta = super()._metadata(module, layout, variables, evaluate)
+        meta.update(walkers=self.walkers * self.ranks, walkers_per_rank=self.walkers, ranks=self.ranks,
+                    sync_every=self.sync_every, seed=self.base_seed)
+        return meta
+
+    def run_chunk(self, steps: int) -> None:
+        """Run ``steps`` sampler steps on this rank's walkers (depositing ``f_t / N`` per step), synchronise the
+        landscape every ``sync_every`` chunks, update the schedule on the shared landscape, log."""
+        if self._state is None:
+            self._prepare(self.lightning_module.trainer)
+        config = self.md_config if self.sampler == "md" else self.mc_config
+        start = time.perf_counter()
+        self._state, self._schedule_state = loop.run(
+            self._state, steps, evaluate=self._evaluator, landscape=self._landscape, bound=self._bound,
+            schedule=self._shared_schedule, schedule_state=self._schedule_state, config=config,
+            observe_every=self.observe_every, round_trips=self._round_trips,
+        )
+        self.chunk_seconds += time.perf_counter() - start
+        self._chunks_since_sync += 1
+        if self._chunks_since_sync >= self.sync_every:
+            self.sync_landscape()
+            self._schedule_state = self.schedule.update(self._schedule_state, self._landscape, self._state.step)
+            if self._state.step >= self._next_snapshot:  # on the shared landscape: the same entry on every rank
+                self.snapshot()
+        self._layout.load_into(self.lightning_module, self._state.theta[0])
+        self._log_progress(steps)
+
+    # -- the shared landscape ----------------------------------------------------------------------------------------
+
+    def _round_trip_counts(self) -> tuple[float, float]:
+        trips = self._round_trips.round_trips
+        counts = torch.stack([trips.sum(), (trips > 0).sum()]).to(torch.float64)
+        if self._distributed:
+            dist.all_reduce(counts)
+        return float(counts[0]), float(counts[1])
+
+    def _accumulators(self) -> torch.Tensor:
+        land = self._landscape
+        parts = [getattr(land, k).reshape(-1) for k in SHARED]
+        return torch.cat([*parts, land._walker_steps.to(torch.float64).reshape(1)])
+
+    def sync_landscape(self) -> None:
+        """All ranks: sum what every rank deposited since the last synchronisation into the shared landscape.
+
+        A collective: every rank must call it at the same point (the strategy does, after every ``sync_every``
+        chunks, before checkpoints and at the end of training).
+        """
+        start = time.perf_counter()
+        current = self._accumulators()
+        if self._distributed:
+            delta = current - self._base
+            dist.all_reduce(delta)
+            current = self._base + delta
+            land, offset = self._landscape, 0
+            for key in SHARED:
+                tensor = getattr(land, key)
+                tensor.copy_(current[offset : offset + tensor.numel()].view_as(tensor))
+                offset += tensor.numel()
+            land._walker_steps.copy_(current[offset].round().to(torch.int64))
+        self._base = current
+        self._chunks_since_sync = 0
+        self.sync_seconds += time.perf_counter() - start
+
+    def on_train_end(self) -> None:
+        """All ranks: final synchronisation (and snapshot, on the shared landscape); rank 0 keeps the gathered state
+        for the main process."""
+        if self._state is not None and self._chunks_since_sync:
+            self.sync_landscape()
+        super().on_train_end()
+        if self._state is None:
+            return
+        final = self._gathered_state_dict()
+        self._final = final if self.global_rank == 0 else None
+
+    # -- checkpoints -------------------------------------------------------------------------------------------------
+
+    def sampler_state_dict(self) -> dict[str, Any]:
+        """All ranks (Lightning builds checkpoints on every rank, rank 0 writes them): synchronise, gather walkers."""
+        if self._adopted or self._state is None:  # main process after a spawned fit, or not started yet
+            return dict(self._final or self._pending or {})
+        if self._chunks_since_sync:
+            self.sync_landscape()
+        return self._gathered_state_dict()
+
+    def _gathered_state_dict(self) -> dict[str, Any]:
+        local = _cpu({"state": self._state.state_dict(), "last_accepted": self._last_accepted,
+                      "round_trips": self._round_trips.state_dict()})
+        parts = [local]
+        if self._distributed:
+            parts = [None] * self.ranks
+            dist.all_gather_object(parts, local)
+        tensors = wlmd.MDState._TENSORS if self.sampler == "md" else wlmc.MCState._TENSORS
+        pooled: dict[str, Any] = {k: torch.cat([p["state"][k] for p in parts]) for k in tensors}
+        pooled["step"] = local["state"]["step"]
+        pooled["rng"] = parts[0]["state"]["rng"]
+        return {
+            "kind": self.sampler,
+            "walkers": sum(len(p["last_accepted"]) for p in parts),
+            "state": pooled,
+            "landscape": self._landscape.state_dict(),
+            "schedule": {k: v.clone() for k, v in self._schedule_state.items()},
+            "last_accepted": torch.cat([p["last_accepted"] for p in parts]),
+            "round_trips": {**parts[0]["round_trips"],
+                            **{k: torch.cat([p["round_trips"][k] for p in parts]) for k in ("last_end", "crossings")}},
+            "next_snapshot": self._next_snapshot,
+            "ddp": {"ranks": len(parts), "walkers_per_rank": self.walkers, "rngs": [p["state"]["rng"] for p in parts],
+                    "seed": self.base_seed, "sync_every": self.sync_every},
+        }
+
+    def load_sampler_state_dict(self, state: dict[str, Any]) -> None:
+        if state and state.get("kind") != self.sampler:
+            raise ValueError(
+                f"The checkpoint holds a {state.get('kind')!r} sampler; this strategy is {self.sampler!r}. Resume with"
+                " the same sampler (the number of ranks and walkers may differ)."
+            )
+        if self._state is None:
+            self._pending = state
+        else:
+            self._restore(state)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        device = self.root_device
+        pooled, total = state["state"], int(state["walkers"])
+        ddp = state.get("ddp") or {}
+        rank, walkers = self.global_rank, self.walkers
+        exact = ddp.get("ranks") == self.ranks and ddp.get("walkers_per_rank") == walkers
+        if exact:
+            index, rng = torch.arange(rank * walkers, (rank + 1) * walkers), ddp["rngs"][rank]
+        else:
+            index = deal(total, rank, walkers)
+            gen = torch.Generator(device=device)
+            gen.manual_seed(self.seed + 1 + int(pooled["step"]))
+            rng = gen.get_state()
+            if rank == 0:
+                wanted = self.ranks * walkers
+                how = "some repeat" if total < wanted else "some are left out" if total > wanted else "all kept"
+                warnings.warn(
+                    f"Resuming {total} checkpointed walkers ({ddp.get('ranks', 1)} rank(s)) on {self.ranks} rank(s) of"
+                    f" {walkers} walkers: the pooled walkers are dealt out again ({how}) with fresh random streams;"
+                    " the landscape and schedule continue unchanged.",
+                    stacklevel=2,
+                )
+        cls = wlmd.MDState if self.sampler == "md" else wlmc.MCState
+        sub = {k: pooled[k][index] for k in cls._TENSORS}
+        sub.update(step=pooled["step"], rng=rng)
+        self._state = cls.from_state_dict(sub, device)
+        self._landscape.load_state_dict(state["landscape"])
+        self._schedule_state = {k: v.to(device) for k, v in state["schedule"].items()}
+        self._last_accepted = state["last_accepted"][index].to(device)
+        if "round_trips" in state:
+            trips = state["round_trips"]
+            self._round_trips = round_trips.RoundTripState.from_state_dict(
+                {**trips, "last_end": trips["last_end"][index], "crossings": trips["crossings"][index]}, device)
+            self._next_snapshot = int(state["next_snapshot"])
+        self._chunks_since_sync = 0
+
+    def _adopt(self, final: dict[str, Any]) -> None:
+        """Main process after a spawned fit: take rank 0's gathered state (shared landscape, all walkers)."""
+        device = torch.device("cpu")
+        cls = wlmd.MDState if final["kind"] == "md" else wlmc.MCState
+        self._landscape = Landscape.from_state_dict(final["landscape"], device=device)
+        self._state = cls.from_state_dict(final["state"], device)
+        self._schedule_state = dict(final["schedule"])
+        self._last_accepted = final["last_accepted"]
+        self._final = final
+        self._adopted = True
