@@ -127,6 +127,7 @@ class WangLandauConfig(SamplerConfig):
     accuracy_slope: float = 5.0
     accuracy_axis: str = "linear"
     vectorize: Any = "auto"
+    sync_every: int = 1  # with trainer.devices > 1: Lightning steps between landscape synchronisations
     snapshot_every: Optional[int] = None  # sampler steps between convergence snapshots (null: a twentieth of the run)
     groups: Optional[int] = None  # walker groups for the readouts' error bars (null: min(8, walkers))
 
@@ -221,6 +222,8 @@ class TrainerConfig:
             CPU one thread per process avoids oversubscription, which can slow small networks down many times.
         progress_bar: show Lightning's progress bar.
         log_every_n_steps: Lightning's logging interval (Lightning steps).
+        devices: processes (CPU) or GPUs; more than one runs ``wang_landau_ddp``: ``sampler.walkers`` walkers on
+            each, all depositing into one landscape (synchronised every ``sampler.sync_every`` Lightning steps).
     """
 
     max_steps: int = 120
@@ -229,6 +232,7 @@ class TrainerConfig:
     threads: int = 1
     progress_bar: bool = True
     log_every_n_steps: int = 10
+    devices: int = 1
 
 
 @dataclass
@@ -410,6 +414,10 @@ def validate(cfg: DictConfig) -> None:
     _positive_int(cfg, "trainer.max_steps")
     _positive_int(cfg, "trainer.threads", 0)
     _positive_int(cfg, "trainer.log_every_n_steps")
+    _positive_int(cfg, "trainer.devices")
+    if cfg.trainer.devices > 1 and cfg.sampler.kind != "wang_landau":
+        raise ConfigError(f"trainer.devices={cfg.trainer.devices}: several processes share one landscape only with"
+                          f" sampler=wang_landau (WLMD), not sampler={cfg.sampler.kind}; use trainer.devices=1.")
     if cfg.trainer.max_time is not None:
         parts = str(cfg.trainer.max_time).split(":")
         if len(parts) != 4 or not all(p.isdigit() for p in parts):

@@ -97,15 +97,19 @@ def _filter_warnings() -> None:
 
 
 def make_strategy(cfg: DictConfig, *, classifier: bool = True):
-    """The :class:`~lightning_entropy.WangLandauStrategy` of ``cfg.sampler`` (``wang_landau`` / ``wang_landau_mc``).
+    """The :class:`~lightning_entropy.WangLandauStrategy` of ``cfg.sampler`` (``wang_landau`` / ``wang_landau_mc``),
+    or its DDP form :class:`~lightning_entropy.WangLandauDDPStrategy` when ``trainer.devices > 1``.
 
     ``test_metric`` in ``sampler.variables`` names the task's held-out metric: ``test_accuracy`` for a classifier,
     ``test_loss`` otherwise. Any other name goes to the strategy unchanged (an accuracy on a regression task is an
     error there).
     """
     from lightning_entropy.strategies.wang_landau import WangLandauStrategy
+    from lightning_entropy.strategies.wang_landau_ddp import WangLandauDDPStrategy
 
     s = cfg.sampler
+    devices = int(cfg.trainer.get("devices", 1)) if "trainer" in cfg else 1
+    cls, extra = (WangLandauDDPStrategy, {"sync_every": s.sync_every}) if devices > 1 else (WangLandauStrategy, {})
     task_metric = "test_accuracy" if classifier else "test_loss"
     variables = tuple(task_metric if v == "test_metric" else v for v in s.variables)
     plain = lambda v: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v  # noqa: E731
@@ -123,7 +127,8 @@ def make_strategy(cfg: DictConfig, *, classifier: bool = True):
         if all(w == [-OPEN_WINDOW, OPEN_WINDOW] for w in window):
             window = None
     try:
-        return WangLandauStrategy(
+        return cls(
+            **extra,
             sampler="md" if s.kind == "wang_landau" else "mc",
             variables=variables,
             walkers=s.walkers,
@@ -396,7 +401,7 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
             trainer = pl.Trainer(
                 strategy=strategy,
                 accelerator=cfg.trainer.accelerator,
-                devices=1,
+                devices=int(cfg.trainer.devices),
                 max_steps=int(cfg.trainer.max_steps),
                 max_time=cfg.trainer.max_time,
                 logger=logger,
@@ -456,13 +461,14 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
         box = meta.get("box", {})
         box_text = box.get("rule", "?") + (f" c={box['c']:g}" if "c" in box else "")
         title = (f"{task.name}: {type(model).__name__} ({parameters} params, box {box_text})\n"
-                 f"{SAMPLER_NAMES[kind]}: {strategy.walkers} walkers x {steps:,} steps"
+                 f"{SAMPLER_NAMES[kind]}: {strategy.walkers * int(cfg.trainer.devices)} walkers x {steps:,} steps"
                  f"; baseline: {baseline_text}")
         x = landscape.centers[0]
         nbins = x.size
         nan = np.full(nbins, np.nan)
         reads = analysis.readouts(landscape, exclude=int(cfg.plot.exclude))
-        conv = analysis.convergence(landscape, walkers=int(strategy.walkers))
+        total_walkers = int(strategy.walkers) * int(cfg.trainer.devices)
+        conv = analysis.convergence(landscape, walkers=total_walkers)
         primary = "max_s" if "max_s" in reads else ("label_free" if "label_free" in reads else None)
         in_window = analysis.inside_window(landscape)
         advantages = {}
@@ -475,7 +481,7 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
         plotting.save(fig, out / "landscape.png", dpi=int(cfg.plot.dpi))
         files.append("landscape.png")
         if conv.history:
-            fig = plotting.convergence_figure(conv.history, walkers=int(strategy.walkers), thresholds=conv.thresholds,
+            fig = plotting.convergence_figure(conv.history, walkers=total_walkers, thresholds=conv.thresholds,
                                               title=f"{task.name}: convergence over {len(conv.history)} snapshots")
             plotting.save(fig, out / "convergence.png", dpi=int(cfg.plot.dpi))
             files.append("convergence.png")
@@ -504,7 +510,8 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
         summary.update({
             "box": box,
             "steps": steps,
-            "walkers": int(strategy.walkers),
+            "walkers": int(strategy.walkers) * int(cfg.trainer.devices),
+            "devices": int(cfg.trainer.devices),
             "walker_steps": int(landscape.walker_steps),
             "flatness": float(landscape.flatness()),
             "convergence": conv.summary(),

@@ -232,7 +232,7 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
         self._chunks_since_sync = 0
         super()._prepare(trainer)
         self._shared_schedule = RankShare(self.schedule, self.ranks)
-        self._base = self._snapshot()
+        self._base = self._accumulators()
 
     def _auto_ranges(self, variables, evaluate, theta0, bound, gen) -> list[tuple[float, float]]:
         """The union of the ranks' automatic ranges, so that every rank builds the same grid."""
