@@ -190,7 +190,7 @@ def _build(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     try:
         task = build_task(cfg)
         model = task.make_model(cfg.sampler.seed if "seed" in cfg.sampler else 0)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError, ImportError) as err:  # bad values, missing files, no network, no downloader
         raise ConfigError(f"task/model: {err}") from err
     built: dict[str, Any] = {"task": task, "model": model}
     if cfg.sampler.kind not in OPTIMIZER_KINDS:
