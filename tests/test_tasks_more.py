@@ -211,6 +211,7 @@ def test_cifar_without_network_fails_quickly_with_where_to_put_the_files(tmp_pat
 
 @pytest.mark.parametrize("task", ["char_lm", "modular_arithmetic", "cifar_catdog"])
 def test_networks_are_evaluated_by_vmap_and_match_the_loop(task):
+    torch.manual_seed(0)
     if task == "char_lm":
         dm = CharDataModule(context=8, n_train=12, n_test=10)
         model = CharLanguageModel(len(dm.vocab), 8, 8, 2, 2)
@@ -233,7 +234,7 @@ def test_networks_are_evaluated_by_vmap_and_match_the_loop(task):
     v1, _, g1 = fast.value_and_grad(theta, bias)
     v2, _, g2 = slow.value_and_grad(theta, bias)
     torch.testing.assert_close(v1, v2, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-5 * float(g2.abs().max()))  # float32 summation order
     assert float(g1.abs().sum()) > 0
 
 
@@ -313,6 +314,8 @@ def test_cli_runs_each_task(tmp_path, task):
     for name in ("landscape.npz", "landscape.png", "curves.csv", "baseline.csv"):
         assert (tmp_path / name).is_file(), name
     assert summary["walker_steps"] == 3 * 8
+    # the task's box rule (sampler.box is null): c = 4 for the transformers, the paper's c = 2 for the ResNet
+    assert on_disk["box"] == {"rule": "fan_out", "c": 2.0 if task == "cifar_catdog" else 4.0}
 
 
 def test_task_baseline_settings_yield_to_the_command_line():
@@ -323,7 +326,19 @@ def test_task_baseline_settings_yield_to_the_command_line():
     assert compose_config([]).baseline.lr == pytest.approx(1e-3)  # the spiral keeps the global default
 
 
+def test_box_is_sampler_box_else_task_box_else_the_samplers_default():
+    from lightning_entropy.cli.job import box_rule
+
+    assert box_rule(compose_config(["task=modular_arithmetic"])) == "fan_out:4"
+    assert box_rule(compose_config(["task=modular_arithmetic", "sampler.box=0.5"])) == 0.5
+    assert box_rule(compose_config(["task=char_lm", "sampler=wang_landau_mc"])) == "fan_out:4"
+    assert box_rule(compose_config(["task=spiral"])) == "fan_out"
+    assert box_rule(compose_config(["task=spiral", "sampler=wang_landau_mc"])) == "first_hidden"
+    assert box_rule(compose_config(["task=spiral", "task.box=fan_out:3"])) == "fan_out:3"
+
+
 @pytest.mark.parametrize(("overrides", "key"), [
+    (["task=char_lm", "task.box=fan_in"], "task.box"),
     (["task=spiral", "model.heads=2"], "model.heads"),
     (["task=char_lm", "model.heads=3"], "model.heads=3"),
     (["task=modular_arithmetic", "task.train_fraction=1.5"], "task.train_fraction"),

@@ -27,6 +27,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 WANG_LANDAU_KINDS = ("wang_landau", "wang_landau_mc")
+#: The box of a Wang-Landau sampler when neither ``sampler.box`` nor ``task.box`` is set (ALGORITHM.md section 2):
+#: fan-out scaling for molecular dynamics, one global bound from the first hidden width for Monte Carlo.
+DEFAULT_BOX = {"wang_landau": "fan_out", "wang_landau_mc": "first_hidden"}
 OPTIMIZER_KINDS = ("adam", "sgd")
 LOGGER_KINDS = ("none", "csv", "wandb")
 
@@ -59,6 +62,8 @@ class TaskConfig:
         context: char_lm: characters per input window (the transformer's context length).
         root: cifar_catdog: the data directory (``null``: ``~/.cache/lightning_entropy/cifar10``).
         synthetic: cifar_catdog: generated images of CIFAR's shape instead of CIFAR-10 (no files, no network).
+        box: the task's box rule (as ``sampler.box``), used by a Wang-Landau sampler whose ``sampler.box`` is
+            ``null``; ``null``: the sampler's default rule.
     """
 
     name: str = "spiral"
@@ -75,6 +80,7 @@ class TaskConfig:
     context: Optional[int] = None
     root: Optional[str] = None
     synthetic: bool = False
+    box: Any = None
 
 
 #: Tasks whose network is the transformer of :mod:`lightning_entropy.tasks.transformer` (they read ``model.heads``).
@@ -109,14 +115,15 @@ class WangLandauConfig(SamplerConfig):
 
     ``kind`` is ``wang_landau`` (molecular dynamics) or ``wang_landau_mc`` (Monte Carlo). ``schedule`` is a mapping
     such as ``{name: ramp_plateau_decay, f_max: 10.0, t_rise: 0, t_drop: 4000, t_off: 3000}`` (``null``: the
-    strategy's default). ``box`` is a positive float or a rule name (``fan_out``, ``fan_out:3``, ``first_hidden``).
+    strategy's default). ``box`` is a positive float or a rule name (``fan_out``, ``fan_out:3``, ``first_hidden``);
+    ``null`` takes the task's rule (``task.box``), else :data:`DEFAULT_BOX` of the sampler kind.
     ``ranges`` and ``window`` are one ``[lo, hi]`` per axis in CV units (``null``: automatic ranges / no soft wall);
     a ``null`` entry of ``window`` leaves that axis without a soft wall.
     """
 
     kind: str = "wang_landau"
     walkers: int = 256
-    box: Any = "fan_out"
+    box: Any = None
     seed: int = 0
     variables: List[str] = field(default_factory=lambda: ["train_loss", "test_metric"])
     ranges: Optional[List[Any]] = None
@@ -338,6 +345,14 @@ def validate(cfg: DictConfig) -> None:
         _positive_int(cfg, "task.modulus", 2)
     if cfg.task.context is not None:
         _positive_int(cfg, "task.context")
+    if cfg.task.box is not None:
+        from lightning_entropy.core.box import Box
+
+        value = OmegaConf.to_container(cfg.task.box) if OmegaConf.is_config(cfg.task.box) else cfg.task.box
+        try:
+            Box.parse(value)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"task.box={value!r}: {err}") from None
     if cfg.model.heads is not None:
         if cfg.task.name not in TRANSFORMER_TASKS:
             raise ConfigError(f"model.heads={cfg.model.heads!r}: only the transformer tasks"

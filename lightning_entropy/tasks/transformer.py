@@ -10,9 +10,12 @@ Architecture (pre-norm, GPT-style): token embedding + learned position embedding
 and a linear head. Parameters (``V`` tokens, ``T`` positions, width ``d``, ``K`` outputs, ``L`` blocks):
 ``V d + T d + L (12 d^2 + 13 d) + 2 d + (d + 1) K``.
 
-Box rule: the package's ``fan_out`` rule with ``c = 2`` (ALGORITHM.md section 2, as for the CNN and the ResNet):
-``2 / sqrt(rows)`` per weight matrix (``rows`` = its output features; for an embedding table its number of entries),
-``2 / sqrt(n)`` for biases and LayerNorm vectors of length ``n``.
+Box rule of the transformer tasks (``task.box`` in their yaml): ``fan_out`` with ``c = 4``, i.e. ``4 / sqrt(rows)`` per
+weight matrix (``rows`` = its output features; for an embedding table its number of entries) and ``4 / sqrt(n)`` for
+biases and LayerNorm vectors of length ``n``. With the ``c = 2`` of the CNN and the ResNet, the LayerNorm gains are
+bounded by 0.5 at width 16 (below their initial value 1) and, with the head, cap the logits: projected Adam on
+modular addition (p = 23) stalls near ln L_train = 0 after 2,000 steps, against -1.5 for ``c = 3`` and -5.8 for
+``c = 4`` (the unconstrained Adam baseline ends near -5.3).
 """
 
 from __future__ import annotations
