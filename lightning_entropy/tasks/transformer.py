@@ -50,7 +50,7 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         n, t, d = h.shape
-        q, k, v = self.qkv(h).reshape(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = (z.reshape(n, t, self.heads, d // self.heads).transpose(1, 2) for z in self.qkv(h).split(d, dim=-1))
         scores = (q @ k.transpose(-2, -1)) * self.scale  # (N, heads, T, T)
         scores = scores.masked_fill(~self.causal[:t, :t], float("-inf"))
         mixed = scores.softmax(-1) @ v  # (N, heads, T, d / heads)
