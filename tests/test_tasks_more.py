@@ -73,7 +73,7 @@ def test_bad_heads_and_context_fail_naming_the_value():
         TinyTransformer(10, 10, 4)(torch.zeros(2, 5, dtype=torch.long))
 
 
-# -- data ----------------------------------------------------------------------------------------------------------------
+# -- data --------------------------------------------------------------------------------------------------------------
 
 
 def test_default_text_ships_with_python():
@@ -187,7 +187,8 @@ def test_cifar_without_network_fails_quickly_with_where_to_put_the_files(tmp_pat
         ensure_cifar10(tmp_path / "data")
     assert time.perf_counter() - t < 5
     message = str(err.value)
-    for needle in ("192.0.2.1", "task.root", cifar.ARCHIVE, cifar.FOLDER, "task.synthetic=true", str(tmp_path / "data")):
+    for needle in ("192.0.2.1", "task.root", cifar.ARCHIVE, cifar.FOLDER, "task.synthetic=true",
+                   str(tmp_path / "data")):
         assert needle in message, needle
 
     def refuse(*args, **kwargs):
@@ -238,7 +239,7 @@ def test_networks_are_evaluated_by_vmap_and_match_the_loop(task):
     assert float(g1.abs().sum()) > 0
 
 
-# -- every task samples and trains --------------------------------------------------------------------------------------
+# -- every task samples and trains ------------------------------------------------------------------------------------
 
 
 def _small(name):

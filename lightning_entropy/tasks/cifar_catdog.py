@@ -118,8 +118,9 @@ def ensure_cifar10(root: str | Path | None = None, *, download: bool = True) -> 
         raise FileNotFoundError(f"CIFAR-10 is not in {root}. {_where_to_put(root)}")
     reason = _reachable(CIFAR_URL, CONNECT_TIMEOUT_S)
     if reason is not None:
-        raise ConnectionError(f"CIFAR-10 is not in {root} and cannot be downloaded: {urllib.parse.urlsplit(CIFAR_URL).hostname}"
-                              f" is unreachable ({reason}). {_where_to_put(root)}")
+        host = urllib.parse.urlsplit(CIFAR_URL).hostname
+        raise ConnectionError(f"CIFAR-10 is not in {root} and cannot be downloaded: {host} is unreachable ({reason})."
+                              f" {_where_to_put(root)}")
     try:
         from torchvision.datasets.utils import download_and_extract_archive
     except Exception as err:  # noqa: BLE001 - a missing or broken torchvision install: same advice

@@ -28,7 +28,8 @@ from torch import nn
 
 def transformer_parameters(vocab: int, outputs: int, context: int, width: int, depth: int) -> int:
     """The parameter count of :class:`TinyTransformer` (see the module docstring)."""
-    return vocab * width + context * width + depth * (12 * width * width + 13 * width) + 2 * width + (width + 1) * outputs
+    blocks = depth * (12 * width * width + 13 * width)
+    return vocab * width + context * width + blocks + 2 * width + (width + 1) * outputs
 
 
 class CausalSelfAttention(nn.Module):
