@@ -1,4 +1,5 @@
-"""The paper's other tasks: spiral regression, tabular, MNIST and embeddings.
+"""The paper's other tasks: spiral regression, tabular, MNIST and embeddings (the transformer and CIFAR tasks are in
+test_tasks_more.py; the command-line composition test below covers them too).
 
 Parameter counts against the paper, data shapes and standardization, a few Wang-Landau and optimiser steps on each
 task, the command line's configuration of each, and clear errors for missing data files. Tests that need the paper's
@@ -25,7 +26,7 @@ from lightning_entropy.tasks import (EmbeddingRegressor, EmbeddingsDataModule, M
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HOUSE = DATA / "house_prices.npz"
 POLYMER = DATA / "polymer_bandgap_embeddings.npz"
-NEW_TASKS = ("spiral_regression", "tabular", "mnist", "embeddings")
+NEW_TASKS = ("spiral_regression", "tabular", "mnist", "embeddings", "char_lm", "modular_arithmetic", "cifar_catdog")
 
 
 def _needs(path: Path) -> Path:
@@ -202,7 +203,8 @@ def test_cli_composes_each_task(task, sampler):
     cfg = compose_config([f"task={task}", f"sampler={sampler}"])
     validate(cfg)
     assert cfg.task.name == task and cfg.sampler.kind == sampler
-    expected = {"spiral_regression": (30, 2), "tabular": (10, 1), "mnist": (2, 5), "embeddings": (10, 1)}[task]
+    expected = {"spiral_regression": (30, 2), "tabular": (10, 1), "mnist": (2, 5), "embeddings": (10, 1),
+                "char_lm": (16, 1), "modular_arithmetic": (16, 1), "cifar_catdog": (6, 1)}[task]
     assert (cfg.model.width, cfg.model.depth) == expected
 
 

@@ -8,8 +8,9 @@ also before any work, with a :class:`ConfigError` that names the key.
 
 Groups (``key=option`` on the command line):
 
-- ``task``: the data and the network (``spiral``, ``spiral_regression``, ``tabular``, ``mnist``, ``embeddings``);
-  sets ``task.*`` and ``model.*``.
+- ``task``: the data and the network (``spiral``, ``spiral_regression``, ``tabular``, ``mnist``, ``embeddings``,
+  ``char_lm``, ``modular_arithmetic``, ``cifar_catdog``); sets ``task.*``, ``model.*`` and the task's ``baseline.*``
+  optimiser settings.
 - ``sampler``: ``wang_landau`` (WLMD, vectorized walkers), ``wang_landau_mc`` (WLMC), ``entropy_md`` (the training
   mode: train the baseline, then MD at its train loss), or ``adam`` / ``sgd`` (the optimiser alone: the run trains and
   reports the baseline only).
@@ -28,6 +29,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 WANG_LANDAU_KINDS = ("wang_landau", "wang_landau_mc")
 ENTROPY_MD_KINDS = ("entropy_md",)
+#: The box of a Wang-Landau sampler when neither ``sampler.box`` nor ``task.box`` is set (ALGORITHM.md section 2):
+#: fan-out scaling for molecular dynamics, one global bound from the first hidden width for Monte Carlo.
+DEFAULT_BOX = {"wang_landau": "fan_out", "wang_landau_mc": "first_hidden"}
 OPTIMIZER_KINDS = ("adam", "sgd")
 LOGGER_KINDS = ("none", "csv", "wandb")
 
@@ -44,8 +48,9 @@ class TaskConfig:
     """The data set. ``seed`` fixes the split (the train set uses ``seed``, the held-out set ``seed + 1``).
 
     Attributes:
-        name: task name (``spiral``, ``spiral_regression``, ``tabular``, ``mnist``, ``embeddings``).
-        n_train: number of train points (``null``: the task's default split).
+        name: task name (``spiral``, ``spiral_regression``, ``tabular``, ``mnist``, ``embeddings``, ``char_lm``,
+            ``modular_arithmetic``, ``cifar_catdog``).
+        n_train: number of train points (``null``: the task's default split); char_lm: windows.
         n_test: number of held-out points (the "test" axis of the landscape; read through ``val_dataloader``).
         noise: standard deviation of the Gaussian noise added to each coordinate (spiral) or to the target (spiral
             regression).
@@ -56,6 +61,14 @@ class TaskConfig:
         path: tabular: an .npz (arrays X, y) or .csv table (``null``: scikit-learn's diabetes table); embeddings:
             an .npz with X_train, y_train, X_test, y_test (required).
         target: tabular: the target column of a .csv (default: the last) or the target array of an .npz (``y``).
+        train_fraction: modular_arithmetic: the fraction of the ``p^2`` pairs that trains; char_lm: the fraction of
+            the text (from its start) that train windows come from (test windows come from the rest).
+        modulus: modular_arithmetic: ``p``.
+        context: char_lm: characters per input window (the transformer's context length).
+        root: cifar_catdog: the data directory (``null``: ``~/.cache/lightning_entropy/cifar10``).
+        synthetic: cifar_catdog: generated images of CIFAR's shape instead of CIFAR-10 (no files, no network).
+        box: the task's box rule (as ``sampler.box``), used by a Wang-Landau sampler whose ``sampler.box`` is
+            ``null``; ``null``: the sampler's default rule.
     """
 
     name: str = "spiral"
@@ -67,17 +80,31 @@ class TaskConfig:
     n_points: Optional[int] = None
     path: Optional[str] = None
     target: Optional[str] = None
+    train_fraction: Optional[float] = None
+    modulus: Optional[int] = None
+    context: Optional[int] = None
+    root: Optional[str] = None
+    synthetic: bool = False
+    box: Any = None
+
+
+#: Tasks whose network is the transformer of :mod:`lightning_entropy.tasks.transformer` (they read ``model.heads``).
+TRANSFORMER_TASKS = ("char_lm", "modular_arithmetic")
 
 
 @dataclass
 class ModelConfig:
     """The network: ``depth`` hidden layers of ``width`` units (spiral: ``2 -> width x depth -> 2``, ReLU).
 
-    MNIST: ``width`` is the CNN's channel count and ``depth`` must be 5 (its fixed conv layers).
+    MNIST: ``width`` is the CNN's channel count and ``depth`` must be 5 (its fixed conv layers). Transformers
+    (char_lm, modular_arithmetic): ``width`` is the model width, ``depth`` the number of blocks and ``heads`` the
+    attention heads (it must divide ``width``; ``null`` on the other tasks). cifar_catdog: ``width`` is the first
+    stage's channels (6: widths 6-12-24-48) and ``depth`` the residual blocks per stage.
     """
 
     width: int = 6
     depth: int = 3
+    heads: Optional[int] = None
 
 
 @dataclass
@@ -93,14 +120,15 @@ class WangLandauConfig(SamplerConfig):
 
     ``kind`` is ``wang_landau`` (molecular dynamics) or ``wang_landau_mc`` (Monte Carlo). ``schedule`` is a mapping
     such as ``{name: ramp_plateau_decay, f_max: 10.0, t_rise: 0, t_drop: 4000, t_off: 3000}`` (``null``: the
-    strategy's default). ``box`` is a positive float or a rule name (``fan_out``, ``fan_out:3``, ``first_hidden``).
+    strategy's default). ``box`` is a positive float or a rule name (``fan_out``, ``fan_out:3``, ``first_hidden``);
+    ``null`` takes the task's rule (``task.box``), else :data:`DEFAULT_BOX` of the sampler kind.
     ``ranges`` and ``window`` are one ``[lo, hi]`` per axis in CV units (``null``: automatic ranges / no soft wall);
     a ``null`` entry of ``window`` leaves that axis without a soft wall.
     """
 
     kind: str = "wang_landau"
     walkers: int = 256
-    box: Any = "fan_out"
+    box: Any = None
     seed: int = 0
     variables: List[str] = field(default_factory=lambda: ["train_loss", "test_metric"])
     ranges: Optional[List[Any]] = None
@@ -352,6 +380,29 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"task.noise={cfg.task.noise!r}: must be a finite number >= 0.")
     _positive_int(cfg, "model.width")
     _positive_int(cfg, "model.depth")
+    if cfg.task.train_fraction is not None:
+        value = cfg.task.train_fraction
+        if not (math.isfinite(value) and 0 < value < 1):
+            raise ConfigError(f"task.train_fraction={value!r}: must be between 0 and 1 (exclusive).")
+    if cfg.task.modulus is not None:
+        _positive_int(cfg, "task.modulus", 2)
+    if cfg.task.context is not None:
+        _positive_int(cfg, "task.context")
+    if cfg.task.box is not None:
+        from lightning_entropy.core.box import Box
+
+        value = OmegaConf.to_container(cfg.task.box) if OmegaConf.is_config(cfg.task.box) else cfg.task.box
+        try:
+            Box.parse(value)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"task.box={value!r}: {err}") from None
+    if cfg.model.heads is not None:
+        if cfg.task.name not in TRANSFORMER_TASKS:
+            raise ConfigError(f"model.heads={cfg.model.heads!r}: only the transformer tasks"
+                              f" ({', '.join(TRANSFORMER_TASKS)}) have attention heads; use model.heads=null.")
+        _positive_int(cfg, "model.heads")
+        if cfg.model.width % cfg.model.heads:
+            raise ConfigError(f"model.heads={cfg.model.heads}: must divide model.width={cfg.model.width}.")
     _choice(cfg, "sampler.kind", WANG_LANDAU_KINDS + ENTROPY_MD_KINDS + OPTIMIZER_KINDS)
     kind = cfg.sampler.kind
     if kind in ENTROPY_MD_KINDS:

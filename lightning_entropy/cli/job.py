@@ -39,7 +39,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_entropy.callbacks import LandscapeLogger
-from lightning_entropy.cli.config import ENTROPY_MD_KINDS, OPTIMIZER_KINDS, ConfigError, validate
+from lightning_entropy.cli.config import DEFAULT_BOX, ENTROPY_MD_KINDS, OPTIMIZER_KINDS, ConfigError, validate
 from lightning_entropy.cli.tasks import Task, build_task
 
 log = logging.getLogger("lightning_entropy.cli")
@@ -102,7 +102,7 @@ def make_strategy(cfg: DictConfig, *, classifier: bool = True):
 
     ``test_metric`` in ``sampler.variables`` names the task's held-out metric: ``test_accuracy`` for a classifier,
     ``test_loss`` otherwise. Any other name goes to the strategy unchanged (an accuracy on a regression task is an
-    error there).
+    error there). The box is ``sampler.box``, else the task's ``task.box``, else the sampler kind's default.
     """
     from lightning_entropy.strategies.wang_landau import WangLandauStrategy
     from lightning_entropy.strategies.wang_landau_ddp import WangLandauDDPStrategy
@@ -132,7 +132,7 @@ def make_strategy(cfg: DictConfig, *, classifier: bool = True):
             sampler="md" if s.kind == "wang_landau" else "mc",
             variables=variables,
             walkers=s.walkers,
-            box=plain(s.box),
+            box=box_rule(cfg),
             seed=s.seed,
             ranges=plain(s.ranges),
             bin_width=plain(s.bin_width),
@@ -163,6 +163,14 @@ def make_strategy(cfg: DictConfig, *, classifier: bool = True):
         )
     except (ValueError, TypeError) as err:
         raise ConfigError(f"sampler: {err}") from err
+
+
+def box_rule(cfg: DictConfig) -> Any:
+    """The box of a Wang-Landau run: ``sampler.box`` if set, else ``task.box``, else :data:`DEFAULT_BOX`."""
+    for value in (cfg.sampler.box, cfg.task.get("box")):
+        if value is not None:
+            return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return DEFAULT_BOX[cfg.sampler.kind]
 
 
 def make_logger(cfg: DictConfig, out_dir: Path):
@@ -199,7 +207,7 @@ def _build(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     try:
         task = build_task(cfg)
         model = task.make_model(cfg.sampler.seed if "seed" in cfg.sampler else 0)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError, ImportError) as err:  # bad values, missing files, no network, no downloader
         raise ConfigError(f"task/model: {err}") from err
     built: dict[str, Any] = {"task": task, "model": model}
     if cfg.sampler.kind not in OPTIMIZER_KINDS:

@@ -115,12 +115,72 @@ def embeddings(cfg: DictConfig) -> Task:
     }, classifier=False)
 
 
+def _unused(cfg: DictConfig, task: str, keys: tuple[str, ...], instead: str) -> None:
+    """Refuse ``task.*`` keys that ``task`` would silently ignore."""
+    for key in keys:
+        if cfg.task[key] is not None:
+            raise ValueError(f"task.{key}={cfg.task[key]!r}: the {task} task does not use it ({instead}).")
+
+
+def char_lm(cfg: DictConfig) -> Task:
+    """A character-level transformer language model on the standard library's docstrings (or ``task.path``)."""
+    from lightning_entropy.tasks.char_lm import CharDataModule, CharLanguageModel
+
+    t, m = cfg.task, cfg.model
+    context = 16 if t.context is None else t.context
+    dm = CharDataModule(path=t.path, context=context, n_train=256 if t.n_train is None else t.n_train,
+                        n_test=256 if t.n_test is None else t.n_test,
+                        train_fraction=0.5 if t.train_fraction is None else t.train_fraction, seed=t.seed,
+                        batch_size=t.batch_size)
+    heads = 2 if m.heads is None else m.heads
+    fraction = 0.5 if t.train_fraction is None else t.train_fraction
+    return Task("char_lm", dm, _seeded(lambda: CharLanguageModel(len(dm.vocab), context, m.width, m.depth, heads)), {
+        "name": "char_lm", "source": dm.source, "characters": len(dm.text), "vocabulary": len(dm.vocab),
+        "context": context, "train_fraction": fraction, "n_train": dm.n_train, "n_test": dm.n_test,
+        "seed": t.seed, "batch_size": t.batch_size,
+    })
+
+
+def modular_arithmetic(cfg: DictConfig) -> Task:
+    """``(a + b) mod p`` on all ``p^2`` pairs split by ``task.train_fraction``; a transformer reads ``a b =``."""
+    from lightning_entropy.tasks.modular_arithmetic import ModularArithmeticDataModule, ModularArithmeticTransformer
+
+    t, m = cfg.task, cfg.model
+    _unused(cfg, "modular_arithmetic", ("n_train", "n_test"), "task.train_fraction sets the split of the p^2 pairs")
+    modulus = 23 if t.modulus is None else t.modulus
+    fraction = 0.5 if t.train_fraction is None else t.train_fraction
+    dm = ModularArithmeticDataModule(modulus=modulus, train_fraction=fraction, seed=t.seed, batch_size=t.batch_size)
+    heads = 2 if m.heads is None else m.heads
+    return Task("modular_arithmetic", dm,
+                _seeded(lambda: ModularArithmeticTransformer(modulus, m.width, m.depth, heads)), {
+        "name": "modular_arithmetic", "modulus": modulus, "train_fraction": fraction, "n_train": dm.n_train,
+        "n_test": dm.n_test, "seed": t.seed, "batch_size": t.batch_size,
+    })
+
+
+def cifar_catdog(cfg: DictConfig) -> Task:
+    """CIFAR-10 cats vs dogs (2,500 / 2,500) and the LayerNorm ResNet (``model.width=6``: 43,604 parameters)."""
+    from lightning_entropy.tasks.cifar_catdog import CIFARCatDogClassifier, CIFARCatDogDataModule
+
+    t, m = cfg.task, cfg.model
+    dm = CIFARCatDogDataModule(root=t.root, n_train=2500 if t.n_train is None else t.n_train,
+                               n_test=2500 if t.n_test is None else t.n_test, seed=t.seed, synthetic=t.synthetic,
+                               batch_size=t.batch_size)
+    return Task("cifar_catdog", dm, _seeded(lambda: CIFARCatDogClassifier(m.width, m.depth)), {
+        "name": "cifar_catdog", "source": dm.source, "n_train": dm.n_train, "n_test": dm.n_test, "seed": t.seed,
+        "batch_size": t.batch_size,
+    })
+
+
 TASKS: dict[str, Callable[[DictConfig], Task]] = {
     "spiral": spiral,
     "spiral_regression": spiral_regression,
     "tabular": tabular,
     "mnist": mnist,
     "embeddings": embeddings,
+    "char_lm": char_lm,
+    "modular_arithmetic": modular_arithmetic,
+    "cifar_catdog": cifar_catdog,
 }
 
 

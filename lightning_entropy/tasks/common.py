@@ -38,16 +38,24 @@ class NetModule(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def compute_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``loss_fn(out, y)``; per-position logits ``(N, T, C)`` with targets ``(N, T)`` (a language model) are
+        flattened to ``(N T, C)`` and ``(N T,)`` first, which is the mean over all positions that the sampler's
+        cross-entropy (:mod:`lightning_entropy.core.variables`, classes on the last axis) computes too."""
+        if out.dim() > 2 and isinstance(self.loss_fn, nn.CrossEntropyLoss):
+            return self.loss_fn(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+        return self.loss_fn(out, y)
+
     def training_step(self, batch, batch_idx):
         x, y = batch
-        loss = self.loss_fn(self(x), y)
+        loss = self.compute_loss(self(x), y)
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
         out = self(x)
-        self.log("val_loss", self.loss_fn(out, y))
+        self.log("val_loss", self.compute_loss(out, y))
         if isinstance(self.loss_fn, nn.CrossEntropyLoss):
             self.log("val_accuracy", (out.argmax(-1) == y).float().mean())
 
