@@ -191,6 +191,12 @@ class EntropyMDStrategy(SamplerStrategy):
         return self._require().md.cv[:, 0]
 
     @property
+    def acceptance(self) -> float:
+        """Fraction of MD moves accepted so far (Metropolis test and box/finite-loss checks), over all walkers."""
+        state = self._require()
+        return float(state.md.accepted.mean()) / max(state.step, 1)
+
+    @property
     def metric_name(self) -> str | None:
         """The observed held-out metric (``hard_test_accuracy``, ``ln_test_loss``, ...), or ``None``."""
         self._require()
@@ -205,7 +211,7 @@ class EntropyMDStrategy(SamplerStrategy):
 
     def ensemble(self) -> EnsembleModule:
         """All walkers as one module whose forward averages their predictions (class probabilities for classifiers,
-        outputs for regression)."""
+        outputs for regression). Each call copies the network: keep the result for repeated predictions."""
         state = self._require()
         return EnsembleModule(self.lightning_module, self._layout, state.theta, output_kind(self._loss_kind))
 
