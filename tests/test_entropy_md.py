@@ -158,6 +158,14 @@ def test_holds_the_starting_train_loss_and_returns_the_closest_walker(trained):
     assert 0.5 < strategy.acceptance <= 1
 
 
+def test_a_chosen_metric_is_observed_under_its_own_name(trained):
+    strategy = _fit(_md(metric="smooth_test_accuracy"), _model(trained), max_steps=1)
+    assert strategy.metric_name == "smooth_test_accuracy"
+    acc = strategy.trace["smooth_test_accuracy"]
+    assert acc.shape == (6, 8) and ((acc > 0) & (acc < 1)).all()
+    assert not np.allclose(acc * 40, np.round(acc * 40))  # smoothed, not multiples of 1/40
+
+
 def test_ensemble_averages_walker_probabilities(trained):
     strategy = _fit(_md(select="ensemble"), _model(trained), max_steps=2)
     x = SpiralDataModule().test_set.tensors[0]
