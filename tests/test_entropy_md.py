@@ -20,6 +20,16 @@ from lightning_entropy.core.samplers.wlmd import MDConfig
 from lightning_entropy.core.walkers import ParameterLayout
 from lightning_entropy.tasks import SpiralClassifier, SpiralDataModule
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small networks: one thread (two OpenMP threads on a busy 2-core machine make these steps many times slower)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 # -- the pure sampler ------------------------------------------------------------------------------------------------
 
 
@@ -80,6 +90,8 @@ def test_restraint_config_rejects_bad_values(kwargs, match):
 @pytest.fixture(scope="module")
 def trained():
     """A spiral classifier after 300 full-batch Adam steps (a start at low train loss), as a state dict."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     model, dm = SpiralClassifier(), SpiralDataModule()
     x, y = dm.train_set.tensors
@@ -88,6 +100,7 @@ def trained():
         opt.zero_grad()
         model.loss_fn(model(x), y).backward()
         opt.step()
+    torch.set_num_threads(previous)
     return model.state_dict()
 
 
@@ -142,6 +155,15 @@ def test_holds_the_starting_train_loss_and_returns_the_closest_walker(trained):
     assert abs(_ln_train(model) - start) < 3 * strategy.width
     assert float(theta.std(0).mean()) > 0
     assert (theta.abs() <= strategy._bound).all()
+    assert 0.5 < strategy.acceptance <= 1
+
+
+def test_a_chosen_metric_is_observed_under_its_own_name(trained):
+    strategy = _fit(_md(metric="smooth_test_accuracy"), _model(trained), max_steps=1)
+    assert strategy.metric_name == "smooth_test_accuracy"
+    acc = strategy.trace["smooth_test_accuracy"]
+    assert acc.shape == (6, 8) and ((acc > 0) & (acc < 1)).all()
+    assert not np.allclose(acc * 40, np.round(acc * 40))  # smoothed, not multiples of 1/40
 
 
 def test_ensemble_averages_walker_probabilities(trained):
@@ -214,6 +236,15 @@ def test_bad_arguments_name_the_value_and_the_fix(kwargs, match):
 def test_a_module_far_outside_the_box_is_an_error_that_names_the_fix(trained):
     with pytest.raises(ValueError, match="far outside the box.*larger box"):
         _fit(_md(box=0.05), _model(trained), max_steps=1)
+
+
+@pytest.mark.parametrize(("trainer_kw", "match"), [
+    ({"gradient_clip_val": 1.0}, "EntropyMDStrategy cannot clip gradients"),
+    ({"accumulate_grad_batches": 2}, "accumulate_grad_batches"),
+])
+def test_trainer_settings_that_cannot_work_are_rejected(trained, trainer_kw, match):
+    with pytest.raises(ValueError, match=match):
+        _fit(_md(), _model(trained), max_steps=1, **trainer_kw)
 
 
 def test_results_before_fit_say_so():

@@ -45,6 +45,13 @@ from lightning_entropy.strategies.data import cache_full_batch, detect_loss
 SELECT = ("closest", "best_train", "first", "ensemble")
 
 
+def _metric_name(cv) -> str:
+    """Trace names: the two accuracies share the CV name ``test_accuracy``; the trace tells them apart."""
+    if cv.name != "test_accuracy":
+        return cv.name
+    return "smooth_test_accuracy" if cv.label.startswith("smoothed") else "hard_test_accuracy"
+
+
 def fitting_box(layout: ParameterLayout, theta: torch.Tensor, *, spare: float = 1.1, smallest: float = 2.0) -> Box:
     """``Box.fan_out(c)`` with the smallest integer ``c >= smallest`` whose bounds exceed ``spare * |theta|``."""
     unit = Box.fan_out(1.0).bounds(layout, device=theta.device, dtype=theta.dtype)
@@ -191,6 +198,12 @@ class EntropyMDStrategy(SamplerStrategy):
         return self._require().md.cv[:, 0]
 
     @property
+    def acceptance(self) -> float:
+        """Fraction of MD moves accepted so far (Metropolis test and box/finite-loss checks), over all walkers."""
+        state = self._require()
+        return float(state.md.accepted.mean()) / max(state.step, 1)
+
+    @property
     def metric_name(self) -> str | None:
         """The observed held-out metric (``hard_test_accuracy``, ``ln_test_loss``, ...), or ``None``."""
         self._require()
@@ -205,7 +218,7 @@ class EntropyMDStrategy(SamplerStrategy):
 
     def ensemble(self) -> EnsembleModule:
         """All walkers as one module whose forward averages their predictions (class probabilities for classifiers,
-        outputs for regression)."""
+        outputs for regression). Each call copies the network: keep the result for repeated predictions."""
         state = self._require()
         return EnsembleModule(self.lightning_module, self._layout, state.theta, output_kind(self._loss_kind))
 
@@ -283,7 +296,7 @@ class EntropyMDStrategy(SamplerStrategy):
         evaluate = Evaluator(module, layout, data, [train_cv], observables, vectorize=self.vectorize,
                              step_hooks=loss is None, heldout_hook=hook)
         self._evaluator, self._layout, self._loss_kind = evaluate, layout, loss
-        self._metric_names = tuple("hard_test_accuracy" if o.name == "test_accuracy" else o.name for o in observables)
+        self._metric_names = tuple(_metric_name(o) for o in observables)
         dtype = next(module.parameters()).dtype
         theta_module = layout.flatten(module).to(device=device, dtype=dtype)
         if self.box is None:
@@ -296,8 +309,7 @@ class EntropyMDStrategy(SamplerStrategy):
         if not math.isfinite(x_module):
             raise ValueError(
                 f"The module's train loss is not finite (ln L_train = {x_module}); entropy_md holds a finite train"
-                " loss."
-                " Train the module first (or check the data for NaN), then fit with strategy='entropy_md'."
+                " loss. Train the module first (or check the data for NaN), then fit with strategy='entropy_md'."
             )
         if not math.isfinite(x_start) or abs(x_start - x_module) > self.max_start_shift:
             raise ValueError(
