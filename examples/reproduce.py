@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 PAPER = {
     "spiral": "the high-entropy states generalize better at equal train loss, more so for narrow networks"
               " (a prototype on this machine: label-free Eq. (1) 0.87-0.96 vs Adam 0.77-0.83 at ln L_train -4..-2.5)",
+    "spiral_label_free": "(as for the spiral) the high-entropy states generalize better at equal train loss",
     "spiral_regression": "advantage in ln test MSE at ln L_train = -4.5 of about +0.5 to +0.6 at width 30,"
                          " shrinking towards 0 at width 1000",
     "house_prices": "landscape nearly flat along the test axis; an advantage only within a restricted test-loss window",
@@ -37,18 +38,22 @@ PAPER = {
     "embeddings": "landscape nearly flat along the test axis; an advantage only within a restricted test-loss window",
     "cifar_catdog": "max-S accuracy 0.65-0.70 vs SGD 0.57-0.60 for ln L_train -6.5..-2 (+0.08 to +0.10)",
     "modular_arithmetic": "follow-up work: transformers on modular arithmetic show a larger high-entropy advantage",
+    "char_lm": "not in the paper (its language task is the embeddings head); no reference figure",
 }
 TITLES = {
     "spiral": "Spiral classification (the \"arithmetic question\")",
+    "spiral_label_free": "Spiral classification, label-free (a 1-D walk in ln L_train)",
     "spiral_regression": "Spiral regression: advantage against width",
     "house_prices": "Tabular: house prices",
     "mnist": "MNIST, 2 / 3 / 4 channels",
     "embeddings": "Language task: regression head on language-model embeddings",
     "cifar_catdog": "CIFAR-10 cats vs dogs",
     "modular_arithmetic": "Modular arithmetic (grokking setting)",
+    "char_lm": "Character-level language model (beyond the paper)",
 }
 DATA = {"house_prices": "house_prices.npz", "embeddings": "polymer_bandgap_embeddings.npz"}
-ORDER = ("spiral", "spiral_regression", "house_prices", "mnist", "embeddings", "cifar_catdog", "modular_arithmetic")
+ORDER = ("spiral", "spiral_label_free", "spiral_regression", "house_prices", "mnist", "embeddings", "cifar_catdog", "modular_arithmetic",
+         "char_lm")
 
 
 def presets() -> list[str]:
@@ -59,6 +64,11 @@ def presets() -> list[str]:
 
 def command(name: str, data: Path) -> list[str] | None:
     cmd = ["lightning-entropy", "-m", f"experiment={name}", "trainer.progress_bar=false"]
+    if name == "cifar_catdog":  # CIFAR-10 comes from torchvision's download or a folder; never bundled
+        root = Path(os.environ.get("CIFAR_ROOT", Path.home() / ".cache" / "lightning_entropy" / "cifar10"))
+        if not any((root / f).exists() for f in ("cifar-10-python.tar.gz", "cifar-10-batches-py")):
+            return None
+        cmd.append(f"task.root={root}")
     if name in DATA:
         path = data / DATA[name]
         if not path.exists():
@@ -71,7 +81,10 @@ def run_preset(name: str, runs: Path, data: Path) -> dict:
     cmd = command(name, data)
     out = runs / name
     if cmd is None:
-        return {"name": name, "skipped": f"data file {data / DATA[name]} not found"}
+        missing = (f"data file {data / DATA[name]} not found" if name in DATA else
+                   "no CIFAR-10 files on this machine (set CIFAR_ROOT to a folder holding cifar-10-python.tar.gz;"
+                   " nothing can be downloaded here)")
+        return {"name": name, "skipped": missing}
     if out.exists():
         shutil.rmtree(out)
     started = time.perf_counter()
@@ -96,8 +109,10 @@ def section(name: str, runs: Path, data: Path, docs: Path, status: dict) -> list
     from lightning_entropy.cli import report
 
     lines = [f"## {TITLES.get(name, name)}", ""]
-    cmd = command(name, data) or ["lightning-entropy", "-m", f"experiment={name}", f"task.path=<{DATA.get(name)}>"]
-    shown = " ".join(c if not c.startswith("task.path=") else f"task.path=../shared/data/{DATA[name]}" for c in cmd)
+    cmd = command(name, data) or ["lightning-entropy", "-m", f"experiment={name}"] + (
+        [f"task.path=<{DATA[name]}>"] if name in DATA else ["task.root=<CIFAR-10 folder>"] if name == "cifar_catdog" else [])
+    shown = " ".join(c if not c.startswith("task.path=") else f"task.path=../shared/data/{DATA[name]}" for c in cmd
+                     if c != "trainer.progress_bar=false")
     lines += [f"Command (CPU scale): `{shown}`", ""]
     if "skipped" in status:
         return lines + [f"Not run here: {status['skipped']}.", "", f"Paper: {PAPER.get(name, '-')}.", ""]

@@ -283,6 +283,8 @@ class WangLandauStrategy(SamplerStrategy):
         self._last_accepted = self._state.accepted.clone()
         x_lo, x_hi = (float(v) for v in self._landscape.window[0])
         x_range = (max(x_lo, ranges[0][0]), min(x_hi, ranges[0][1]))
+        if not x_range[1] > x_range[0]:  # the window misses the grid: round trips across the grid instead
+            x_range = tuple(ranges[0])
         self._round_trips = round_trips.init(self.walkers, x_range, device=device)
         self._snapshot_interval = self._interval(trainer)
         self._next_snapshot = self._snapshot_interval
