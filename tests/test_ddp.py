@@ -225,3 +225,25 @@ def test_walkers_are_dealt_out_again_on_another_layout():
 def test_bad_arguments_name_the_fix(kwargs, match):
     with pytest.raises(ValueError, match=match):
         WangLandauDDPStrategy(**kwargs)
+
+
+def test_command_line_runs_one_landscape_on_two_processes(tmp_path):
+    """``lightning-entropy trainer.devices=2``: wang_landau_ddp with sampler.walkers on each process, the baseline
+    trained in this process first (its Trainer must not travel to the spawned processes)."""
+    from lightning_entropy.cli import compose_config, run
+
+    overrides = ["trainer.devices=2", "sampler.walkers=4", "trainer.max_steps=4", "sampler.steps_per_lightning_step=5",
+                 "sampler.start_steps=10", "baseline.epochs=10", "baseline.seeds=[0]", "baseline.parallel=false",
+                 "trainer.progress_bar=false", "trainer.threads=1"]
+    summary = run(compose_config(overrides), tmp_path, echo=lambda _: None)
+    assert summary["devices"] == 2 and summary["walkers"] == 8
+    assert summary["walker_steps"] == 8 * 20  # both processes' walkers deposited into the one landscape
+    assert (tmp_path / "landscape.npz").is_file() and (tmp_path / "summary.json").is_file()
+    assert [h["step"] for h in summary["convergence"]["history"]] == [5, 10, 15, 20]
+
+
+def test_command_line_rejects_processes_for_monte_carlo(tmp_path):
+    from lightning_entropy.cli import ConfigError, compose_config, run
+
+    with pytest.raises(ConfigError, match="trainer.devices=2.*sampler=wang_landau"):
+        run(compose_config(["trainer.devices=2", "sampler=wang_landau_mc"]), tmp_path)

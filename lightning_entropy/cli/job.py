@@ -423,6 +423,7 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
                 # the heatmap at four moments of the run and at the end; curves and the npz at the end
                 callbacks=[LandscapeLogger(every_n_steps=max(1, int(cfg.trainer.max_steps) // 4))] if logger else [],
             )
+            task.datamodule.trainer = None  # drop the baseline's Trainer: spawned DDP processes pickle the data module
             trainer.fit(model, datamodule=task.datamodule)
             landscape = strategy.landscape
             timings["sampler_s"] = time.perf_counter() - t
