@@ -447,14 +447,7 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
         save_records(records, out / "baseline.csv")
         files.append("baseline.csv")
 
-    summary: dict[str, Any] = {
-        "task": task.name,
-        "data": task.description,
-        "model": type(model).__name__,
-        "model_config": OmegaConf.to_container(cfg.model, resolve=True),
-        "parameters": int(parameters),
-        "sampler": kind,
-    }
+    summary = summary_head(cfg, task, model, kind)
     if landscape is not None:
         column, transform = baseline_column(landscape)
         curve = None
@@ -584,6 +577,18 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
     for line in report_lines(summary):
         echo(line)
     return summary
+
+
+def summary_head(cfg: DictConfig, task: Task, model, sampler: str) -> dict[str, Any]:
+    """The first keys of every ``summary.json``: task, data, model, its configuration and size, sampler."""
+    return {
+        "task": task.name,
+        "data": task.description,
+        "model": type(model).__name__,
+        "model_config": OmegaConf.to_container(cfg.model, resolve=True),
+        "parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
+        "sampler": sampler,
+    }
 
 
 def _record_metric(records: list[dict[str, float]]) -> str:

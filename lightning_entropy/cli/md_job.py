@@ -169,13 +169,10 @@ def run_entropy_md(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], 
     plotting.save(fig, out / "md_trace.png", dpi=int(cfg.plot.dpi))
     higher = "accuracy" in metric
     gain = result["test_metric"] - baseline["test_metric"]
+    from lightning_entropy.cli.job import summary_head  # late: job.py imports this module
+
     summary: dict[str, Any] = {
-        "task": task.name,
-        "data": task.description,
-        "model": type(model).__name__,
-        "model_config": OmegaConf.to_container(cfg.model, resolve=True),
-        "parameters": int(parameters),
-        "sampler": "entropy_md",
+        **summary_head(cfg, task, model, "entropy_md"),
         "metric": metric,
         "higher_is_better": higher,
         "baseline_test_metric": baseline["test_metric"],

@@ -139,5 +139,24 @@ class SamplerStrategy(SingleDeviceStrategy):
     def sampler_state_dict(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    @property
+    def sampler_kind(self) -> str:
+        """The ``kind`` a checkpoint of this strategy records (a checkpoint of another kind cannot resume here)."""
+        raise NotImplementedError
+
     def load_sampler_state_dict(self, state: dict[str, Any]) -> None:
+        """Check that ``state`` (from :meth:`sampler_state_dict`) fits this strategy, then restore it: now if the
+        walkers exist, else once they do (``_prepare`` applies ``self._pending``)."""
+        if state and (state.get("kind") != self.sampler_kind or state.get("walkers") != self.walkers):
+            raise ValueError(
+                f"The checkpoint holds a {state.get('kind')!r} sampler with {state.get('walkers')} walkers; this"
+                f" strategy is {self.sampler_kind!r} with {self.walkers} walkers. Resume with the same sampler and"
+                " walkers."
+            )
+        if self._state is None:
+            self._pending = state  # applied once the data and walkers exist (on_train_start)
+        else:
+            self._restore(state)
+
+    def _restore(self, state: dict[str, Any]) -> None:
         raise NotImplementedError

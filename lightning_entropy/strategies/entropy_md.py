@@ -400,16 +400,9 @@ class EntropyMDStrategy(SamplerStrategy):
             "last_accepted": self._last_accepted.clone(),
         }
 
-    def load_sampler_state_dict(self, state: dict[str, Any]) -> None:
-        if state and (state.get("kind") != "entropy_md" or state.get("walkers") != self.walkers):
-            raise ValueError(
-                f"The checkpoint holds a {state.get('kind')!r} sampler with {state.get('walkers')} walkers; this"
-                f" strategy is 'entropy_md' with {self.walkers} walkers. Resume with the same strategy and walkers."
-            )
-        if self._state is None:
-            self._pending = state  # applied once the data and walkers exist (on_train_start)
-        else:
-            self._restore(state)
+    @property
+    def sampler_kind(self) -> str:
+        return "entropy_md"
 
     def _restore(self, state: dict[str, Any]) -> None:
         device = self.root_device

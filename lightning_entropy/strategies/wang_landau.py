@@ -475,16 +475,9 @@ class WangLandauStrategy(SamplerStrategy):
             "next_snapshot": self._next_snapshot,
         }
 
-    def load_sampler_state_dict(self, state: dict[str, Any]) -> None:
-        if state and (state.get("kind") != self.sampler or state.get("walkers") != self.walkers):
-            raise ValueError(
-                f"The checkpoint holds a {state.get('kind')!r} sampler with {state.get('walkers')} walkers; this"
-                f" strategy is {self.sampler!r} with {self.walkers} walkers. Resume with the same sampler and walkers."
-            )
-        if self._state is None:
-            self._pending = state  # applied once the data and walkers exist (on_train_start)
-        else:
-            self._restore(state)
+    @property
+    def sampler_kind(self) -> str:
+        return self.sampler
 
     def _restore(self, state: dict[str, Any]) -> None:
         device = self.root_device
