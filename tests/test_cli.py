@@ -117,7 +117,7 @@ def test_wrong_type_is_rejected_naming_the_key():
         ("sampler.friction=2.0", "sampler.friction"),
         ("sampler.dt=0", "sampler.dt"),
         ("trainer.max_time=soon", "trainer.max_time"),
-        ("logger.kind=tensorboard", "logger.kind"),
+        ("logger.kind=mlflow", "logger.kind"),
         ("baseline.seeds=[]", "baseline.seeds"),
         ("sampler.box=-1.0", "box"),
         ("sampler.window=[[-6.0,-0.5]]", "sampler.window"),
@@ -220,6 +220,15 @@ def test_csv_logger_receives_the_sampler_scalars(tmp_path):
     assert len(metrics) == 1
     header = metrics[0].read_text().splitlines()[0].split(",")
     assert "wl/flatness" in header and "report/flatness" in header
+
+
+def test_tensorboard_logger_gets_scalars_and_the_heatmap(tmp_path):
+    run(compose_config([*TINY, "logger=tensorboard", "trainer.log_every_n_steps=1"]), tmp_path, echo=lambda _: None)
+    events = list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file"
+    data = b"".join(p.read_bytes() for p in events)
+    for tag in (b"wl/flatness", b"wl/acceptance", b"landscape/heatmap", b"report/flatness"):
+        assert tag in data, tag
 
 
 def test_window_accepts_integers_and_null_axes():

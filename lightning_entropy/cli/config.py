@@ -33,7 +33,7 @@ ENTROPY_MD_KINDS = ("entropy_md",)
 #: fan-out scaling for molecular dynamics, one global bound from the first hidden width for Monte Carlo.
 DEFAULT_BOX = {"wang_landau": "fan_out", "wang_landau_mc": "first_hidden"}
 OPTIMIZER_KINDS = ("adam", "sgd")
-LOGGER_KINDS = ("none", "csv", "wandb")
+LOGGER_KINDS = ("none", "csv", "tensorboard", "wandb")
 
 
 REQUIRED = "REQUIRED"  # the value of a key that an experiment preset needs from the command line
@@ -225,7 +225,7 @@ class BaselineConfig:
 
 @dataclass
 class LoggerConfig:
-    """Where Lightning logs go: ``kind`` ``none``, ``csv`` or ``wandb``.
+    """Where Lightning logs go: ``kind`` ``none``, ``csv``, ``tensorboard`` or ``wandb``.
 
     ``save_dir`` defaults to the run directory; ``project``/``name``/``mode`` are W&B settings (``mode: offline``
     needs no network; ``wandb sync`` uploads later).

@@ -183,6 +183,14 @@ def make_logger(cfg: DictConfig, out_dir: Path):
         from lightning.pytorch.loggers import CSVLogger
 
         return CSVLogger(save_dir=save_dir, name="logs")
+    if kind == "tensorboard":
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        try:
+            return TensorBoardLogger(save_dir=save_dir, name="tensorboard")
+        except ModuleNotFoundError as err:
+            raise ConfigError("logger=tensorboard needs the tensorboard or tensorboardX package: pip install"
+                              " 'lightning-entropy[tensorboard]' (or use logger=csv / logger=wandb).") from err
     from lightning.pytorch.loggers import WandbLogger
 
     return WandbLogger(project=cfg.logger.project, name=cfg.logger.name, save_dir=save_dir, mode=cfg.logger.mode,
