@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import sys
 from importlib import resources
 from pathlib import Path
@@ -229,6 +230,25 @@ def test_tensorboard_logger_gets_scalars_and_the_heatmap(tmp_path):
     data = b"".join(p.read_bytes() for p in events)
     for tag in (b"wl/flatness", b"wl/acceptance", b"landscape/heatmap", b"report/flatness"):
         assert tag in data, tag
+
+
+def test_any_other_trainer_argument_reaches_the_samplers_trainer(tmp_path):
+    # one full-batch epoch is one Lightning step: max_epochs=1 stops after 5 sampler steps instead of 3 x 5
+    summary = run(compose_config([*TINY, "+trainer.max_epochs=1"]), tmp_path, echo=lambda _: None)
+    assert summary["steps"] == 5
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+trainer.determinstic=true", "not an argument of lightning.pytorch.Trainer. Did you mean trainer.deterministic"),
+        ("+trainer.logger=false", "the job sets this Trainer argument itself; use logger instead"),
+        ("trainer.max_steps=abc", "trainer.max_steps='abc'"),
+    ],
+)
+def test_trainer_arguments_are_checked_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(compose_config([override]))
 
 
 def test_window_accepts_integers_and_null_axes():

@@ -20,6 +20,7 @@ Groups (``key=option`` on the command line):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
@@ -250,6 +251,9 @@ class TrainerConfig:
             CPU one thread per process avoids oversubscription, which can slow small networks down many times.
         progress_bar: show Lightning's progress bar.
         log_every_n_steps: Lightning's logging interval (Lightning steps).
+        Any other argument of ``lightning.pytorch.Trainer`` is passed through to the sampler's Trainer when given with
+        Hydra's append syntax, e.g. ``+trainer.deterministic=true`` or ``+trainer.precision=64-true``; a name that is
+        not a Trainer argument, or one the job sets itself (``logger``, ``callbacks``, ...), is an error.
         devices: processes (CPU) or GPUs; more than one runs ``wang_landau_ddp``: ``sampler.walkers`` walkers on
             each, all depositing into one landscape (synchronised every ``sampler.sync_every`` Lightning steps).
     """
@@ -280,7 +284,9 @@ class Config:
     sampler: SamplerConfig = MISSING
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    # a plain mapping, not the TrainerConfig dataclass, so that ``+trainer.<any Trainer argument>=...`` composes;
+    # validate() type-checks the TrainerConfig keys and checks the others against Trainer's signature
+    trainer: Any = field(default_factory=lambda: dataclasses.asdict(TrainerConfig()))
     plot: PlotConfig = field(default_factory=PlotConfig)
 
 
@@ -354,6 +360,45 @@ def _unknown_keys(node: Any, schema: type, prefix: str) -> None:
             child_type = OmegaConf.get_type(child)
             if dataclasses.is_dataclass(child_type):
                 _unknown_keys(child, child_type, f"{prefix}{key}.")
+
+
+#: Trainer arguments the job sets itself, and the key that controls each where there is one.
+JOB_TRAINER_ARGS = {"strategy": "sampler", "logger": "logger", "callbacks": None, "default_root_dir": "hydra.run.dir",
+                    "enable_checkpointing": None, "enable_model_summary": None, "num_sanity_val_steps": None,
+                    "limit_val_batches": None, "enable_progress_bar": "trainer.progress_bar"}
+
+
+def trainer_extras(cfg: DictConfig) -> dict[str, Any]:
+    """The ``trainer.*`` keys that are passed to ``lightning.pytorch.Trainer`` as they are (not TrainerConfig's)."""
+    known = {f.name for f in dataclasses.fields(TrainerConfig)}
+    node = OmegaConf.to_container(cfg.trainer, resolve=True)
+    return {k: v for k, v in node.items() if k not in known}
+
+
+def _trainer(cfg: DictConfig) -> None:
+    import difflib
+    import inspect
+
+    from lightning.pytorch import Trainer
+    from omegaconf.errors import ValidationError
+
+    typed = OmegaConf.structured(TrainerConfig)
+    known = set(typed.keys())
+    accepted = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
+    for key in cfg.trainer.keys():
+        if key in known:
+            try:
+                typed[key] = cfg.trainer[key]
+            except ValidationError as err:
+                raise ConfigError(f"trainer.{key}={cfg.trainer[key]!r}: {str(err.msg).splitlines()[0]}") from None
+        elif key in JOB_TRAINER_ARGS:
+            where = JOB_TRAINER_ARGS[key]
+            raise ConfigError(f"trainer.{key}: the job sets this Trainer argument itself"
+                              + (f"; use {where} instead." if where else "; remove it."))
+        elif key not in accepted:
+            close = difflib.get_close_matches(str(key), sorted(known | accepted), n=1)
+            hint = f" Did you mean trainer.{close[0]}?" if close else ""
+            raise ConfigError(f"trainer.{key}: not an argument of lightning.pytorch.Trainer.{hint}")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -462,6 +507,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"baseline.seeds={list(cfg.baseline.seeds)!r}: seeds must be distinct.")
     _choice(cfg, "logger.kind", LOGGER_KINDS)
     _choice(cfg, "logger.mode", ("offline", "online", "disabled"))
+    _trainer(cfg)
     _positive_int(cfg, "trainer.max_steps")
     _positive_int(cfg, "trainer.threads", 0)
     _positive_int(cfg, "trainer.log_every_n_steps")

@@ -39,7 +39,14 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_entropy.callbacks import LandscapeLogger
-from lightning_entropy.cli.config import DEFAULT_BOX, ENTROPY_MD_KINDS, OPTIMIZER_KINDS, ConfigError, validate
+from lightning_entropy.cli.config import (
+    DEFAULT_BOX,
+    ENTROPY_MD_KINDS,
+    OPTIMIZER_KINDS,
+    ConfigError,
+    trainer_extras,
+    validate,
+)
 from lightning_entropy.cli.tasks import Task, build_task
 
 log = logging.getLogger("lightning_entropy.cli")
@@ -430,6 +437,7 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
                 default_root_dir=str(out),
                 # the heatmap at four moments of the run and at the end; curves and the npz at the end
                 callbacks=[LandscapeLogger(every_n_steps=max(1, int(cfg.trainer.max_steps) // 4))] if logger else [],
+                **trainer_extras(cfg),  # any other Trainer argument given as +trainer.<name>=...
             )
             task.datamodule.trainer = None  # drop the baseline's Trainer: spawned DDP processes pickle the data module
             trainer.fit(model, datamodule=task.datamodule)
@@ -626,6 +634,7 @@ def _log_final(logger: Any, summary: dict[str, Any], out: Path, *, step: int) ->
         if hasattr(logger, "log_image") and (out / "landscape.png").exists():
             logger.log_image(key="landscape", images=[str(out / "landscape.png")])
         logger.save()
+        logger.finalize("success")  # closes and flushes writers that the Trainer had closed and this call reopened
     except Exception as err:  # noqa: BLE001 - a logger problem must not lose the files already written
         log.warning("could not log the final report to %s: %s", type(logger).__name__, err)
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_entropy.cli.config import ConfigError, validate
+from lightning_entropy.cli.config import ConfigError, trainer_extras, validate
 from lightning_entropy.cli.tasks import build_task
 
 MD_FILES = ("baseline.csv", "md_trace.csv", "md_trace.png", "summary.json")
@@ -143,7 +143,7 @@ def run_entropy_md(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], 
         strategy=strategy, accelerator=cfg.trainer.accelerator, devices=1, max_steps=int(cfg.trainer.max_steps),
         max_time=cfg.trainer.max_time, logger=logger, enable_checkpointing=False, enable_model_summary=False,
         enable_progress_bar=bool(cfg.trainer.progress_bar), num_sanity_val_steps=0, limit_val_batches=0,
-        log_every_n_steps=int(cfg.trainer.log_every_n_steps), default_root_dir=str(out),
+        log_every_n_steps=int(cfg.trainer.log_every_n_steps), default_root_dir=str(out), **trainer_extras(cfg),
     )
     trainer.fit(model, datamodule=task.datamodule)
     timings["sampler_s"] = time.perf_counter() - t
