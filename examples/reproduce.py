@@ -3,6 +3,7 @@
     python examples/reproduce.py                       # every CPU preset (about 40 minutes on 2 cores), then the doc
     python examples/reproduce.py --only mnist spiral   # some of them
     python examples/reproduce.py --reuse               # rewrite the doc from the runs already under --runs
+    (the doc always covers every preset that has run under --runs, the earlier ones included)
 
 Each preset runs as ``lightning-entropy -m experiment=<name>`` (a Hydra multirun: one run per grid point) into
 ``--runs/<name>``; ``lightning-entropy-report`` then aggregates it, and the doc gets the command, the CPU time
@@ -180,17 +181,16 @@ def main(argv: list[str] | None = None) -> int:
     runs, data = Path(args.runs).resolve(), Path(args.data).resolve()
     runs.mkdir(parents=True, exist_ok=True)
     names = args.only or presets()
-    statuses: dict[str, dict] = {}
     state = runs / "status.json"
-    if args.reuse and state.exists():
-        statuses = json.loads(state.read_text())
+    statuses: dict[str, dict] = json.loads(state.read_text()) if state.exists() else {}
     for name in names:
         if not args.reuse:
             print(f"running experiment={name} ...", flush=True)
             statuses[name] = run_preset(name, runs, data)
             print(f"  {statuses[name]}", flush=True)
             state.write_text(json.dumps(statuses, indent=2))
-    path = write_doc(presets() if args.reuse and not args.only else names, runs, data, statuses)
+    # the doc covers every preset that has run (earlier runs under --runs included)
+    path = write_doc([n for n in presets() if n in statuses or (runs / n).exists()], runs, data, statuses)
     print(f"wrote {path}")
     return 0
 

@@ -114,9 +114,13 @@ def readouts(landscape, *, exclude: int = 1, min_fraction: float = 0.05) -> dict
         keep = _test_axis_keep(landscape, exclude)
         bias = landscape.bias.cpu().numpy()
         s_now = np.where(visits > 0, bias, np.nan)
-        old = landscape.snapshot_bias.cpu().numpy()
-        s_old = np.where(landscape.snapshot_visits.cpu().numpy() > 0, old, np.nan)
-        have_old = bool(landscape.history)
+        # the previous snapshot: the last one, or the one before it when the last was taken at this very state
+        last = landscape.history[-1] if landscape.history else None
+        at_last = last is not None and last.get("walker_steps") == landscape.walker_steps
+        bias_old, visits_old = ((landscape.prior_bias, landscape.prior_visits) if at_last else
+                                (landscape.snapshot_bias, landscape.snapshot_visits))
+        s_old = np.where(visits_old.cpu().numpy() > 0, bias_old.cpu().numpy(), np.nan)
+        have_old = len(landscape.history) >= (2 if at_last else 1)
         mean_h = recent.mean(0)
         per_group = s_now[None] + np.log((recent + 1.0) / (mean_h[None] + 1.0))
         for name, fn in (("max_s", _max_s), ("mean_curve", _mean)):

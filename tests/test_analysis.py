@@ -123,8 +123,12 @@ def test_readout_drift_is_the_change_since_the_last_snapshot():
     land.snapshot(100)
     moved = -((y[None, :] - 0.65) ** 2) / 0.02 + np.zeros((8, 1))
     land.bias.copy_(torch.as_tensor(moved))
+    land.add_walker_steps(50)
     drift = analysis.readouts(land)["max_s"].drift
     assert np.allclose(drift, 0.2)
+    # a snapshot taken at the end of the run: the drift is against the snapshot before it, not zero
+    land.snapshot(150)
+    assert np.allclose(analysis.readouts(land)["max_s"].drift, 0.2)
 
 
 def _records(values_by_seed, xs):

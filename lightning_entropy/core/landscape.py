@@ -106,6 +106,8 @@ class Landscape:
         self.group_obs_count = torch.zeros((g, *self.shape), dtype=torch.float64, device=self.device)
         self.snapshot_bias = torch.zeros(self.shape, dtype=torch.float64, device=self.device)
         self.snapshot_visits = torch.zeros(self.shape, dtype=torch.float64, device=self.device)
+        self.prior_bias = torch.zeros(self.shape, dtype=torch.float64, device=self.device)  # the snapshot before
+        self.prior_visits = torch.zeros(self.shape, dtype=torch.float64, device=self.device)
         self.history: list[dict[str, float]] = []  # one entry per snapshot (see ``snapshot``)
         self._group_of: torch.Tensor | None = None
         self._strides = torch.tensor(
@@ -240,6 +242,8 @@ class Landscape:
         entry = {"step": int(step), "walker_steps": self.walker_steps, "s_change": change,
                  "flatness": self.flatness(window_only=True), **{k: float(v) for k, v in extra.items()}}
         self.history.append(entry)
+        self.prior_bias.copy_(self.snapshot_bias)
+        self.prior_visits.copy_(self.snapshot_visits)
         self.snapshot_bias.copy_(self.bias)
         self.snapshot_visits.copy_(self.visits)
         self.recent_visits[1].copy_(self.recent_visits[0])
@@ -363,7 +367,8 @@ class Landscape:
             "groups": self.groups,
         }
 
-    _GROUP_STATE = ("recent_visits", "group_obs_sum", "group_obs_count", "snapshot_bias", "snapshot_visits")
+    _GROUP_STATE = ("recent_visits", "group_obs_sum", "group_obs_count", "snapshot_bias", "snapshot_visits",
+                    "prior_bias", "prior_visits")
 
     def state_dict(self) -> dict[str, Any]:
         return {
