@@ -68,3 +68,17 @@ def test_report_command_names_a_directory_without_runs(tmp_path, capsys):
     assert report.main([str(tmp_path / "missing")]) == 2
     assert "is not a directory" in capsys.readouterr().err
     assert not any(Path(tmp_path).iterdir())  # nothing written
+
+
+def test_joblib_sweep_logs_every_run_into_one_wandb_group(tmp_path):
+    """``-m hydra/launcher=local logger=wandb``: runs in parallel worker processes, one W&B group for the sweep."""
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "lightning_entropy.cli", "-m", "model.width=3,5", "hydra/launcher=local",
+           "logger=wandb", *TINY, f"hydra.sweep.dir={tmp_path}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    files = sorted(tmp_path.glob("*/wandb/offline-run-*/run-*.wandb"))
+    assert [f.relative_to(tmp_path).parts[0] for f in files] == ["0", "1"]  # one offline W&B run per job
+    group = f":{tmp_path}".encode()
+    for f in files:
+        assert group in f.read_bytes(), f"{f} is not in the sweep's group"
