@@ -142,8 +142,18 @@ def draw_landscape(
             ax.plot(x, y_mean, "--", color=MEAN_COLOR, linewidth=1.8, label=mean_label)
         if baseline is not None:
             _draw_baseline(ax, baseline, baseline_label)
-        ax.set_xlim(*_view(xe, finite.any(axis=1) & inside_window(landscape)))
-        ax.set_ylim(*_view(ye, finite.any(axis=0)))
+        x_lo, x_hi = _view(xe, finite.any(axis=1) & inside_window(landscape))
+        y_lo, y_hi = _view(ye, finite.any(axis=0))
+        if baseline is not None and (baseline.count > 0).any():  # keep the baseline in view (inside the grid)
+            ok = (baseline.count > 0) & inside_window(landscape)
+            spread = np.nan_to_num(baseline.std)
+            if ok.any():
+                x_lo = min(x_lo, float(baseline.edges[:-1][ok].min()))
+                x_hi = max(x_hi, float(baseline.edges[1:][ok].max()))
+                y_lo = max(float(ye[0]), min(y_lo, float(np.nanmin((baseline.mean - spread)[ok]))))
+                y_hi = min(float(ye[-1]), max(y_hi, float(np.nanmax((baseline.mean + spread)[ok]))))
+        ax.set_xlim(x_lo, x_hi)
+        ax.set_ylim(y_lo, y_hi)
         ax.set_ylabel(axis_label(landscape.names[1], landscape.labels[1]))
         ax.set_facecolor("#d9d9d9")
         if legend:
