@@ -53,8 +53,8 @@ TITLES = {
     "char_lm": "Character-level language model (beyond the paper)",
 }
 DATA = {"house_prices": "house_prices.npz", "embeddings": "polymer_bandgap_embeddings.npz"}
-ORDER = ("spiral", "spiral_label_free", "spiral_regression", "house_prices", "mnist", "embeddings", "cifar_catdog", "modular_arithmetic",
-         "char_lm")
+ORDER = ("spiral", "spiral_label_free", "spiral_regression", "house_prices", "mnist", "embeddings", "cifar_catdog",
+         "modular_arithmetic", "char_lm")
 
 
 def presets() -> list[str]:
@@ -110,8 +110,9 @@ def section(name: str, runs: Path, data: Path, docs: Path, status: dict) -> list
     from lightning_entropy.cli import report
 
     lines = [f"## {TITLES.get(name, name)}", ""]
-    cmd = command(name, data) or ["lightning-entropy", "-m", f"experiment={name}"] + (
-        [f"task.path=<{DATA[name]}>"] if name in DATA else ["task.root=<CIFAR-10 folder>"] if name == "cifar_catdog" else [])
+    needs = ([f"task.path=<{DATA[name]}>"] if name in DATA else
+             ["task.root=<CIFAR-10 folder>"] if name == "cifar_catdog" else [])
+    cmd = command(name, data) or ["lightning-entropy", "-m", f"experiment={name}", *needs]
     shown = " ".join(c if not c.startswith("task.path=") else f"task.path=../shared/data/{DATA[name]}" for c in cmd
                      if c != "trainer.progress_bar=false")
     lines += [f"Command (CPU scale): `{shown}`", ""]
@@ -142,8 +143,8 @@ def section(name: str, runs: Path, data: Path, docs: Path, status: dict) -> list
                      f" | {row['metric']} ({row['readout']}) | {_fmt_adv(row)} | {row['bins'] or 0} | {verdict} |")
     lines += ["", f"Paper: {PAPER.get(name, '-')}.", "", f"Paper scale: `lightning-entropy -m experiment={name}_paper"
               + (f" task.path=../shared/data/{DATA[name]}" if name in DATA else "")
-              + " trainer.accelerator=gpu trainer.devices=<GPUs>` (days per run: 2e7 steps per walker; `trainer.devices`"
-              " > 1 spreads the walkers over GPUs sharing one landscape, `hydra/launcher=slurm` spreads a grid over a"
+              + " trainer.accelerator=gpu trainer.devices=<GPUs>` (days per run: 2e7 steps per walker;"
+              " `trainer.devices` > 1 spreads the walkers over GPUs sharing one landscape, `hydra/launcher=slurm` spreads a grid over a"
               " cluster).", ""]
     return lines
 

@@ -237,7 +237,7 @@ def advantage(readout: Readout, baseline, *, higher_is_better: bool, in_window: 
                      drift, notes)
 
 
-# -- convergence ---------------------------------------------------------------------------------------------------------
+# -- convergence -------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -297,7 +297,7 @@ def convergence(landscape, *, walkers: int | None = None, thresholds: dict[str, 
                        history)
 
 
-# -- many runs -----------------------------------------------------------------------------------------------------------
+# -- many runs ---------------------------------------------------------------------------------------------------------
 
 
 def width_table(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -299,7 +299,7 @@ def register_configs(cs: ConfigStore | None = None) -> None:
     cs.store(group="schema/sampler", name="entropy_md", node=EntropyMDConfig)
 
 
-# -- validation of values (types and keys are checked by Hydra) ---------------------------------------------------------
+# -- validation of values (types and keys are checked by Hydra) --------------------------------------------------------
 
 
 def _positive_int(cfg: DictConfig, key: str, minimum: int = 1) -> None:
