@@ -144,8 +144,8 @@ def section(name: str, runs: Path, data: Path, docs: Path, status: dict) -> list
     lines += ["", f"Paper: {PAPER.get(name, '-')}.", "", f"Paper scale: `lightning-entropy -m experiment={name}_paper"
               + (f" task.path=../shared/data/{DATA[name]}" if name in DATA else "")
               + " trainer.accelerator=gpu trainer.devices=<GPUs>` (days per run: 2e7 steps per walker;"
-              " `trainer.devices` > 1 spreads the walkers over GPUs sharing one landscape, `hydra/launcher=slurm` spreads a grid over a"
-              " cluster).", ""]
+              " `trainer.devices` > 1 spreads the walkers over GPUs sharing one landscape, `hydra/launcher=slurm`"
+              " spreads a grid over a cluster).", ""]
     return lines
 
 

@@ -220,8 +220,8 @@ def convergence_figure(history: list[dict[str, float]], *, walkers: int | None =
 
 
 def width_figure(rows: list[dict], *, title: str | None = None, figsize: tuple[float, float] = (6.4, 4.2)) -> Figure:
-    """The advantage against parameter count, one line per task (rows of :func:`lightning_entropy.analysis.width_table`);
-    hollow markers for runs that are not converged."""
+    """The advantage against parameter count, one line per task (rows of
+    :func:`lightning_entropy.analysis.width_table`); hollow markers for runs that are not converged."""
     fig = Figure(figsize=figsize, layout="constrained")
     ax = fig.add_subplot()
     tasks = sorted({str(r["task"]) for r in rows})

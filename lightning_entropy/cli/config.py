@@ -411,8 +411,9 @@ def validate(cfg: DictConfig) -> None:
 
     _unknown_keys(cfg, Config, "")
     if cfg.task.path == REQUIRED:
-        raise ConfigError(f"task.path: this preset needs a data file that is not bundled with the package ({cfg.task.name}"
-                          " task); give it on the command line, e.g. task.path=../shared/data/<file>.npz.")
+        raise ConfigError(f"task.path: this preset needs a data file that is not bundled with the package"
+                          f" ({cfg.task.name} task); give it on the command line, e.g."
+                          " task.path=../shared/data/<file>.npz.")
     _choice(cfg, "task.name", tuple(TASKS))
     for key in ("task.n_train", "task.n_test"):
         if OmegaConf.select(cfg, key) is not None:
