@@ -262,3 +262,15 @@ def test_explicit_accuracy_on_a_regression_task_is_an_error_not_a_silent_swap(tm
     with pytest.raises((ConfigError, ValueError), match="accuracy.*not a classifier"):
         run(compose_config(overrides), tmp_path / "out", echo=lambda _: None)
     assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_mnist_cnn_is_alive_at_initialisation_for_every_seed():
+    """Constant logits at init (dead ReLU layers) would leave SGD, Adam and the walkers' starts at chance."""
+    from lightning_entropy.tasks.mnist import MNISTClassifier, mnist_split
+
+    (x, _), _ = mnist_split(n_train=64, n_test=1)
+    for seed in range(6):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            logits = MNISTClassifier(channels=2)(x)
+        assert logits.std(0).mean() > 1e-2, f"seed {seed}: the 2-channel CNN gives the same logits for every image"
