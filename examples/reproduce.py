@@ -106,6 +106,31 @@ def _fmt_adv(row: dict) -> str:
     return f"{row['mean_advantage']:+.3f}" + (f" ± {err:.3f}" if err is not None else "")
 
 
+def at_final_train_loss(run: Path, summary: dict) -> str:
+    """The per-bin advantage (curves.csv) averaged over the bins where the baseline's runs ended: the paper's
+    question, "at the train loss SGD reaches"."""
+    import csv
+    import math
+
+    finals = [f.get("ln_train_loss") for f in (summary.get("baseline") or {}).get("final", [])]
+    finals = [x for x in finals if x is not None and math.isfinite(x)]
+    path = run / "curves.csv"
+    if not finals or not path.exists():
+        return "-"
+    with open(path) as fh:
+        rows = list(csv.DictReader(fh))
+    centers = [float(r["ln_train_loss"]) for r in rows]
+    width = centers[1] - centers[0] if len(centers) > 1 else 0.1
+    values = []
+    for x in finals:
+        for r, c in zip(rows, centers):
+            if abs(c - x) <= width / 2 and r.get("advantage") not in (None, "", "nan"):
+                values.append(float(r["advantage"]))
+    if not values:
+        return f"not sampled (the baseline ends at ln L_train {min(finals):.2f}..{max(finals):.2f})"
+    return f"{sum(values) / len(values):+.3f} ({len(values)} of {len(finals)} seeds' final bins)"
+
+
 def section(name: str, runs: Path, data: Path, docs: Path, status: dict) -> list[str]:
     from lightning_entropy.cli import report
 
@@ -134,18 +159,36 @@ def section(name: str, runs: Path, data: Path, docs: Path, status: dict) -> list
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(figure, target)
         lines += [f"![{name}](reproduction/{name}.png)", ""]
-    lines += ["| run | parameters | walkers x steps | metric (readout) | mean advantage ± error | bins | converged |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["| run | parameters | walkers x steps | metric (readout) | mean advantage ± error (drift) | bins"
+              " | at the baseline's final train loss | converged |", "|---|---|---|---|---|---|---|---|"]
+    signs = []
     for row, s in zip(result["rows"], sorted(summaries, key=lambda s: (str(s.get("task")), s.get("parameters") or 0))):
         conv = s.get("convergence") or {}
         verdict = "yes" if conv.get("converged") else "no: " + "; ".join(conv.get("tags", []) or ["-"])
+        drift = (s.get("advantage") or {}).get("mean_advantage_drift")
+        moved = f" ({drift:+.3f})" if drift is not None else ""
+        at_end = at_final_train_loss(Path(s["run_dir"]), s)
+        if row["mean_advantage"] is not None:
+            signs.append(row["mean_advantage"])
         lines.append(f"| {row['overrides'] or row['run']} | {row['parameters']} | {row['walkers']} x {row['steps']}"
-                     f" | {row['metric']} ({row['readout']}) | {_fmt_adv(row)} | {row['bins'] or 0} | {verdict} |")
-    lines += ["", f"Paper: {PAPER.get(name, '-')}.", "", f"Paper scale: `lightning-entropy -m experiment={name}_paper"
-              + (f" task.path=../shared/data/{DATA[name]}" if name in DATA else "")
-              + " trainer.accelerator=gpu trainer.devices=<GPUs>` (days per run: 2e7 steps per walker;"
-              " `trainer.devices` > 1 spreads the walkers over GPUs sharing one landscape, `hydra/launcher=slurm`"
-              " spreads a grid over a cluster).", ""]
+                     f" | {row['metric']} ({row['readout']}) | {_fmt_adv(row)}{moved} | {row['bins'] or 0}"
+                     f" | {at_end} | {verdict} |")
+    measured = ("no run covers any train-loss bin of its baseline" if not signs else
+                "positive in every run" if all(v > 0 for v in signs) else
+                "negative in every run" if all(v < 0 for v in signs) else "of mixed sign across runs")
+    lines += ["", f"Measured here: the mean advantage is {measured}. None of these runs is converged (see the last"
+              " column), so they do not settle the paper's claim either way; the drift in brackets is how far the"
+              " mean moved over the last snapshot interval."]
+    lines += ["", f"Paper: {PAPER.get(name, '-')}.", ""]
+    data_arg = f" task.path=../shared/data/{DATA[name]}" if name in DATA else ""
+    if name == "spiral":  # the reference study's Monte Carlo: one process per run, the grid spread by a launcher
+        lines += [f"Paper scale: `lightning-entropy -m experiment={name}_paper hydra/launcher=slurm` (Wang-Landau"
+                  " Monte Carlo, 16 walkers x 2e7 trials per depth; days per run on a CPU core).", ""]
+    else:
+        lines += [f"Paper scale: `lightning-entropy -m experiment={name}_paper{data_arg} trainer.accelerator=gpu"
+                  " trainer.devices=<GPUs>` (2e6-2e7 steps per walker, days per run; `trainer.devices` > 1 spreads the"
+                  " walkers over GPUs sharing one landscape, `hydra/launcher=slurm` spreads a grid over a cluster).",
+                  ""]
     return lines
 
 
