@@ -584,6 +584,7 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
         "run_dir": str(out),
         "files": files,
         "config": OmegaConf.to_container(cfg, resolve=True),
+        "wandb_group": _sweep_group() if cfg.logger.kind == "wandb" else None,  # one group per sweep
     })
     steps_per_call = int(cfg.sampler.get("steps_per_lightning_step", 1))
     summary = _jsonable(summary)
