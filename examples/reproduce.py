@@ -173,10 +173,11 @@ def section(name: str, runs: Path, data: Path, docs: Path, status: dict) -> list
         lines.append(f"| {row['overrides'] or row['run']} | {row['parameters']} | {row['walkers']} x {row['steps']}"
                      f" | {row['metric']} ({row['readout']}) | {_fmt_adv(row)}{moved} | {row['bins'] or 0}"
                      f" | {at_end} | {verdict} |")
-    measured = ("no run covers any train-loss bin of its baseline" if not signs else
-                "positive in every run" if all(v > 0 for v in signs) else
-                "negative in every run" if all(v < 0 for v in signs) else "of mixed sign across runs")
-    lines += ["", f"Measured here: the mean advantage is {measured}. None of these runs is converged (see the last"
+    measured = ("no run has a well-sampled train-loss bin that its baseline also covers: no advantage measured"
+                if not signs else "the mean advantage is " + (
+                    "positive in every run" if all(v > 0 for v in signs) else
+                    "negative in every run" if all(v < 0 for v in signs) else "of mixed sign across runs"))
+    lines += ["", f"Measured here: {measured}. None of these runs is converged (see the last"
               " column), so they do not settle the paper's claim either way; the drift in brackets is how far the"
               " mean moved over the last snapshot interval."]
     lines += ["", f"Paper: {PAPER.get(name, '-')}.", ""]
