@@ -21,13 +21,7 @@ from lightning_entropy.core.walkers import ParameterLayout
 from lightning_entropy.tasks import SpiralClassifier, SpiralDataModule
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small networks: one thread (two OpenMP threads on a busy 2-core machine make these steps many times slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- the pure sampler ------------------------------------------------------------------------------------------------

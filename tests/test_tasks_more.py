@@ -33,13 +33,7 @@ from lightning_entropy.tasks.modular_arithmetic import ModularArithmeticDataModu
 from lightning_entropy.tasks.transformer import TinyTransformer, transformer_parameters
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: these small networks run many times slower with two threads on a busy two-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _count(module) -> int:
