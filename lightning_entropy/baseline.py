@@ -407,6 +407,7 @@ def _train(build, seeds, epochs, optimizer, lr, momentum, metric, accuracy_slope
             callbacks=[recorder],
         )
         trainer.fit(module, datamodule=datamodule)
+        datamodule.trainer = None  # the caller's data module keeps no reference to this run (e.g. for pickling)
         records.extend(recorder.records)
     return records
 

@@ -439,7 +439,6 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
                 callbacks=[LandscapeLogger(every_n_steps=max(1, int(cfg.trainer.max_steps) // 4))] if logger else [],
                 **trainer_extras(cfg),  # any other Trainer argument given as +trainer.<name>=...
             )
-            task.datamodule.trainer = None  # drop the baseline's Trainer: spawned DDP processes pickle the data module
             trainer.fit(model, datamodule=task.datamodule)
             landscape = strategy.landscape
             timings["sampler_s"] = time.perf_counter() - t
