@@ -109,6 +109,8 @@ class Landscape:
         self.prior_bias = torch.zeros(self.shape, dtype=torch.float64, device=self.device)  # the snapshot before
         self.prior_visits = torch.zeros(self.shape, dtype=torch.float64, device=self.device)
         self.history: list[dict[str, float]] = []  # one entry per snapshot (see ``snapshot``)
+        # (replicas, *shape): S of each independent replica (nats, NaN where unvisited), published by the run
+        self.replica_entropy: np.ndarray | None = None
         self._group_of: torch.Tensor | None = None
         self._strides = torch.tensor(
             [math.prod(self.shape[i + 1 :]) for i in range(d)], dtype=torch.int64, device=self.device
@@ -160,14 +162,37 @@ class Landscape:
     def value_and_slope(self, cv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """S (plus soft walls) at each walker's CVs and its gradient ``dS/dcv``: shapes ``(W,)`` and ``(W, d)``."""
         cv = cv.to(torch.float64)
+        value, slope = self.interpolate(self.bias.reshape(-1), cv)
+        if self.wall_strength > 0:
+            below = (self.window[:, 0] - cv).clamp(min=0)
+            above = (cv - self.window[:, 1]).clamp(min=0)
+            value = value + self.wall_strength * (below**2 + above**2).sum(-1)
+            slope = slope + 2 * self.wall_strength * (above - below)
+        return value, slope
+
+    def interpolate(self, table: torch.Tensor, cv: torch.Tensor, offset: torch.Tensor | None = None,
+                    lo: torch.Tensor | None = None, hi: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Multilinear interpolation between bin centres of a flat grid ``table`` at ``cv`` ``(W, d)``: the value
+        ``(W,)`` and its exact gradient ``(W, d)`` (CV units).
+
+        ``offset`` ``(W,)`` selects each walker's grid inside a stack of grids (flat offset of its first bin);
+        ``lo``/``hi`` ``(W, d)`` bin indices restrict each walker's interpolation cells to bins ``[lo, hi)`` (a
+        window), default the whole grid.
+        """
+        cv = cv.to(torch.float64)
         n = torch.tensor(self.shape, device=self.device)
         u = (cv - self.lo) / self.width - 0.5
-        i0 = torch.minimum(torch.floor(u).nan_to_num(0).clamp(min=0), (n - 2).to(u.dtype))
+        if lo is None:
+            i0 = torch.minimum(torch.floor(u).nan_to_num(0).clamp(min=0), (n - 2).to(u.dtype))
+        else:
+            i0 = torch.minimum(torch.maximum(torch.floor(u).nan_to_num(0), lo.to(u.dtype)), (hi - 2).to(u.dtype))
         t = (u - i0).clamp(0.0, 1.0)
         i0 = i0.long()
         corners = self._corners  # (C, d) of 0/1, C = 2**d
         flat = ((i0.unsqueeze(1) + corners) * self._strides).sum(-1)  # (W, C)
-        s = self.bias.reshape(-1)[flat]  # S at the cell's corners
+        if offset is not None:
+            flat = flat + offset.unsqueeze(1)
+        s = table[flat]  # S at the cell's corners
         w = torch.where(corners.bool(), t.unsqueeze(1), 1 - t.unsqueeze(1))  # (W, C, d) per-axis weights
         value = (s * w.prod(-1)).sum(-1)
         sign = corners.to(s.dtype) * 2 - 1  # d weight_k / d t_k for each corner
@@ -176,11 +201,6 @@ class Landscape:
              for k in range(self.ndim)],
             dim=-1,
         )
-        if self.wall_strength > 0:
-            below = (self.window[:, 0] - cv).clamp(min=0)
-            above = (cv - self.window[:, 1]).clamp(min=0)
-            value = value + self.wall_strength * (below**2 + above**2).sum(-1)
-            slope = slope + 2 * self.wall_strength * (above - below)
         return value, slope
 
     # -- updates (vectorized, no host sync) -----------------------------------------------------------------------
@@ -192,18 +212,37 @@ class Landscape:
         """
         m = mask.to(torch.float64)
         amount = torch.as_tensor(amount, dtype=torch.float64, device=self.device) * m
+        here, near = self.spread(cv)
+        self.bias.view(-1).index_add_(0, near.reshape(-1), (amount.unsqueeze(1) * self._weights.unsqueeze(0)).reshape(-1))
+        self.count(here, m)
+
+    def count(self, here: torch.Tensor, weight: torch.Tensor) -> None:
+        """Count visits (``weight`` ``(W,)``, 0/1) at flat bins ``here`` ``(W,)`` in the histogram and the walker
+        groups' recent histograms, without touching S."""
+        self.visits.view(-1).index_add_(0, here, weight)
+        self.recent_visits[0].view(-1).index_add_(0, self._group_offset(here.shape[0]) + here, weight)
+
+    def spread(self, cv: torch.Tensor, lo: torch.Tensor | None = None,
+               hi: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The flat bin of each walker ``(W,)`` and the flat bins its deposit kernel covers ``(W, K)`` (weights
+        :attr:`kernel_weights`), mirrored at the edges of bins ``[lo, hi)`` per walker and axis (default the grid)
+        so that no mass leaves the region a walker can reach."""
         n = torch.tensor(self.shape, device=self.device)
+        lo = torch.zeros_like(n) if lo is None else lo
+        hi = n if hi is None else hi
         idx = torch.floor((cv.to(torch.float64) - self.lo) / self.width).nan_to_num(0).long()
-        idx = torch.minimum(idx.clamp(min=0), n - 1)
+        idx = torch.minimum(torch.maximum(idx, lo), hi - 1)
         near = idx.unsqueeze(1) + self._offsets.unsqueeze(0)  # (W, K, d)
-        near = torch.where(near < 0, -near - 1, near)  # mirror at the edges: no mass is lost
-        near = torch.where(near >= n, 2 * n - 1 - near, near)
-        near = torch.minimum(near.clamp(min=0), n - 1)
-        flat = (near * self._strides).sum(-1).reshape(-1)
-        self.bias.view(-1).index_add_(0, flat, (amount.unsqueeze(1) * self._weights.unsqueeze(0)).reshape(-1))
-        here = (idx * self._strides).sum(-1)
-        self.visits.view(-1).index_add_(0, here, m)
-        self.recent_visits[0].view(-1).index_add_(0, self._group_offset(cv.shape[0]) + here, m)
+        lo_, hi_ = (b.unsqueeze(-2) if b.dim() > 1 else b for b in (lo, hi))
+        near = torch.where(near < lo_, 2 * lo_ - near - 1, near)  # mirror at the edges: no mass is lost
+        near = torch.where(near >= hi_, 2 * hi_ - 1 - near, near)
+        near = torch.minimum(torch.maximum(near, lo_), hi_ - 1)
+        return (idx * self._strides).sum(-1), (near * self._strides).sum(-1)
+
+    @property
+    def kernel_weights(self) -> torch.Tensor:
+        """``(K,)`` weights of the deposit kernel (they sum to one)."""
+        return self._weights
 
     def record(self, cv: torch.Tensor, observed: torch.Tensor, mask: torch.Tensor) -> None:
         """Accumulate per-bin sums of observables ``(W, k)`` for walkers in ``mask``."""
@@ -217,6 +256,11 @@ class Landscape:
         grouped = self._group_offset(cv.shape[0]) + flat  # flat index into (groups, bins)
         self.group_obs_sum.view(k, -1).index_add_(1, grouped, obs.T)
         self.group_obs_count.view(-1).index_add_(0, grouped, m)
+
+    def assign_groups(self, group_of: torch.Tensor) -> None:
+        """Put walker ``w`` in group ``group_of[w]`` (``(W,)`` ints in ``[0, groups)``) instead of ``w % groups``,
+        e.g. its replica, so that the group statistics are those of independent replicas."""
+        self._group_of = group_of.to(self.device, torch.int64) * math.prod(self.shape)
 
     def _group_offset(self, walkers: int) -> torch.Tensor:
         """``(W,)`` offset of each walker's group in a flattened ``(groups, bins)`` array (cached per W)."""
@@ -234,7 +278,8 @@ class Landscape:
         snapshot, over bins visited at both and inside the window, after removing the mean shift; NaN at the
         first snapshot), ``flatness`` (inside the window) and any ``extra`` figures (e.g. round trips).
         """
-        visited = (self.visits > 0) & (self.snapshot_visits > 0) & self.window_mask()
+        visited = ((self.visits > 0) & (self.snapshot_visits > 0) & self.window_mask() & torch.isfinite(self.bias)
+                   & torch.isfinite(self.snapshot_bias))
         change = float("nan")
         if bool(visited.any()):
             d = (self.bias - self.snapshot_bias)[visited]
@@ -281,10 +326,21 @@ class Landscape:
     def entropy(self) -> np.ndarray:
         """S - max S in nats, NaN where never visited."""
         s = self.bias.cpu().numpy().copy()
-        s[self.visits.cpu().numpy() == 0] = np.nan
+        s[(self.visits.cpu().numpy() == 0) | ~np.isfinite(s)] = np.nan
         if np.isfinite(s).any():
             s -= np.nanmax(s)
         return s
+
+    @property
+    def entropy_error(self) -> np.ndarray:
+        """Standard error of S per bin (nats) across independent replicas; NaN where fewer than two replicas
+        visited a bin, or everywhere when the run had a single replica."""
+        if self.replica_entropy is None or self.replica_entropy.shape[0] < 2:
+            return np.full(self.shape, np.nan)
+        from lightning_entropy.core.combine import replica_statistics
+
+        flat = self.replica_entropy.reshape(self.replica_entropy.shape[0], -1)
+        return replica_statistics(flat)[1].reshape(self.shape)
 
     def flatness(self, histogram: torch.Tensor | None = None, quantile: float = 0.05, *,
                  window_only: bool = False) -> float:
@@ -382,6 +438,8 @@ class Landscape:
             "walker_steps": self._walker_steps.clone(),
             **{key: getattr(self, key).clone() for key in self._GROUP_STATE},
             "history": [dict(h) for h in self.history],
+            **({"replica_entropy": torch.from_numpy(np.asarray(self.replica_entropy, dtype=np.float64))}
+               if self.replica_entropy is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -396,6 +454,9 @@ class Landscape:
             if key in state:
                 getattr(self, key).copy_(state[key])
         self.history = [dict(h) for h in state.get("history", [])]
+        replicas = state.get("replica_entropy")
+        self.replica_entropy = None if replicas is None else np.asarray(torch.as_tensor(replicas).cpu().numpy(),
+                                                                       dtype=np.float64)
         self._walker_steps.copy_(state["walker_steps"])
         self.metadata.update(state.get("metadata", {}))
 

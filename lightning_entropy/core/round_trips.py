@@ -49,9 +49,15 @@ def init(walkers: int, x_range: tuple[float, float], *, end_fraction: float = 0.
     return RoundTripState(lo + span, hi - span, zeros - 1, zeros.clone())
 
 
-def update(state: RoundTripState, x: torch.Tensor) -> RoundTripState:
-    """Count a crossing for each walker that reaches the end opposite to the last one it touched (in place)."""
-    end = torch.where(x <= state.lo, 0, torch.where(x >= state.hi, 1, -1))
+def update(state: RoundTripState, x: torch.Tensor, lo: torch.Tensor | None = None,
+           hi: torch.Tensor | None = None) -> RoundTripState:
+    """Count a crossing for each walker that reaches the end opposite to the last one it touched (in place).
+
+    ``lo``/``hi`` ``(W,)`` override the ends per walker (e.g. the ends of each walker's current window).
+    """
+    lo = state.lo if lo is None else lo
+    hi = state.hi if hi is None else hi
+    end = torch.where(x <= lo, 0, torch.where(x >= hi, 1, -1))
     reached = end >= 0
     crossed = reached & (state.last_end >= 0) & (end != state.last_end)
     state.crossings += crossed

@@ -96,12 +96,13 @@ class MDState:
         return cls(generator=gen, step=int(state["step"]), **{k: state[k].to(device) for k in cls._TENSORS})
 
 
-def init(theta: torch.Tensor, evaluate, landscape: Landscape, *, seed: int) -> MDState:
-    """Walkers at ``theta`` (W, P) with velocities drawn from N(0, kT)."""
+def init(theta: torch.Tensor, evaluate, landscape: Landscape | None, *, seed: int, potential=None) -> MDState:
+    """Walkers at ``theta`` (W, P) with velocities drawn from N(0, kT); forces from ``potential(cv)`` (default the
+    landscape's ``value_and_slope``)."""
     gen = torch.Generator(device=theta.device)
     gen.manual_seed(seed)
     velocity = torch.randn(theta.shape, generator=gen, device=theta.device, dtype=theta.dtype)
-    cv, _, grad = evaluate.value_and_grad(theta, landscape.value_and_slope)
+    cv, _, grad = evaluate.value_and_grad(theta, potential or landscape.value_and_slope)
     zeros = torch.zeros(theta.shape[0], device=theta.device)
     return MDState(theta.detach().clone(), velocity, cv, grad, gen, 0, zeros, zeros.clone(), zeros.clone())
 
@@ -114,15 +115,19 @@ def move(
     admissible,
     bound: torch.Tensor,
     config: MDConfig,
+    dt: torch.Tensor | None = None,
 ) -> MDState:
     """One integrator step of every walker under ``potential``, shared by the MD samplers (WLMD, restrained MD).
+
+    ``dt`` ``(W, 1)`` overrides ``config.dt`` per walker (e.g. a time step adapted per window).
 
     ``potential(cv) -> (value (W,), slope (W, d))`` is the potential energy (nats, kT = 1) as a function of the CVs
     and its slope; ``state.bias_grad`` must hold its gradient in parameter space at ``state.theta``.
     ``admissible(cv) -> (W,) bool`` says where a walker may go (e.g. inside the grid); a walker that leaves it goes
     back with its velocity reversed. Non-finite CVs are never admissible.
     """
-    dt, gamma = config.dt, config.friction
+    gamma = config.friction
+    dt = config.dt if dt is None else dt
     scale = config.scale(bound)  # velocities live in units of scale; forces are scaled to match
     noise = torch.randn(state.theta.shape, generator=state.generator, device=state.theta.device, dtype=state.theta.dtype)
     force0 = -scale * state.bias_grad

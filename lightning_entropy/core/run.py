@@ -1,0 +1,276 @@
+"""The run: one Lightning-free object that owns the walkers, the windows and replicas, the landscape, the round
+trips and the snapshots, advances in chunks and checkpoints as one ``state_dict``.
+
+A run has two phases:
+
+1. *Wang-Landau*: every walker deposits its estimate's ``ln f`` per visit (:class:`~lightning_entropy.core.windows.
+   Windows`); ``ln f`` halves on flat stage histograms and then follows 1/t; neighbouring windows exchange walkers.
+2. *Production* (after :meth:`Run.freeze`): the biases are fixed and every visit is counted; S per replica is the
+   reweighted production histograms of its windows (``ln sum exp(u)`` per bin) joined on the overlaps
+   (:mod:`lightning_entropy.core.combine`). Production is cut into blocks (one per :meth:`chunk`); the blocks'
+   estimates, with replicas as chains, give the R-hat of S per bin.
+
+The landscape (``run.landscape``) receives the published S (the mean of the replicas, NaN where none visited), the
+replicas' grids (``landscape.replica_entropy``, whose spread is the error of S and of every readout), the visit
+histogram and the unbiased per-bin observables; :meth:`snapshot` publishes and appends a convergence entry.
+
+Usage::
+
+    run = Run(evaluate, landscape, bound, theta0, windows=Windows(landscape, 64, replicas=4, windows=4),
+              config=MDConfig(), seed=0)
+    for _ in range(100):
+        run.chunk(100)
+    run.freeze()
+    for _ in range(50):
+        run.chunk(100)
+    run.snapshot()
+    landscape = run.landscape
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from lightning_entropy.core import combine
+from lightning_entropy.core import round_trips as trips
+from lightning_entropy.core.landscape import Landscape
+from lightning_entropy.core.samplers import wlmd
+from lightning_entropy.core.windows import Windows
+
+
+class Run:
+    """Walkers sampling ``landscape``'s grid with windows and replicas (WLMD).
+
+    Args:
+        evaluate: the CV evaluator (``lightning_entropy.core.evaluator.Evaluator`` or the same interface).
+        landscape: the public landscape (geometry, observables, histogram); its bias receives the published S.
+        bound: ``(P,)`` box half-widths.
+        theta0: ``(W, P)`` starting walkers, inside the grid.
+        windows: the windows and replicas; its walker count must be ``W``.
+        config: the MD integrator constants.
+        seed: seeds velocities, moves and exchanges.
+        observe_every: record observables every this many steps (0: never).
+        end_fraction: round trips count a walker reaching the lowest and highest this fraction of its window.
+    """
+
+    def __init__(self, evaluate, landscape: Landscape, bound: torch.Tensor, theta0: torch.Tensor, *,
+                 windows: Windows, config: wlmd.MDConfig, seed: int, observe_every: int = 10,
+                 end_fraction: float = 0.1) -> None:
+        if windows.walkers != theta0.shape[0]:
+            raise ValueError(f"windows were laid out for {windows.walkers} walkers, but theta0 has {theta0.shape[0]}.")
+        self.evaluate, self.landscape, self.bound, self.windows, self.config = evaluate, landscape, bound, windows, config
+        self.observe_every = int(observe_every)
+        self.end_fraction = float(end_fraction)
+        device = theta0.device
+        with torch.no_grad():
+            x0 = evaluate(theta0).values[:, 0]
+        windows.assign(torch.nan_to_num(x0, nan=float("inf")))
+        if windows.pull is None:
+            windows.pull = float(theta0.shape[1])
+        self._regroup()
+        self.state = wlmd.init(theta0, evaluate, None, seed=seed, potential=windows.potential)
+        lo, hi = float(landscape.lo[0]), float(landscape.hi[0])
+        self.trips = trips.init(windows.walkers, (lo, hi), end_fraction=end_fraction, device=device)
+        self.window_trips = trips.init(windows.walkers, (lo, hi), end_fraction=end_fraction, device=device)
+        self.blocks: list[np.ndarray] = []  # per production chunk: (E, nx) reweighted x-marginal mass
+        self._last_production = torch.zeros_like(windows.production)
+        self.production_start: int | None = None
+        e = windows.replicas * windows.windows
+        self.dt = torch.full((e,), float(config.dt), dtype=theta0.dtype, device=device)  # per window, adapted
+
+    def _regroup(self) -> None:
+        """The landscape's walker groups are the replicas (their spread is the error of the readouts)."""
+        if self.landscape.groups == self.windows.replicas:
+            self.landscape.assign_groups(self.windows.replica_of)
+
+    # -- the hot path ----------------------------------------------------------------------------------------------
+
+    def chunk(self, steps: int) -> dict[str, float]:
+        """Advance every walker ``steps`` steps; then update the schedule (and, in production, close a block).
+        Returns figures of the chunk (acceptance, largest ``ln f``, exchange acceptance, x range)."""
+        w = windows = self.windows
+        landscape = self.landscape
+        observing = self.observe_every > 0 and bool(landscape.observable_names)
+        accepted0 = self.state.accepted.clone()
+        tried0, taken0 = windows.exchange_tried.clone(), windows.exchange_accepted.clone()
+        everyone = torch.ones(w.walkers, dtype=torch.bool, device=self.state.theta.device)
+        span = w.x_hi - w.x_lo
+        for _ in range(steps):
+            previous = self.state.cv
+            new = wlmd.move(self.state, evaluate=self.evaluate, potential=w.potential,
+                            admissible=lambda cv, previous=previous: w.admissible(cv, previous), bound=self.bound,
+                            config=self.config, dt=self.dt[w.owner].unsqueeze(1))
+            counted = w.deposit(new.cv, everyone)
+            landscape.count(landscape.bin_index(new.cv), counted)
+            landscape.add_walker_steps(w.walkers)
+            if observing and new.step % self.observe_every == 0:
+                landscape.record(new.cv, self.evaluate.observe(new.theta), counted.bool())
+            x = new.cv[:, 0].to(torch.float64)
+            trips.update(self.trips, x)
+            owner = w.owner
+            trips.update(self.window_trips, x, w.x_lo[owner] + self.end_fraction * span[owner],
+                         w.x_hi[owner] - self.end_fraction * span[owner])
+            if w.exchange_every and new.step % w.exchange_every == 0:
+                w.exchange(new.cv, new.generator)
+            self.state = new
+        windows.update_schedule()
+        if not bool(windows.frozen):
+            self._adapt_dt((self.state.accepted - accepted0) / max(steps, 1))
+        self._regroup()
+        landscape.metadata["steps"] = self.state.step
+        if bool(windows.frozen):
+            self._close_block()
+        tried = float((windows.exchange_tried - tried0).sum())
+        x = self.state.cv[:, 0]
+        return {
+            "acceptance": float((self.state.accepted - accepted0).sum()) / max(steps * w.walkers, 1),
+            "log_f": float(windows.current_log_f().max()),
+            "exchange_acceptance": float((windows.exchange_accepted - taken0).sum()) / tried if tried else float("nan"),
+            "x_min": float(x.min()), "x_max": float(x.max()),
+        }
+
+    def _adapt_dt(self, acceptance: torch.Tensor) -> None:
+        """Per window, shrink the time step when fewer than ``target[0]`` of its walkers' moves were accepted in the
+        last chunk and grow it above ``target[1]`` (Wang-Landau phase only: production keeps it fixed)."""
+        w = self.windows
+        e = w.replicas * w.windows
+        rate = torch.zeros(e, dtype=torch.float64, device=self.dt.device).index_add_(0, w.owner, acceptance.double())
+        rate = rate / w.per_estimate
+        lo, hi = self.acceptance_target
+        self.dt = torch.where(rate < lo, self.dt * 0.8, torch.where(rate > hi, (self.dt * 1.1).clamp(max=self.max_dt), self.dt))
+
+    acceptance_target = (0.6, 0.9)
+
+    @property
+    def max_dt(self) -> float:
+        return 4 * float(self.config.dt)
+
+    def freeze(self) -> None:
+        """Start production: fix the biases; later visits fill the production histograms."""
+        if not bool(self.windows.frozen):
+            self.windows.freeze()
+            self.production_start = self.state.step
+            self._last_production.copy_(self.windows.reweighted)
+
+    @property
+    def frozen(self) -> bool:
+        return bool(self.windows.frozen)
+
+    # -- between chunks -----------------------------------------------------------------------------------------
+
+    def _close_block(self) -> None:
+        """Append the production chunk's reweighted x-marginal mass per estimate ``(E, nx)`` to :attr:`blocks`."""
+        w = self.windows
+        mass = w.reweighted - self._last_production
+        self._last_production.copy_(w.reweighted)
+        if mass.dim() > 2:
+            mass = mass.sum(tuple(range(2, mass.dim())))
+        self.blocks.append(mass.cpu().numpy())
+
+    def replica_entropy(self) -> np.ndarray:
+        """``(R, *shape)``: S of each replica (nats, NaN where it has no estimate): its windows' reweighted
+        production histograms joined on the overlaps once frozen, else its windows' biases joined."""
+        w, g = self.windows, self.landscape
+        e = w.replicas * w.windows
+        masks = w.window_masks().reshape(e, -1).cpu().numpy()
+        if self.frozen and float(w.production.sum()) > 0:
+            counts = w.production.reshape(e, -1).cpu().numpy()
+            with np.errstate(divide="ignore"):
+                pieces = np.log(w.reweighted.reshape(e, -1).cpu().numpy())
+            pieces = np.where(counts > 0, pieces, np.nan)
+        else:
+            counts = None
+            pieces = w.bias.reshape(e, -1).cpu().numpy()
+            masks = masks & (w.visits.reshape(e, -1).cpu().numpy() > 0)
+        k = w.windows
+        out = [combine.stitch(pieces[i * k:(i + 1) * k], masks[i * k:(i + 1) * k],
+                              None if counts is None else counts[i * k:(i + 1) * k]) for i in range(w.replicas)]
+        return np.stack(out).reshape(w.replicas, *g.shape)
+
+    def rhat(self) -> np.ndarray:
+        """``(nx,)`` R-hat of the x-marginal S per x bin (worst window covering the bin), replicas as chains and
+        production blocks as draws; NaN without production blocks enough (at least four) or two replicas."""
+        w = self.windows
+        nx = self.landscape.shape[0]
+        out = np.full(nx, np.nan)
+        if len(self.blocks) < 4 or w.replicas < 2:
+            return out
+        blocks = np.stack(self.blocks)  # (B, E, nx)
+        with np.errstate(divide="ignore"):
+            ln_m = np.log(blocks).reshape(len(self.blocks), w.replicas, w.windows, nx)
+        lo, hi = w.bin_lo[: w.windows, 0].tolist(), w.bin_hi[: w.windows, 0].tolist()
+        for k in range(w.windows):
+            v = ln_m[:, :, k, lo[k]:hi[k]]  # (B, R, bins of window k)
+            common = np.isfinite(v).all(axis=(0, 1))
+            if common.sum() < 2:
+                continue
+            v = v - v[..., common].mean(-1, keepdims=True)
+            r_hat = combine.rhat(np.transpose(v, (2, 1, 0)))  # (bins, chains, draws)
+            out[lo[k]:hi[k]] = np.fmax(out[lo[k]:hi[k]], r_hat)
+        return out
+
+    def publish(self) -> np.ndarray:
+        """Write the replicas' mean S into ``landscape.bias`` (NaN where no replica has it) and their grids into
+        ``landscape.replica_entropy``; returns the replicas' grids."""
+        per_replica = self.replica_entropy()
+        r = per_replica.shape[0]
+        mean, _, _ = combine.replica_statistics(per_replica.reshape(r, -1))
+        self.landscape.bias.copy_(torch.from_numpy(mean.reshape(self.landscape.shape)).to(self.landscape.bias))
+        self.landscape.replica_entropy = per_replica
+        return per_replica
+
+    def snapshot(self) -> dict[str, float]:
+        """Publish S and append a convergence entry to ``landscape.history``: the change of S, the worst window's
+        flatness, round trips within windows and across the range, the largest ``ln f``, the exchange acceptance,
+        the replicas' RMS error of S and the worst R-hat over the bins every replica and block reached."""
+        w = self.windows
+        self.publish()
+        error = self.landscape.entropy_error
+        r_hat = self.rhat()
+        within = self.window_trips.round_trips
+        tried = float(w.exchange_tried.sum())
+        extra = {
+            "flatness": w.flatness(),
+            "round_trips": float(within.sum()),
+            "walkers_with_round_trip": float((within > 0).sum()),
+            "round_trips_across_range": float(self.trips.round_trips.sum()),
+            "log_f": float(w.current_log_f().max()),
+            "exchange_acceptance": float(w.exchange_accepted.sum()) / tried if tried else float("nan"),
+            "replica_error": float(np.sqrt(np.nanmean(error**2))) if np.isfinite(error).any() else float("nan"),
+            "r_hat": float(np.nanmax(r_hat)) if np.isfinite(r_hat).any() else float("nan"),
+            "production": float(self.frozen),
+            "production_blocks": float(len(self.blocks)),
+        }
+        return self.landscape.snapshot(self.state.step, **extra)
+
+    # -- persistence ---------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state.state_dict(),
+            "windows": self.windows.state_dict(),
+            "landscape": self.landscape.state_dict(),
+            "round_trips": self.trips.state_dict(),
+            "window_round_trips": self.window_trips.state_dict(),
+            "blocks": torch.from_numpy(np.stack(self.blocks)) if self.blocks else None,
+            "last_production": self._last_production.clone(),
+            "production_start": self.production_start,
+            "dt": self.dt.clone(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = self.state.theta.device
+        self.windows.load_state_dict(state["windows"])
+        self.state = wlmd.MDState.from_state_dict(state["state"], device)
+        self.landscape.load_state_dict(state["landscape"])
+        self._regroup()
+        self.trips = trips.RoundTripState.from_state_dict(state["round_trips"], device)
+        self.window_trips = trips.RoundTripState.from_state_dict(state["window_round_trips"], device)
+        blocks = state.get("blocks")
+        self.blocks = [] if blocks is None else [b for b in blocks.cpu().numpy()]
+        self._last_production.copy_(state["last_production"].to(device))
+        self.production_start = state.get("production_start")
+        self.dt = state["dt"].to(self.dt)

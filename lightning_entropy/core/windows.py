@@ -1,0 +1,368 @@
+"""Windows in ln L_train with replica exchange, and independent replicas: the walkers' own bias estimates.
+
+Replica-exchange Wang-Landau (REWL; Vogel, Li, Wust & Landau, PRL 110, 210603, 2013) on the landscape's grid:
+
+- ``replicas`` independent copies of the whole calculation (own walkers, own biases, own random numbers). Their
+  spread is the only error estimate that sees a wrong bias; R-hat across them is the convergence test.
+- Per replica, the x axis (ln L_train) is split into ``windows`` overlapping windows; a 2-D landscape is windowed
+  along x only. Each (replica, window) pair is one *estimate*: a bias grid on the landscape's geometry, filled by
+  its own ``m`` walkers (all estimates together are ``W = replicas * windows * m`` walkers, one batch).
+- A walker is held inside its window by a hard wall (a move that leaves it is sent back). A walker that is not
+  yet inside (at the start) may only move towards it, pulled by a linear potential of ``pull`` nats per CV unit.
+- Every ``exchange_every`` steps, walkers of neighbouring windows of the same replica swap windows with the WL
+  exchange probability ``min(1, exp(S_a(x_a) + S_b(x_b) - S_a(x_b) - S_b(x_a)))``. The CVs are known, so an
+  exchange costs no evaluation; a swapped walker's first force after the swap still uses its old window's slope
+  (the two windows estimate the same slope on the overlap), while its Metropolis test uses the new window.
+- Forces follow the bias slope capped at ``2 * pull`` nats per CV unit. A single bin that a stuck walker filled
+  faster than its neighbours would otherwise give a force so large that every step leaves the window, is sent
+  back, and the walker stays stuck (a feedback the cap breaks). The integrator stays exact: a leapfrog step under
+  any position-dependent force is reversible and volume-preserving, and the Metropolis test uses the true bias.
+- Filling: each visit deposits ``ln f`` of its own estimate (the standard WL factor per visit, shared by the
+  estimate's walkers, so more walkers fill an estimate faster). ``ln f`` halves whenever the estimate's
+  histogram since the last halving is flat, and follows ``1/t`` (t in visits per reachable bin of the window,
+  Belardinelli-Pereyra) once halving would undercut it; the error then falls as ``1/sqrt(t)``.
+- Production: :meth:`Windows.freeze` stops all deposits; every visit then adds ``exp(u(x))`` (the frozen potential
+  at the walker's exact position) to its bin, so ``ln`` of the sum is the window's S per bin (reweighting, as in
+  metadynamics), which :mod:`lightning_entropy.core.combine` joins across windows on the overlaps.
+
+All per-step work is tensor ops on the walkers' device (no host synchronisation); the schedule update, snapshots
+and readouts synchronise and run between chunks. State is explicit and saved by :meth:`state_dict`; the grids are
+updated in place (``deposit``, ``exchange``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from lightning_entropy.core.landscape import Landscape
+
+
+def auto_windows(walkers_per_replica: int, bins: int) -> int:
+    """Windows per replica from the walker count and the x bins: about one window per four walkers, at most 8, each
+    window at least about 8 bins wide (with half overlap), and a divisor of the walkers so that each window gets the
+    same number of walkers."""
+    cap = max(1, min(8, walkers_per_replica // 4, (2 * bins) // 8 - 1))
+    return max(k for k in range(1, cap + 1) if walkers_per_replica % k == 0)
+
+
+def window_bounds(bins: int, windows: int, overlap: float) -> list[tuple[int, int]]:
+    """``[lo, hi)`` x-bin bounds of ``windows`` equal windows covering ``bins`` bins, neighbours sharing about
+    ``overlap`` of a window's width (at least two bins)."""
+    if windows == 1:
+        return [(0, bins)]
+    width = bins / (windows - (windows - 1) * overlap)
+    out = []
+    for k in range(windows):
+        lo = int(round(k * width * (1 - overlap)))
+        hi = bins if k == windows - 1 else int(round(k * width * (1 - overlap) + width))
+        out.append((lo, max(hi, lo + 2)))
+    for k in range(1, windows):  # neighbours must share at least two bins to exchange and to be joined
+        lo, hi = out[k]
+        out[k] = (min(lo, out[k - 1][1] - 2), hi)
+    return out
+
+
+class Windows:
+    """The estimates of ``replicas x windows`` on the geometry of ``grid`` and the walkers' assignment to them.
+
+    Args:
+        grid: the landscape whose geometry (ranges, bins, kernel, soft walls) the estimates share. Its own bias is
+            not touched here; :class:`~lightning_entropy.core.run.Run` publishes the combined S into it.
+        walkers: total walkers ``W``, a multiple of ``replicas * windows``.
+        replicas: independent replicas (own biases), >= 1.
+        windows: windows per replica along x, >= 1.
+        overlap: fraction of a window's width shared with each neighbour, in (0, 1).
+        log_f0: initial WL factor, nats per visit.
+        flatness: a stage ends (``ln f`` halves) when the 5th percentile of the stage histogram over the window's
+            reachable bins is at least this fraction of its mean, with at least ``min_stage_visits`` per bin.
+        exchange_every: sampler steps between exchange attempts (0: never).
+        pull: slope (nats per CV unit) of the linear potential that brings a walker into its window; default (None)
+            the parameter count ``P`` set by the run, twice the entropic slope ``P/2`` of ``ln L`` near a quadratic
+            minimum, so that a walker above its window can descend into it.
+        device: the walkers' device.
+    """
+
+    def __init__(self, grid: Landscape, walkers: int, *, replicas: int = 4, windows: int = 1, overlap: float = 0.5,
+                 log_f0: float = 0.1, flatness: float = 0.5, min_stage_visits: float = 20.0,
+                 exchange_every: int = 10, pull: float | None = None, device=None) -> None:
+        for name, value in (("replicas", replicas), ("windows", windows)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer.")
+        if walkers % (replicas * windows):
+            raise ValueError(
+                f"walkers={walkers} cannot be split evenly over replicas={replicas} x windows={windows}; use a"
+                f" multiple of {replicas * windows} walkers (e.g. {replicas * windows * max(1, walkers // (replicas * windows))})."
+            )
+        if not 0 < overlap < 1:
+            raise ValueError(f"overlap={overlap!r} is a fraction of a window's width in (0, 1), e.g. 0.5.")
+        if not (log_f0 > 0 and 0 < flatness <= 1 and (pull is None or pull >= 0) and exchange_every >= 0):
+            raise ValueError(f"Windows needs log_f0 > 0, 0 < flatness <= 1, pull >= 0 and exchange_every >= 0; got"
+                             f" log_f0={log_f0}, flatness={flatness}, pull={pull}, exchange_every={exchange_every}.")
+        self.grid = grid
+        self.device = torch.device(device) if device is not None else grid.device
+        self.replicas, self.windows, self.walkers = replicas, windows, walkers
+        self.per_estimate = walkers // (replicas * windows)
+        self.overlap, self.log_f0, self.flatness_target = float(overlap), float(log_f0), float(flatness)
+        self.min_stage_visits, self.exchange_every = float(min_stage_visits), int(exchange_every)
+        self.pull = None if pull is None else float(pull)
+        e, shape, dev = replicas * windows, grid.shape, self.device
+        self.size = math.prod(shape)
+        bounds = window_bounds(shape[0], windows, overlap)
+        lo = torch.zeros((e, grid.ndim), dtype=torch.int64, device=dev)
+        hi = torch.tensor(shape, device=dev).repeat(e, 1)
+        for k, (a, b) in enumerate(bounds):
+            lo[k::windows, 0], hi[k::windows, 0] = a, b
+        self.bin_lo, self.bin_hi = lo, hi  # (E, d) bins [lo, hi) per estimate
+        width0 = float(grid.width[0])
+        self.x_lo = grid.lo[0] + lo[:, 0].to(torch.float64) * width0  # (E,) window edges in CV units
+        self.x_hi = grid.lo[0] + hi[:, 0].to(torch.float64) * width0
+        self.bias = torch.zeros((e, *shape), dtype=torch.float64, device=dev)
+        self.visits = torch.zeros((e, *shape), dtype=torch.float64, device=dev)  # WL-phase visits
+        self.stage = torch.zeros((e, *shape), dtype=torch.float64, device=dev)  # visits since the last halving
+        self.production = torch.zeros((e, *shape), dtype=torch.float64, device=dev)  # visits with the bias frozen
+        # production visits weighted by exp(u(x) - reference): u the exact potential at the walker (reweighting)
+        self.reweighted = torch.zeros((e, *shape), dtype=torch.float64, device=dev)
+        self.reference = torch.zeros(e, dtype=torch.float64, device=dev)
+        self.log_f = torch.full((e,), self.log_f0, dtype=torch.float64, device=dev)
+        self.one_over_t = torch.zeros(e, dtype=torch.bool, device=dev)
+        self.reachable = torch.ones(e, dtype=torch.float64, device=dev)  # bins counted by 1/t
+        self.deposits = torch.zeros(e, dtype=torch.float64, device=dev)  # visits per estimate (the 1/t clock)
+        self.frozen = torch.zeros((), dtype=torch.bool, device=dev)
+        self.stages = torch.zeros(e, dtype=torch.int64, device=dev)
+        self.slots = torch.arange(walkers, device=dev).reshape(e, self.per_estimate)  # (E, m) walker indices
+        self.owner = torch.empty(walkers, dtype=torch.int64, device=dev)
+        self._reassign()
+        self.exchange_tried = torch.zeros(max(windows - 1, 1), dtype=torch.float64, device=dev)
+        self.exchange_accepted = torch.zeros(max(windows - 1, 1), dtype=torch.float64, device=dev)
+        self.exchanges = 0  # exchange attempts made (alternating even and odd pairs)
+
+    # -- assignment ------------------------------------------------------------------------------------------------
+
+    def _reassign(self) -> None:
+        """Derive each walker's estimate (``owner``) and window bounds from ``slots``."""
+        e = self.replicas * self.windows
+        labels = torch.arange(e, device=self.device).repeat_interleave(self.per_estimate)
+        self.owner.scatter_(0, self.slots.reshape(-1), labels)
+        self.offset = self.owner * self.size
+        self.lo, self.hi = self.bin_lo[self.owner], self.bin_hi[self.owner]
+
+    @property
+    def replica_of(self) -> torch.Tensor:
+        """``(W,)`` replica of each walker (fixed for the run)."""
+        return self.owner // self.windows
+
+    @property
+    def window_of(self) -> torch.Tensor:
+        """``(W,)`` current window of each walker (changes with exchanges)."""
+        return self.owner % self.windows
+
+    def assign(self, x: torch.Tensor) -> None:
+        """Initial assignment: within each replica, walkers sorted by their starting ``x`` fill the windows from low
+        to high, so that as many as possible start inside (or near) their window."""
+        r, k, m = self.replicas, self.windows, self.per_estimate
+        walkers_of = self.slots.reshape(r, k * m)
+        order = torch.argsort(x[walkers_of], dim=1, stable=True)
+        self.slots = torch.gather(walkers_of, 1, order).reshape(r * k, m).contiguous()
+        self._reassign()
+
+    # -- what the walkers feel ---------------------------------------------------------------------------------------
+
+    def distance(self, cv: torch.Tensor) -> torch.Tensor:
+        """``(W,)`` distance (CV units) of each walker's x from its window; 0 inside."""
+        x = cv[:, 0].to(torch.float64)
+        return (self.x_lo[self.owner] - x).clamp(min=0) + (x - self.x_hi[self.owner]).clamp(min=0)
+
+    def potential(self, cv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each walker's own bias (plus the grid's soft walls and the pull into its window): ``(W,)``, ``(W, d)``."""
+        cv = cv.to(torch.float64)
+        value, slope = self.grid.interpolate(self.bias.reshape(-1), cv, self.offset, self.lo, self.hi)
+        if self.pull:  # the force follows a capped slope; the Metropolis test uses the exact value (see class doc)
+            slope = slope.clamp(-self.max_slope, self.max_slope)
+        g = self.grid
+        if g.wall_strength > 0:
+            below = (g.window[:, 0] - cv).clamp(min=0)
+            above = (cv - g.window[:, 1]).clamp(min=0)
+            value = value + g.wall_strength * (below**2 + above**2).sum(-1)
+            slope = slope + 2 * g.wall_strength * (above - below)
+        if self.pull:
+            x = cv[:, 0]
+            below = (self.x_lo[self.owner] - x).clamp(min=0)
+            above = (x - self.x_hi[self.owner]).clamp(min=0)
+            value = value + self.pull * (below + above)
+            slope = slope.clone()
+            slope[:, 0] += self.pull * ((above > 0).to(slope.dtype) - (below > 0).to(slope.dtype))
+        return value, slope
+
+    @property
+    def max_slope(self) -> float:
+        """Cap of ``|dS/dcv|`` in the force (nats per CV unit): ``2 * pull``."""
+        return 2.0 * float(self.pull or 0.0)
+
+    def admissible(self, cv: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """``(W,)``: inside the grid, and inside the walker's window or at least no farther from it than before."""
+        return self.grid.inside(cv) & (self.distance(cv) <= self.distance(previous))
+
+    def inside(self, cv: torch.Tensor) -> torch.Tensor:
+        """``(W,)``: the walker is inside the grid and its window (only then does it deposit and count)."""
+        return self.grid.inside(cv) & (self.distance(cv) == 0)
+
+    def factor(self) -> torch.Tensor:
+        """``(W,)`` nats each walker deposits at its next visit: its estimate's ``ln f`` (0 once frozen)."""
+        t_inverse = self.reachable / self.deposits.clamp(min=1.0)
+        log_f = torch.where(self.one_over_t, torch.minimum(t_inverse, self.log_f), self.log_f)
+        return torch.where(self.frozen, torch.zeros_like(log_f), log_f)[self.owner]
+
+    # -- in-place updates ----------------------------------------------------------------------------------------
+
+    def deposit(self, cv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Each walker in ``mask`` inside its window deposits its factor into its estimate (or, frozen, counts a
+        production visit). Returns the ``(W,)`` float mask of walkers that counted."""
+        m = (mask & self.inside(cv)).to(torch.float64)
+        here, near = self.grid.spread(cv, self.lo, self.hi)
+        here = here + self.offset
+        amount = self.factor() * m
+        weights = self.grid.kernel_weights
+        self.bias.view(-1).index_add_(0, (near + self.offset.unsqueeze(1)).reshape(-1),
+                                      (amount.unsqueeze(1) * weights.unsqueeze(0)).reshape(-1))
+        live = m * (~self.frozen).to(torch.float64)
+        self.visits.view(-1).index_add_(0, here, live)
+        self.stage.view(-1).index_add_(0, here, live)
+        self.deposits.index_add_(0, self.owner, live)
+        frozen = m - live
+        u = self.potential(cv)[0]
+        weight = torch.exp((u - self.reference[self.owner]).clamp(max=700.0)) * frozen
+        self.production.view(-1).index_add_(0, here, frozen)
+        self.reweighted.view(-1).index_add_(0, here, weight)
+        return m
+
+    def exchange(self, cv: torch.Tensor, generator: torch.Generator) -> None:
+        """Propose swaps between neighbouring windows of every replica (even pairs, then odd pairs on the next call);
+        accepted swaps exchange the two walkers' windows in place. No evaluation, no host synchronisation."""
+        k, m = self.windows, self.per_estimate
+        if k < 2:
+            return
+        parity = self.exchanges % 2
+        self.exchanges += 1
+        lower = torch.arange(parity, k - 1, 2, device=self.device)
+        if lower.numel() == 0:
+            return
+        base = (torch.arange(self.replicas, device=self.device) * k).unsqueeze(1)
+        ea = (base + lower).reshape(-1)  # (N,) estimates of the lower windows
+        eb = ea + 1
+        n = ea.numel()
+        pa = torch.argsort(torch.rand((n, m), generator=generator, device=self.device), dim=1)
+        pb = torch.argsort(torch.rand((n, m), generator=generator, device=self.device), dim=1)
+        wa = torch.gather(self.slots[ea], 1, pa)  # (N, m) walkers paired column by column
+        wb = torch.gather(self.slots[eb], 1, pb)
+        xa, xb = cv[wa.reshape(-1)], cv[wb.reshape(-1)]
+        ea_, eb_ = ea.repeat_interleave(m), eb.repeat_interleave(m)
+
+        def s(e, x):
+            return self.grid.interpolate(self.bias.reshape(-1), x, e * self.size, self.bin_lo[e], self.bin_hi[e])[0]
+
+        def within(e, x):
+            xx = x[:, 0].to(torch.float64)
+            return (xx >= self.x_lo[e]) & (xx < self.x_hi[e]) & self.grid.inside(x)
+
+        log_ratio = s(ea_, xa) + s(eb_, xb) - s(ea_, xb) - s(eb_, xa)
+        log_u = torch.log(torch.rand(n * m, generator=generator, device=self.device, dtype=torch.float64))
+        ok = within(ea_, xb) & within(eb_, xa) & within(ea_, xa) & within(eb_, xb) & (log_u < log_ratio)
+        ok = ok.reshape(n, m)
+        new_a, new_b = torch.where(ok, wb, wa), torch.where(ok, wa, wb)
+        slots = self.slots.clone()
+        slots[ea] = slots[ea].scatter(1, pa, new_a)
+        slots[eb] = slots[eb].scatter(1, pb, new_b)
+        self.slots = slots
+        self._reassign()
+        pair = lower.repeat(self.replicas)
+        self.exchange_tried.index_add_(0, pair, torch.full((n,), float(m), dtype=torch.float64, device=self.device))
+        self.exchange_accepted.index_add_(0, pair, ok.sum(1).to(torch.float64))
+
+    def freeze(self) -> None:
+        """Stop all deposits: from now on visits go into the production histograms (the bias is fixed), each also
+        weighted by ``exp(u(x) - reference)`` at the walker's exact position, the reference being the estimate's
+        largest bias inside its window (so the weights stay finite)."""
+        masks = self.window_masks()
+        self.reference.copy_(torch.where(masks, self.bias, torch.full_like(self.bias, -math.inf))
+                             .reshape(self.bias.shape[0], -1).amax(1))
+        self.frozen.fill_(True)
+
+    # -- between chunks (synchronises) ------------------------------------------------------------------------------
+
+    def window_masks(self) -> torch.Tensor:
+        """``(E, *shape)`` bool: the bins of each estimate's window."""
+        x_bins = torch.arange(self.grid.shape[0], device=self.device)
+        inside = (x_bins >= self.bin_lo[:, :1]) & (x_bins < self.bin_hi[:, :1])  # (E, nx)
+        return inside.reshape(inside.shape + (1,) * (self.grid.ndim - 1)).expand(-1, *self.grid.shape)
+
+    def update_schedule(self) -> None:
+        """End the stages whose histogram is flat (halve ``ln f``) and switch estimates to 1/t where halving would
+        undercut it. Reads the histograms: call between chunks."""
+        if bool(self.frozen):
+            return
+        masks = self.window_masks()
+        for e in range(self.replicas * self.windows):
+            if bool(self.one_over_t[e]):
+                continue
+            reach = (self.visits[e] > 0) & masks[e]
+            h = self.stage[e][reach]
+            if h.numel() < 2 or float(h.mean()) < self.min_stage_visits:
+                continue
+            if float(torch.quantile(h, 0.05) / h.mean()) >= self.flatness_target:
+                self.log_f[e] /= 2
+                self.stages[e] += 1
+                self.stage[e].zero_()
+                self.reachable[e] = float(reach.sum())
+                if float(self.log_f[e]) <= float(self.reachable[e] / self.deposits[e].clamp(min=1.0)):
+                    self.one_over_t[e] = True
+
+    def current_log_f(self) -> np.ndarray:
+        """``(E,)`` the WL factor each estimate deposits now (nats per visit)."""
+        t_inverse = self.reachable / self.deposits.clamp(min=1.0)
+        log_f = torch.where(self.one_over_t, torch.minimum(t_inverse, self.log_f), self.log_f)
+        return log_f.cpu().numpy()
+
+    def flatness(self, production: bool | None = None) -> float:
+        """The least flat estimate's histogram (5th percentile over mean) over the bins its window reached: the
+        production histograms once frozen, else the current stage."""
+        production = bool(self.frozen) if production is None else production
+        hist = self.production if production else self.stage
+        masks = self.window_masks()
+        worst = 1.0
+        for e in range(self.replicas * self.windows):
+            reach = (self.visits[e] > 0) & masks[e]
+            h = hist[e][reach]
+            if h.numel() == 0 or float(h.mean()) == 0:
+                return 0.0
+            worst = min(worst, float(torch.quantile(h, 0.05) / h.mean()))
+        return worst
+
+    # -- persistence ---------------------------------------------------------------------------------------------
+
+    _TENSORS = ("bias", "visits", "stage", "production", "reweighted", "reference", "log_f", "one_over_t", "reachable", "deposits", "frozen",
+                "stages", "slots", "exchange_tried", "exchange_accepted")
+
+    def config(self) -> dict[str, Any]:
+        return {"replicas": self.replicas, "windows": self.windows, "walkers": self.walkers, "overlap": self.overlap,
+                "log_f0": self.log_f0, "flatness": self.flatness_target, "min_stage_visits": self.min_stage_visits,
+                "exchange_every": self.exchange_every, "pull": self.pull,
+                "bounds": [[int(a), int(b)] for a, b in zip(self.bin_lo[: self.windows, 0], self.bin_hi[: self.windows, 0])]}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"config": self.config(), "exchanges": self.exchanges,
+                **{k: getattr(self, k).clone() for k in self._TENSORS}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        mine, theirs = self.config(), state["config"]
+        if mine != theirs:
+            diff = {k: (theirs.get(k), mine[k]) for k in mine if theirs.get(k) != mine[k]}
+            raise ValueError(f"The checkpoint's windows differ from this run's (checkpoint, run): {diff}. Resume with"
+                             " the same walkers, replicas, windows and grid.")
+        for k in self._TENSORS:
+            getattr(self, k).copy_(state[k].to(self.device))
+        self.exchanges = int(state["exchanges"])
+        self._reassign()
