@@ -10,7 +10,10 @@ Readouts, per ``ln L_train`` bin (x):
   estimates Eq. (1) without held-out labels in the dynamics; from a 2-D walk it is the plain visit-weighted
   average, which is biased by the walk and is not reported.
 
-Uncertainties come from walker groups (walker ``w`` is in group ``w % groups``). Each group keeps its own visit
+Uncertainties come from independent replicas where the run had them (``fill="visit"``: own walkers, own biases,
+own random numbers; ``landscape.replica_entropy`` holds each replica's S): each readout is taken on every replica's
+S, and the standard error across replicas is its uncertainty, which also sees a wrong bias. Without replicas they
+come from walker groups (walker ``w`` is in group ``w % groups``). Each group keeps its own visit
 histogram over the last one or two snapshot intervals, so each group has its own estimate
 ``S_g = S + ln((h_g + 1) / (h̄ + 1))`` (the residual non-flatness of its recent visits corrects the shared bias);
 the readouts of the groups scatter, and their standard error (``std / sqrt(groups)``) is the statistical
@@ -44,6 +47,7 @@ class Readout:
     error: np.ndarray  # standard error across walker groups (NaN with fewer than two groups)
     drift: np.ndarray  # value now minus value at the previous snapshot (NaN without one)
     undersampled: np.ndarray  # bool
+    per_replica: np.ndarray | None = None  # (replicas, bins) the readout of each independent replica
 
     def usable(self, in_window: np.ndarray | None = None) -> np.ndarray:
         ok = np.isfinite(self.value) & ~self.undersampled
@@ -113,7 +117,7 @@ def readouts(landscape, *, exclude: int = 1, min_fraction: float = 0.05) -> dict
         y = landscape.centers[1]
         keep = _test_axis_keep(landscape, exclude)
         bias = landscape.bias.cpu().numpy()
-        s_now = np.where(visits > 0, bias, np.nan)
+        s_now = np.where((visits > 0) & landscape.known.cpu().numpy(), bias, np.nan)
         # the previous snapshot: the last one, or the one before it when the last was taken at this very state
         last = landscape.history[-1] if landscape.history else None
         at_last = last is not None and last.get("walker_steps") == landscape.walker_steps
@@ -122,12 +126,16 @@ def readouts(landscape, *, exclude: int = 1, min_fraction: float = 0.05) -> dict
         s_old = np.where(visits_old.cpu().numpy() > 0, bias_old.cpu().numpy(), np.nan)
         have_old = len(landscape.history) >= (2 if at_last else 1)
         mean_h = recent.mean(0)
-        per_group = s_now[None] + np.log((recent + 1.0) / (mean_h[None] + 1.0))
+        replicas = _replicas(landscape)
+        per_group = (replicas if replicas is not None else
+                     s_now[None] + np.log((recent + 1.0) / (mean_h[None] + 1.0)))
         for name, fn in (("max_s", _max_s), ("mean_curve", _mean)):
             value = fn(s_now, y, keep)
-            groups_value = np.stack([fn(s, y, keep) for s in per_group]) if groups > 1 else np.full((1, nb), np.nan)
+            groups_value = (np.stack([fn(s, y, keep) for s in per_group]) if per_group.shape[0] > 1 else
+                            np.full((1, nb), np.nan))
             drift = value - fn(s_old, y, keep) if have_old else np.full(nb, np.nan)
-            out[name] = Readout(name, x, value, _spread(groups_value), drift, sparse | ~np.isfinite(value))
+            out[name] = Readout(name, x, value, _spread(groups_value), drift, sparse | ~np.isfinite(value),
+                                groups_value if replicas is not None else None)
 
     if landscape.observable_names and landscape.ndim == 1:
         s = landscape.group_obs_sum[0].cpu().numpy()  # (groups, *shape)
@@ -139,8 +147,18 @@ def readouts(landscape, *, exclude: int = 1, min_fraction: float = 0.05) -> dict
             per_group = np.where(c > 0, s / c, np.nan)
         error = _spread(per_group) if groups > 1 else np.full(nb, np.nan)
         few = (total_c < 10 * max(groups, 1)) | ((c > 0).sum(0) < max(1, math.ceil(groups / 2)))
-        out["label_free"] = Readout("label_free", x, value, error, np.full(nb, np.nan), few | ~np.isfinite(value))
+        out["label_free"] = Readout("label_free", x, value, error, np.full(nb, np.nan), few | ~np.isfinite(value),
+                                    per_group if _replicas(landscape) is not None else None)
     return out
+
+
+def _replicas(landscape) -> np.ndarray | None:
+    """The replicas' S grids ``(R, *shape)`` when the run had at least two independent replicas (the landscape's
+    walker groups are then the replicas), else None."""
+    grids = getattr(landscape, "replica_entropy", None)
+    if grids is None or grids.shape[0] < 2 or grids.shape[0] != landscape.groups:
+        return None
+    return grids
 
 
 def inside_window(landscape) -> np.ndarray:
@@ -202,8 +220,10 @@ def advantage(readout: Readout, baseline, *, higher_is_better: bool, in_window: 
 
     Bins enter the mean when the readout is finite and not under-sampled, inside ``in_window``, and the baseline has
     records from at least ``min_seeds`` seeds. Per-bin errors add the readout's group error and the baseline's
-    standard error across seeds in quadrature (a missing error counts as zero and is noted). The mean's error
-    treats bins as independent, which neighbouring bins of one landscape are not: read it as a lower bound.
+    standard error across seeds in quadrature (a missing error counts as zero and is noted). With independent
+    replicas the mean's error is the spread of the replicas' own means over the same bins (which keeps the
+    correlation of neighbouring bins) with the baseline's error added; without them it treats bins as independent,
+    which neighbouring bins of one landscape are not: read it then as a lower bound.
     ``mean_advantage_drift`` is how far the mean moved since the previous snapshot (the readouts' ``drift``): a
     systematic uncertainty of a run that is still converging, which the statistical error does not contain.
     """
@@ -228,6 +248,13 @@ def advantage(readout: Readout, baseline, *, higher_is_better: bool, in_window: 
     if used.any():
         mean = float(per_bin[used].mean())
         err = float(np.sqrt((error[used] ** 2).sum()) / used.sum())
+        if readout.per_replica is not None:  # the mean over the bins, replica by replica: correlations included
+            with np.errstate(invalid="ignore"):
+                means = np.nanmean(sign * (readout.per_replica[:, used] - baseline.mean[used]), axis=1)
+            means = means[np.isfinite(means)]
+            if means.size > 1:
+                base = float(np.sqrt((np.nan_to_num(sem[used]) ** 2).sum()) / used.sum())
+                err = float(np.sqrt(means.var(ddof=1) / means.size + base**2))
         moved = readout.drift[used]
         if np.isfinite(moved).all():
             drift = float(sign * moved.mean())
@@ -260,18 +287,28 @@ class Convergence:
         return asdict(self)
 
 
-THRESHOLDS = {"s_change": 0.1, "flatness": 0.2, "round_trip_fraction": 0.5}
+THRESHOLDS = {"s_change": 0.1, "flatness": 0.2, "round_trip_fraction": 0.5, "r_hat": 1.05, "r_hat_share": 0.05, "r_hat_max": 1.1,
+              "production_blocks": 4}
 
 
 def convergence(landscape, *, walkers: int | None = None, thresholds: dict[str, float] | None = None) -> Convergence:
     """Judge a run by its snapshots (``landscape.history``): converged when S moved less than ``s_change`` nats RMS
     over the last snapshot interval, the window's histogram is at least ``flatness`` flat, and at least
     ``round_trip_fraction`` of the walkers crossed the x range and back. Every failed test is a reason.
+
+    A run with windows and replicas (``fill="visit"``) is judged on what its snapshots record: the worst window's
+    histogram flatness over the bins it reaches (the production histogram once the bias is frozen), round trips
+    within each walker's window, and, in addition, a production phase of at least ``production_blocks`` blocks and
+    the rank-normalized split R-hat of S across replicas (per x bin, production blocks as draws) below ``r_hat`` in
+    all but ``r_hat_share`` of the bins all replicas reached, and below ``r_hat_max`` in every one. (R-hat of a
+    single converged quantity scatters around 1 by about ``1/(2 n)`` with ``n`` draws per split chain; the worst of
+    ~50 bins then exceeds 1.05 by chance in short runs, hence the share.)
     """
     th = {**THRESHOLDS, **(thresholds or {})}
     history = [dict(h) for h in landscape.history]
     last = history[-1] if history else {}
-    flat = float(landscape.flatness(window_only=True))
+    windowed = "r_hat" in last
+    flat = float(last["flatness"]) if windowed else float(landscape.flatness(window_only=True))
     change = last.get("s_change")
     change = None if change is None or not math.isfinite(change) else float(change)
     trips = last.get("round_trips")
@@ -293,6 +330,23 @@ def convergence(landscape, *, walkers: int | None = None, thresholds: dict[str, 
         reasons.append(f"{int(with_trip)} of {walkers} walkers made a round trip across the train-loss range"
                        f" (< {th['round_trip_fraction']:.0%})")
         tags.append("few round trips")
+    if windowed:
+        blocks = int(last.get("production_blocks") or 0)
+        r_hat = last.get("r_hat")
+        if not last.get("production") or blocks < th["production_blocks"]:
+            reasons.append(f"production phase too short: {blocks} blocks with the bias frozen"
+                           f" (< {th['production_blocks']:g}); give the run more steps or a larger `production`")
+            tags.append("no production")
+        elif r_hat is None or not math.isfinite(r_hat):
+            reasons.append("R-hat across replicas is unknown: fewer than two replicas, or no x bin that every replica"
+                           " reached in every production block")
+            tags.append("R-hat unknown")
+        else:
+            share = float(last.get("r_hat_above") or 0.0)
+            if share > th["r_hat_share"] or r_hat >= th["r_hat_max"]:
+                reasons.append(f"replicas disagree: R-hat >= {th['r_hat']:g} in {share:.0%} of the bins (> "
+                               f"{th['r_hat_share']:.0%} allowed), worst {r_hat:.3f} (< {th['r_hat_max']:g} required)")
+                tags.append("replicas disagree")
     return Convergence(flat, change, trips, with_trip, walkers, len(history), not reasons, reasons, tags, th,
                        history)
 

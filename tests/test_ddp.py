@@ -116,7 +116,7 @@ def test_ddp_checkpoint_resumes_on_one_process_with_all_walkers(straight):
     saved = torch.load(ckpt, weights_only=False)["optimizer_states"][0]["sampler"]
     assert saved["walkers"] == 2 * WALKERS and saved["ddp"]["ranks"] == 2
     assert saved["state"]["theta"].shape[0] == 2 * WALKERS
-    kw = dict(variables=("train_loss",), observables=("test_loss",), walkers=2 * WALKERS, box=1.0, start="uniform",
+    kw = dict(fill="step", variables=("train_loss",), observables=("test_loss",), walkers=2 * WALKERS, box=1.0, start="uniform",
               ranges=[RANGES["ln_train_loss"]], bin_width=0.1, kernel_sigma=0.5, steps_per_lightning_step=10)
     strategy = WangLandauStrategy(**kw)
     trainer = Trainer(strategy=strategy, accelerator="cpu", max_steps=RESUME_AT + 1, logger=False,

@@ -138,6 +138,12 @@ class WangLandauConfig(SamplerConfig):
     kernel_sigma: Optional[float] = None
     window: Optional[List[Any]] = None
     wall_strength: float = 0.0
+    fill: Optional[str] = None  # visit (replica-exchange WL) or step (the reference study's); null: step if a schedule
+    replicas: Any = "auto"
+    windows: Any = "auto"
+    production: float = 0.3
+    log_f0: float = 0.1
+    exchange_every: int = 10
     schedule: Optional[Any] = None
     dt: float = 0.02
     friction: float = 0.01
@@ -156,6 +162,7 @@ class WangLandauConfig(SamplerConfig):
     accuracy_slope: float = 5.0
     accuracy_axis: str = "linear"
     vectorize: Any = "auto"
+    threads: Any = "auto"
     sync_every: int = 1  # with trainer.devices > 1: Lightning steps between landscape synchronisations
     snapshot_every: Optional[int] = None  # sampler steps between convergence snapshots (null: a twentieth of the run)
     groups: Optional[int] = None  # walker groups for the readouts' error bars (null: min(8, walkers))

@@ -148,6 +148,9 @@ def make_strategy(cfg: DictConfig, *, classifier: bool = True):
             window=window,
             wall_strength=s.wall_strength,
             schedule=plain(s.schedule),
+            **({} if devices > 1 else {"fill": s.fill, "replicas": s.replicas, "windows": s.windows,
+                                       "production": s.production, "log_f0": s.log_f0,
+                                       "exchange_every": s.exchange_every}),
             dt=s.dt,
             friction=s.friction,
             metropolis=s.metropolis,
@@ -165,6 +168,7 @@ def make_strategy(cfg: DictConfig, *, classifier: bool = True):
             accuracy_slope=s.accuracy_slope,
             accuracy_axis=s.accuracy_axis,
             vectorize=plain(s.vectorize),
+            threads=plain(s.threads),
             snapshot_every=s.snapshot_every,
             groups=s.groups,
         )

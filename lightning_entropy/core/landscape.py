@@ -93,6 +93,8 @@ class Landscape:
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.bias = torch.zeros(self.shape, dtype=torch.float64, device=self.device)
         self.visits = torch.zeros(self.shape, dtype=torch.float64, device=self.device)
+        # bins where ``bias`` holds an estimate of S (a run with replicas publishes S only where it has one)
+        self.known = torch.ones(self.shape, dtype=torch.bool, device=self.device)
         k = len(self.observable_names)
         self.obs_sum = torch.zeros((k, *self.shape), dtype=torch.float64, device=self.device)
         self.obs_sq = torch.zeros((k, *self.shape), dtype=torch.float64, device=self.device)
@@ -278,8 +280,7 @@ class Landscape:
         snapshot, over bins visited at both and inside the window, after removing the mean shift; NaN at the
         first snapshot), ``flatness`` (inside the window) and any ``extra`` figures (e.g. round trips).
         """
-        visited = ((self.visits > 0) & (self.snapshot_visits > 0) & self.window_mask() & torch.isfinite(self.bias)
-                   & torch.isfinite(self.snapshot_bias))
+        visited = (self.visits > 0) & (self.snapshot_visits > 0) & self.window_mask() & self.known
         change = float("nan")
         if bool(visited.any()):
             d = (self.bias - self.snapshot_bias)[visited]
@@ -326,7 +327,7 @@ class Landscape:
     def entropy(self) -> np.ndarray:
         """S - max S in nats, NaN where never visited."""
         s = self.bias.cpu().numpy().copy()
-        s[(self.visits.cpu().numpy() == 0) | ~np.isfinite(s)] = np.nan
+        s[(self.visits.cpu().numpy() == 0) | ~self.known.cpu().numpy()] = np.nan
         if np.isfinite(s).any():
             s -= np.nanmax(s)
         return s
@@ -432,6 +433,7 @@ class Landscape:
             "metadata": dict(self.metadata),
             "bias": self.bias.clone(),
             "visits": self.visits.clone(),
+            "known": self.known.clone(),
             "obs_sum": self.obs_sum.clone(),
             "obs_sq": self.obs_sq.clone(),
             "obs_count": self.obs_count.clone(),
@@ -450,6 +452,8 @@ class Landscape:
             )
         for key in ("bias", "visits", "obs_sum", "obs_sq", "obs_count"):
             getattr(self, key).copy_(state[key])
+        if "known" in state:  # absent in files written before replicas existed
+            self.known.copy_(state["known"])
         for key in self._GROUP_STATE:  # absent in files written before group statistics existed
             if key in state:
                 getattr(self, key).copy_(state[key])

@@ -11,6 +11,7 @@ import torch
 
 from lightning_entropy.core.landscape import Landscape
 from lightning_entropy.core import round_trips as trips
+from lightning_entropy.core import threads as threads_module
 from lightning_entropy.core.samplers import wlmc, wlmd
 
 
@@ -26,12 +27,20 @@ def run(
     config: wlmd.MDConfig | wlmc.MCConfig,
     observe_every: int = 0,
     round_trips: trips.RoundTripState | None = None,
+    threads: int | None = None,
 ) -> tuple[Any, dict[str, torch.Tensor]]:
     """Run ``steps`` sampler steps; return the new sampler state and schedule state.
 
     The sampler follows from ``config`` (:class:`~wlmd.MDConfig` or :class:`~wlmc.MCConfig`). Observables are
     recorded every ``observe_every`` steps (0: never). ``round_trips``, if given, is updated in place every step.
+    ``threads``: intra-op threads for the loop (None: unchanged; see :func:`lightning_entropy.core.threads.choose`).
     """
+    with threads_module.using(threads):
+        return _run(state, steps, evaluate=evaluate, landscape=landscape, bound=bound, schedule=schedule,
+                    schedule_state=schedule_state, config=config, observe_every=observe_every, round_trips=round_trips)
+
+
+def _run(state, steps, *, evaluate, landscape, bound, schedule, schedule_state, config, observe_every, round_trips):
     step_fn = wlmd.step if isinstance(config, wlmd.MDConfig) else wlmc.step
     device = state.theta.device
     observing = observe_every > 0 and bool(landscape.observable_names)

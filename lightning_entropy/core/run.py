@@ -10,7 +10,7 @@ A run has two phases:
    (:mod:`lightning_entropy.core.combine`). Production is cut into blocks (one per :meth:`chunk`); the blocks'
    estimates, with replicas as chains, give the R-hat of S per bin.
 
-The landscape (``run.landscape``) receives the published S (the mean of the replicas, NaN where none visited), the
+The landscape (``run.landscape``) receives the published S (the mean of the replicas; ``landscape.known`` marks the bins that have one), the
 replicas' grids (``landscape.replica_entropy``, whose spread is the error of S and of every readout), the visit
 histogram and the unbiased per-bin observables; :meth:`snapshot` publishes and appends a convergence entry.
 
@@ -35,10 +35,14 @@ import numpy as np
 import torch
 
 from lightning_entropy.core import combine
+from lightning_entropy.core import threads as threads_module
 from lightning_entropy.core import round_trips as trips
 from lightning_entropy.core.landscape import Landscape
 from lightning_entropy.core.samplers import wlmd
 from lightning_entropy.core.windows import Windows
+
+
+R_HAT = 1.05  # the lenient rule of Vehtari et al. (2021); a snapshot records the share of bins at or above it
 
 
 class Run:
@@ -54,11 +58,13 @@ class Run:
         seed: seeds velocities, moves and exchanges.
         observe_every: record observables every this many steps (0: never).
         end_fraction: round trips count a walker reaching the lowest and highest this fraction of its window.
+        threads: intra-op threads inside chunks: an int, None (torch's setting) or ``"auto"`` (one thread for
+            small steps, see :mod:`lightning_entropy.core.threads`).
     """
 
     def __init__(self, evaluate, landscape: Landscape, bound: torch.Tensor, theta0: torch.Tensor, *,
                  windows: Windows, config: wlmd.MDConfig, seed: int, observe_every: int = 10,
-                 end_fraction: float = 0.1) -> None:
+                 end_fraction: float = 0.1, threads: int | str | None = "auto") -> None:
         if windows.walkers != theta0.shape[0]:
             raise ValueError(f"windows were laid out for {windows.walkers} walkers, but theta0 has {theta0.shape[0]}.")
         self.evaluate, self.landscape, self.bound, self.windows, self.config = evaluate, landscape, bound, windows, config
@@ -71,6 +77,7 @@ class Run:
         if windows.pull is None:
             windows.pull = float(theta0.shape[1])
         self._regroup()
+        self.threads = threads_module.choose(evaluate, theta0, threads) if threads == "auto" else threads
         self.state = wlmd.init(theta0, evaluate, None, seed=seed, potential=windows.potential)
         lo, hi = float(landscape.lo[0]), float(landscape.hi[0])
         self.trips = trips.init(windows.walkers, (lo, hi), end_fraction=end_fraction, device=device)
@@ -91,6 +98,10 @@ class Run:
     def chunk(self, steps: int) -> dict[str, float]:
         """Advance every walker ``steps`` steps; then update the schedule (and, in production, close a block).
         Returns figures of the chunk (acceptance, largest ``ln f``, exchange acceptance, x range)."""
+        with threads_module.using(self.threads):
+            return self._chunk(steps)
+
+    def _chunk(self, steps: int) -> dict[str, float]:
         w = windows = self.windows
         landscape = self.landscape
         observing = self.observe_every > 0 and bool(landscape.observable_names)
@@ -118,7 +129,7 @@ class Run:
             self.state = new
         windows.update_schedule()
         if not bool(windows.frozen):
-            self._adapt_dt((self.state.accepted - accepted0) / max(steps, 1))
+            self._adapt_dt((self.state.accepted - accepted0) / max(steps, 1), windows.inside(self.state.cv))
         self._regroup()
         landscape.metadata["steps"] = self.state.step
         if bool(windows.frozen):
@@ -132,21 +143,31 @@ class Run:
             "x_min": float(x.min()), "x_max": float(x.max()),
         }
 
-    def _adapt_dt(self, acceptance: torch.Tensor) -> None:
+    def _adapt_dt(self, acceptance: torch.Tensor, inside: torch.Tensor) -> None:
         """Per window, shrink the time step when fewer than ``target[0]`` of its walkers' moves were accepted in the
-        last chunk and grow it above ``target[1]`` (Wang-Landau phase only: production keeps it fixed)."""
+        last chunk and grow it above ``target[1]``, within ``[dt / 100, 4 dt]`` of the configured ``dt``; only walkers
+        inside their window count (Wang-Landau phase only: production keeps the time step fixed)."""
         w = self.windows
         e = w.replicas * w.windows
-        rate = torch.zeros(e, dtype=torch.float64, device=self.dt.device).index_add_(0, w.owner, acceptance.double())
-        rate = rate / w.per_estimate
+        weight = inside.to(torch.float64)
+        zeros = torch.zeros(e, dtype=torch.float64, device=self.dt.device)
+        total = zeros.index_add(0, w.owner, acceptance.double() * weight)
+        count = zeros.index_add(0, w.owner, weight)
+        rate = torch.where(count > 0, total / count.clamp(min=1.0), torch.full_like(total, 0.75))
         lo, hi = self.acceptance_target
-        self.dt = torch.where(rate < lo, self.dt * 0.8, torch.where(rate > hi, (self.dt * 1.1).clamp(max=self.max_dt), self.dt))
+        grown = (self.dt * 1.1).clamp(max=self.max_dt)
+        shrunk = (self.dt * 0.8).clamp(min=self.min_dt)
+        self.dt = torch.where(rate < lo, shrunk, torch.where(rate > hi, grown, self.dt))
 
     acceptance_target = (0.6, 0.9)
 
     @property
     def max_dt(self) -> float:
         return 4 * float(self.config.dt)
+
+    @property
+    def min_dt(self) -> float:
+        return float(self.config.dt) / 100
 
     def freeze(self) -> None:
         """Start production: fix the biases; later visits fill the production histograms."""
@@ -213,19 +234,22 @@ class Run:
         return out
 
     def publish(self) -> np.ndarray:
-        """Write the replicas' mean S into ``landscape.bias`` (NaN where no replica has it) and their grids into
-        ``landscape.replica_entropy``; returns the replicas' grids."""
+        """Write the replicas' mean S into ``landscape.bias`` (``landscape.known`` False where no replica has it) and
+        their grids into ``landscape.replica_entropy``; returns the replicas' grids."""
         per_replica = self.replica_entropy()
         r = per_replica.shape[0]
         mean, _, _ = combine.replica_statistics(per_replica.reshape(r, -1))
-        self.landscape.bias.copy_(torch.from_numpy(mean.reshape(self.landscape.shape)).to(self.landscape.bias))
+        mean = torch.from_numpy(mean.reshape(self.landscape.shape)).to(self.landscape.bias)
+        self.landscape.known.copy_(torch.isfinite(mean))
+        self.landscape.bias.copy_(torch.nan_to_num(mean, nan=0.0))
         self.landscape.replica_entropy = per_replica
         return per_replica
 
     def snapshot(self) -> dict[str, float]:
         """Publish S and append a convergence entry to ``landscape.history``: the change of S, the worst window's
         flatness, round trips within windows and across the range, the largest ``ln f``, the exchange acceptance,
-        the replicas' RMS error of S and the worst R-hat over the bins every replica and block reached."""
+        the replicas' RMS error of S, the worst R-hat over the bins every replica and block reached, and the share
+        of those bins whose R-hat is at least ``R_HAT`` (1.05)."""
         w = self.windows
         self.publish()
         error = self.landscape.entropy_error
@@ -241,6 +265,7 @@ class Run:
             "exchange_acceptance": float(w.exchange_accepted.sum()) / tried if tried else float("nan"),
             "replica_error": float(np.sqrt(np.nanmean(error**2))) if np.isfinite(error).any() else float("nan"),
             "r_hat": float(np.nanmax(r_hat)) if np.isfinite(r_hat).any() else float("nan"),
+            "r_hat_above": float(np.mean(r_hat[np.isfinite(r_hat)] >= R_HAT)) if np.isfinite(r_hat).any() else float("nan"),
             "production": float(self.frozen),
             "production_blocks": float(len(self.blocks)),
         }

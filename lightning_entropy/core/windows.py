@@ -8,7 +8,8 @@ Replica-exchange Wang-Landau (REWL; Vogel, Li, Wust & Landau, PRL 110, 210603, 2
   along x only. Each (replica, window) pair is one *estimate*: a bias grid on the landscape's geometry, filled by
   its own ``m`` walkers (all estimates together are ``W = replicas * windows * m`` walkers, one batch).
 - A walker is held inside its window by a hard wall (a move that leaves it is sent back). A walker that is not
-  yet inside (at the start) may only move towards it, pulled by a linear potential of ``pull`` nats per CV unit.
+  yet inside (at the start) is pulled towards it by a linear potential of ``pull`` nats per CV unit; it neither
+  deposits nor counts until it is in.
 - Every ``exchange_every`` steps, walkers of neighbouring windows of the same replica swap windows with the WL
   exchange probability ``min(1, exp(S_a(x_a) + S_b(x_b) - S_a(x_b) - S_b(x_a)))``. The CVs are known, so an
   exchange costs no evaluation; a swapped walker's first force after the swap still uses its old window's slope
@@ -87,7 +88,7 @@ class Windows:
     """
 
     def __init__(self, grid: Landscape, walkers: int, *, replicas: int = 4, windows: int = 1, overlap: float = 0.5,
-                 log_f0: float = 0.1, flatness: float = 0.5, min_stage_visits: float = 20.0,
+                 log_f0: float = 0.1, flatness: float = 0.2, min_stage_visits: float = 20.0,
                  exchange_every: int = 10, pull: float | None = None, device=None) -> None:
         for name, value in (("replicas", replicas), ("windows", windows)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -203,8 +204,9 @@ class Windows:
         return 2.0 * float(self.pull or 0.0)
 
     def admissible(self, cv: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-        """``(W,)``: inside the grid, and inside the walker's window or at least no farther from it than before."""
-        return self.grid.inside(cv) & (self.distance(cv) <= self.distance(previous))
+        """``(W,)``: inside the grid, and inside the walker's window unless it was not inside before (a walker on
+        its way in moves freely under the pull; once inside, the window's edges are hard walls)."""
+        return self.grid.inside(cv) & ((self.distance(cv) == 0) | (self.distance(previous) > 0))
 
     def inside(self, cv: torch.Tensor) -> torch.Tensor:
         """``(W,)``: the walker is inside the grid and its window (only then does it deposit and count)."""

@@ -30,10 +30,13 @@ import torch
 
 from lightning_entropy import __version__
 from lightning_entropy.core import loop, round_trips
+from lightning_entropy.core import threads as thread_policy
 from lightning_entropy.core import schedule as schedules
 from lightning_entropy.core.box import Box, uniform
 from lightning_entropy.core.evaluator import Evaluator
 from lightning_entropy.core.landscape import Landscape
+from lightning_entropy.core.run import Run
+from lightning_entropy.core.windows import Windows, auto_windows
 from lightning_entropy.core.samplers import wlmc, wlmd
 from lightning_entropy.core.start import MODES, starting_positions
 from lightning_entropy.core.variables import (
@@ -75,8 +78,26 @@ class WangLandauStrategy(SamplerStrategy):
             faster but blur S where it curves (1 bin gave 0.16 nats RMS against 0.10 for 0.5 bins on the toy 2-D test).
         window: soft-wall window per axis ``(lo, hi)`` in CV units; the grid edges are always hard walls.
         wall_strength: soft-wall constant ``c`` in ``c * d**2`` (nats per squared CV unit); 0 disables it.
-        schedule: WL factor schedule (nats per sampler step shared by the walkers): an instance, a name or a
-            mapping; default ``FlatnessOneOverT(f0=0.1)`` for MD and ``FlatnessOneOverT(f0=1.0)`` for MC.
+        fill: how the bias fills (MD). ``"visit"`` (default unless a ``schedule`` is given): replica-exchange WL: ``replicas`` independent
+            replicas, each with ``windows`` overlapping windows in ln L_train whose walkers share that window's
+            estimate; each visit deposits the estimate's ``ln f`` (nats per visit, from ``log_f0``, halved on flat
+            stage histograms, then 1/t in visits per bin), so more walkers fill faster; the last ``production``
+            fraction of the run freezes the bias and reweights (see :mod:`lightning_entropy.core.windows` and
+            :mod:`lightning_entropy.core.run`). ``"step"``: the reference study's semantics, one landscape whose
+            ``schedule`` gives the nats per sampler step shared by all walkers (the default when ``schedule`` is
+            given; MC always fills this way).
+        replicas: independent replicas (own walkers, biases and random numbers) for ``fill="visit"``; their spread
+            is the error of S and of every readout, their R-hat the convergence test. ``walkers`` must be a
+            multiple of ``replicas * windows``. ``"auto"``: the largest of 4, 3, 2, 1 that divides ``walkers``.
+        windows: windows per replica along ln L_train for ``fill="visit"``: a positive integer or ``"auto"``
+            (about one per four walkers of a replica, at most 8, each at least ~8 bins wide).
+        production: fraction of the run (of the Trainer's steps, or of ``max_time`` when that ends the run first)
+            sampled with the bias frozen, for ``fill="visit"``; 0 never freezes.
+        log_f0: initial WL factor per visit in nats (``fill="visit"``).
+        exchange_every: sampler steps between replica-exchange attempts between neighbouring windows (0: none).
+        schedule: WL factor schedule for ``fill="step"`` and MC (nats per sampler step shared by the walkers): an
+            instance, a name or a mapping; default ``FlatnessOneOverT(f0=0.1)`` for MD, ``FlatnessOneOverT(f0=1.0)``
+            for MC.
         dt: MD time step, in box half-widths per unit velocity (``mass="box"``) or parameter units (``"unit"``).
         friction: MD Langevin friction γ, the fraction of velocity replaced by noise per step, in (0, 1].
         metropolis: MD with a Metropolis test (WL-GHMC): no time-step bias, same cost per step.
@@ -95,9 +116,13 @@ class WangLandauStrategy(SamplerStrategy):
         accuracy_slope: slope ``k`` of the smoothed accuracy.
         accuracy_axis: ``"linear"`` or ``"logit"`` for accuracy axes.
         vectorize: ``"auto"`` (vmap when it traces), ``True`` or ``False`` (loop over walkers).
+        threads: intra-op threads while the sampler runs: a positive int, or ``"auto"``: one thread when a step
+            (all walkers, forward and backward) is below 2e8 FLOP on a CPU, where more threads only wait for each
+            other (10x slower beside a busy process), else torch's setting. Restored after every chunk.
         snapshot_every: sampler steps between convergence snapshots (S change, window flatness, round trips; see
             ``landscape.history``); default a twentieth of the run (``max_steps``), at least one Lightning step.
-        groups: walker groups whose spread gives the readouts' error bars; default ``min(8, walkers)``.
+        groups: walker groups whose spread gives the readouts' error bars with ``fill="step"`` or MC; default
+            ``min(8, walkers)``. With ``fill="visit"`` the groups are the replicas.
         device: the device; default the Trainer's accelerator device.
     """
 
@@ -117,6 +142,12 @@ class WangLandauStrategy(SamplerStrategy):
         kernel_sigma: float | None = None,
         window: Sequence[tuple[float, float]] | None = None,
         wall_strength: float = 0.0,
+        fill: str | None = None,
+        replicas: int | str = "auto",
+        windows: int | str = "auto",
+        production: float = 0.3,
+        log_f0: float = 0.1,
+        exchange_every: int = 10,
         schedule: Any = None,
         dt: float = 0.02,
         friction: float = 0.01,
@@ -136,6 +167,7 @@ class WangLandauStrategy(SamplerStrategy):
         accuracy_slope: float = 5.0,
         accuracy_axis: str = "linear",
         vectorize: bool | str = "auto",
+        threads: int | str = "auto",
         snapshot_every: int | None = None,
         groups: int | None = None,
         device: torch.device | str | None = None,
@@ -165,6 +197,36 @@ class WangLandauStrategy(SamplerStrategy):
             raise ValueError(f"start={start!r} is not a start mode; use one of {MODES}.")
         if not (math.isfinite(range_margin) and range_margin > 0):
             raise ValueError(f"range_margin={range_margin!r} must be a positive number of CV units.")
+        if fill is None:  # an explicit schedule is the reference study's per-step semantics
+            fill = "step" if schedule is not None or sampler == "mc" else "visit"
+        if fill not in ("visit", "step"):
+            raise ValueError(f"fill={fill!r}: use 'visit' (replica-exchange WL, per-visit factor) or 'step' (the"
+                             " reference study's factor per sampler step shared by the walkers).")
+        self.fill = fill if sampler == "md" else "step"
+        if self.fill == "visit":
+            windows_ok = windows == "auto" or (isinstance(windows, int) and not isinstance(windows, bool) and windows >= 1)
+            if not windows_ok:
+                raise ValueError(f"windows={windows!r}: give a positive integer or 'auto'.")
+            if replicas == "auto":
+                replicas = max(r for r in (4, 3, 2, 1) if walkers % r == 0) if isinstance(walkers, int) and walkers > 0 else 1
+            if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
+                raise ValueError(f"replicas={replicas!r} must be a positive integer (independent replicas).")
+            per = replicas * (windows if isinstance(windows, int) else 1)
+            if walkers % per:
+                raise ValueError(
+                    f"walkers={walkers} cannot be split over replicas={replicas} x windows={windows}: use a multiple of"
+                    f" {per} walkers (e.g. walkers={per * max(1, round(walkers / per))}), or replicas=1."
+                )
+            if not 0 <= production < 1:
+                raise ValueError(f"production={production!r} is a fraction of the run in [0, 1), e.g. 0.3.")
+            if not (math.isfinite(log_f0) and log_f0 > 0):
+                raise ValueError(f"log_f0={log_f0!r}: the initial WL factor must be a positive number of nats, e.g. 0.1.")
+            if not isinstance(exchange_every, int) or exchange_every < 0:
+                raise ValueError(f"exchange_every={exchange_every!r} must be a non-negative integer of sampler steps.")
+        self.replicas = int(replicas) if isinstance(replicas, int) else 1
+        self.windows, self.production = windows, float(production)
+        self.log_f0, self.exchange_every = float(log_f0), int(exchange_every)
+        self._run: Run | None = None
         self.sampler = sampler
         self.box = Box.parse(box)
         self.walkers = walkers
@@ -193,8 +255,14 @@ class WangLandauStrategy(SamplerStrategy):
         self.accuracy_slope = float(accuracy_slope)
         self.accuracy_axis = accuracy_axis
         self.vectorize = vectorize
+        if threads != "auto" and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise ValueError(f"threads={threads!r}: give a positive number of threads or 'auto'.")
+        self.threads = threads
+        self._threads: int | None = None
         self.snapshot_every = snapshot_every
         self.groups = groups if groups is not None else min(8, walkers)
+        if self.fill == "visit":
+            self.groups = self.replicas
         self._round_trips: round_trips.RoundTripState | None = None
         self._next_snapshot = 0
         self._landscape: Landscape | None = None
@@ -276,7 +344,17 @@ class WangLandauStrategy(SamplerStrategy):
         )
         self._schedule_state = self.schedule.init(device)
         theta0 = self._admit(theta0, evaluate, ranges)
-        if self.sampler == "md":
+        self._threads = thread_policy.choose(evaluate, theta0, self.threads)
+        if self.fill == "visit":
+            count = (self.windows if self.windows != "auto" else
+                     auto_windows(self.walkers // self.replicas, self._landscape.shape[0]))
+            windows = Windows(self._landscape, self.walkers, replicas=self.replicas, windows=count,
+                              log_f0=self.log_f0, exchange_every=self.exchange_every, device=device)
+            self._run = Run(evaluate, self._landscape, bound, theta0, windows=windows, config=self.md_config,
+                            seed=self.seed + 1, observe_every=self.observe_every, threads=self._threads)
+            self._landscape.metadata["windows"] = windows.config()
+            self._state = self._run.state
+        elif self.sampler == "md":
             self._state = wlmd.init(theta0, evaluate, self._landscape, seed=self.seed + 1)
         else:
             self._state = wlmc.init(theta0, evaluate, seed=self.seed + 1, config=self.mc_config)
@@ -371,7 +449,11 @@ class WangLandauStrategy(SamplerStrategy):
                 if self.sampler == "md" else
                 {"step_size": self.mc_config.step_size, "adapt_steps": self.mc_config.adapt_steps}
             ),
-            "schedule": self.schedule.describe(),
+            "schedule": (self.schedule.describe() if self.fill == "step" else
+                         {"name": "per_visit_halving_one_over_t", "log_f0": self.log_f0}),
+            "fill": self.fill,
+            "replicas": self.replicas if self.fill == "visit" else 1,
+            "production": self.production if self.fill == "visit" else 0.0,
             "walkers": self.walkers,
             "seed": self.seed,
             "start": self.start,
@@ -386,16 +468,47 @@ class WangLandauStrategy(SamplerStrategy):
         """Run ``steps`` sampler steps on every walker, update the schedule, log, and copy walker 0 into the module."""
         if self._state is None:
             self._prepare(self.lightning_module.trainer)
+        if self._run is not None:
+            self._run_windows(steps)
+            return
         config = self.md_config if self.sampler == "md" else self.mc_config
         self._state, self._schedule_state = loop.run(
             self._state, steps, evaluate=self._evaluator, landscape=self._landscape, bound=self._bound,
             schedule=self.schedule, schedule_state=self._schedule_state, config=config,
-            observe_every=self.observe_every, round_trips=self._round_trips,
+            observe_every=self.observe_every, round_trips=self._round_trips, threads=self._threads,
         )
         self._layout.load_into(self.lightning_module, self._state.theta[0])
         if self._state.step >= self._next_snapshot:
             self.snapshot()
         self._log_progress(steps)
+
+    def _run_windows(self, steps: int) -> None:
+        """A chunk of the replica-exchange run; freezes the bias once the production fraction of the run is left."""
+        info = self._run.chunk(steps)
+        self._state = self._run.state
+        if not self._run.frozen and self.production > 0 and self._progress() >= 1 - self.production:
+            self._run.freeze()
+        self._layout.load_into(self.lightning_module, self._state.theta[0])
+        if self._state.step >= self._next_snapshot:
+            self.snapshot()
+        self._log_progress(steps, info)
+
+    def _progress(self) -> float:
+        """Fraction of the run done: of the Trainer's steps, or of ``max_time``, whichever is further."""
+        trainer = self.lightning_module.trainer
+        done = 0.0
+        try:
+            total = float(trainer.estimated_stepping_batches)
+        except Exception:  # no loaders sized yet, or an unsized loader
+            total = math.inf
+        if math.isfinite(total) and total > 0:
+            done = (trainer.global_step + 1) / total
+        for callback in trainer.callbacks:
+            if isinstance(callback, lightning.pytorch.callbacks.Timer):
+                elapsed, remaining = callback.time_elapsed("train"), callback.time_remaining("train")
+                if remaining is not None and elapsed + remaining > 0:
+                    done = max(done, elapsed / (elapsed + remaining))
+        return done
 
     def on_train_end(self) -> None:
         super().on_train_end()
@@ -420,6 +533,10 @@ class WangLandauStrategy(SamplerStrategy):
     def snapshot(self) -> dict[str, float]:
         """Record a convergence snapshot now (S change since the last one, flatness, round trips); see
         :meth:`Landscape.snapshot`. Called by the strategy every ``snapshot_every`` sampler steps."""
+        if self._run is not None:
+            entry = self._run.snapshot()
+            self._next_snapshot = self._state.step + self._snapshot_interval
+            return entry
         trips, walkers_with_trip = self._round_trip_counts()
         entry = self._landscape.snapshot(self._state.step, round_trips=trips, walkers_with_round_trip=walkers_with_trip)
         self._next_snapshot = self._state.step + self._snapshot_interval
@@ -435,17 +552,24 @@ class WangLandauStrategy(SamplerStrategy):
         """Completed round trips per walker across the x range (ends: the lowest and highest tenth)."""
         if self._round_trips is None:
             raise RuntimeError("The walkers do not exist before trainer.fit starts.")
+        if self._run is not None:
+            return self._run.window_trips.round_trips.cpu().numpy()
         return self._round_trips.round_trips.cpu().numpy()
 
-    def _log_progress(self, steps: int) -> None:
+    def _log_progress(self, steps: int, info: dict[str, float] | None = None) -> None:
         state, landscape = self._state, self._landscape
         accepted = (state.accepted - self._last_accepted).sum() / (steps * self.walkers)
         self._last_accepted = state.accepted.clone()
         x = state.cv[:, 0]
-        factor = self.schedule.factor(self._schedule_state, torch.tensor(state.step, device=x.device))
+        if info is not None:
+            factor = torch.tensor(info["log_f"])
+            flatness = torch.tensor(self._run.windows.flatness())
+        else:
+            factor = self.schedule.factor(self._schedule_state, torch.tensor(state.step, device=x.device))
+            flatness = torch.tensor(landscape.flatness())
         metrics = {
             "wl/factor": factor.float(),
-            "wl/flatness": torch.tensor(landscape.flatness()),
+            "wl/flatness": flatness,
             "wl/acceptance": accepted.float(),
             "wl/x_min": x.min().float(),
             "wl/x_max": x.max().float(),
@@ -454,6 +578,9 @@ class WangLandauStrategy(SamplerStrategy):
         metrics["wl/reverted"] = state.reverted.sum().float()
         metrics["wl/nonfinite"] = state.nonfinite.sum().float()
         metrics["wl/walker_steps"] = torch.tensor(float(landscape.walker_steps))
+        if info is not None:
+            metrics["wl/exchange_acceptance"] = torch.tensor(info["exchange_acceptance"])
+            metrics["wl/production"] = torch.tensor(float(self._run.frozen))
         module = self.lightning_module
         if module is not None and getattr(module, "_current_fx_name", None) == "training_step":
             for name, value in metrics.items():
@@ -464,6 +591,9 @@ class WangLandauStrategy(SamplerStrategy):
     def sampler_state_dict(self) -> dict[str, Any]:
         if self._state is None:
             return dict(self._pending or {})
+        if self._run is not None:
+            return {"kind": self.sampler, "walkers": self.walkers, "fill": "visit", "run": self._run.state_dict(),
+                    "last_accepted": self._last_accepted.clone(), "next_snapshot": self._next_snapshot}
         return {
             "kind": self.sampler,
             "walkers": self.walkers,
@@ -481,6 +611,17 @@ class WangLandauStrategy(SamplerStrategy):
 
     def _restore(self, state: dict[str, Any]) -> None:
         device = self.root_device
+        if ("run" in state) != (self._run is not None):
+            raise ValueError(
+                f"The checkpoint was written with fill={'visit' if 'run' in state else 'step'!r}, this strategy has"
+                f" fill={self.fill!r}: resume with the same fill (and replicas, windows)."
+            )
+        if self._run is not None:
+            self._run.load_state_dict(state["run"])
+            self._state = self._run.state
+            self._last_accepted = state["last_accepted"].to(device)
+            self._next_snapshot = int(state["next_snapshot"])
+            return
         cls = wlmd.MDState if self.sampler == "md" else wlmc.MCState
         self._state = cls.from_state_dict(state["state"], device)
         self._landscape.load_state_dict(state["landscape"])

@@ -183,6 +183,13 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
             raise ValueError(f"sync_every={sync_every!r} must be a positive integer (Lightning steps between syncs).")
         if start_method not in ("spawn", "fork", "forkserver", "popen"):
             raise ValueError(f"start_method={start_method!r}: use 'spawn', 'fork', 'forkserver' or 'popen'.")
+        if kwargs.get("fill", "step") != "step":
+            raise ValueError(
+                f"fill={kwargs['fill']!r}: wang_landau_ddp shares one landscape across ranks with the reference"
+                " study's per-step factor (fill='step'); windows and replicas run on one process"
+                " (strategy='wang_landau'), where all walkers are one vectorized batch."
+            )
+        kwargs["fill"] = "step"
         self._ddp_options = {"cluster_environment": cluster_environment, "process_group_backend": process_group_backend,
                              "timeout": timeout, "start_method": start_method}
         super().__init__(**kwargs)

@@ -1,0 +1,198 @@
+"""Replica-exchange Wang-Landau with a production phase: known densities of states, honest errors, exact resume."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from toy import RANGES, ToyModule, rms_error, toy_datamodule
+
+from lightning_entropy import WangLandauStrategy, analysis
+from lightning_entropy.core import combine
+from lightning_entropy.core.landscape import Landscape
+from lightning_entropy.core.windows import Windows, auto_windows, window_bounds
+from lightning_entropy.tasks.quadratic import QuadraticModule, exact_entropy, quadratic_data, quadratic_datamodule
+
+
+def _fit(strategy, module, datamodule, max_steps):
+    trainer = Trainer(strategy=strategy, max_steps=max_steps, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, limit_val_batches=0, enable_checkpointing=False)
+    trainer.fit(module, datamodule=datamodule)
+    return trainer.strategy
+
+
+@pytest.fixture(scope="module")
+def toy_walk():
+    strategy = WangLandauStrategy(walkers=64, box=1.0, variables=("train_loss",), observables=("test_loss",),
+                                  ranges=[RANGES["ln_train_loss"]], bin_width=0.1, start="uniform", seed=0)
+    return _fit(strategy, ToyModule(), toy_datamodule(), 100)
+
+
+def test_windowed_walk_matches_brute_force_to_005_nats(toy_walk, exact):
+    land = toy_walk.landscape
+    rms, bins = rms_error(land.entropy, exact["1d"])
+    assert bins >= 40
+    assert rms < 0.05, f"replica-exchange WLMD is {rms:.3f} nats RMS from the brute-force log-volume"
+    meta = land.metadata
+    assert meta["fill"] == "visit" and meta["replicas"] == 4 and meta["windows"]["windows"] == 4
+    assert land.history[-1]["production"] == 1.0 and land.history[-1]["production_blocks"] >= 20
+
+
+def test_stated_errors_cover_the_true_error(toy_walk, exact):
+    """The replicas' standard error is honest: the deviation from exact is within 3 stated errors in most bins,
+    and the RMS deviation is not larger than twice the RMS stated error."""
+    land = toy_walk.landscape
+    good = (exact["1d"] >= 2000) & np.isfinite(land.entropy)
+    diff = land.entropy[good] - np.log(exact["1d"][good])
+    diff -= diff.mean()
+    err = land.entropy_error[good]
+    assert np.isfinite(err).all() and (err > 0).all()
+    assert np.mean(np.abs(diff) <= 3 * err) >= 0.9
+    assert np.sqrt(np.mean(diff**2)) <= 2 * np.sqrt(np.mean(err**2))
+    assert land.replica_entropy.shape == (4, land.shape[0])
+
+
+def test_label_free_readout_errors_come_from_replicas(toy_walk, exact):
+    land = toy_walk.landscape
+    readout = analysis.readouts(land)["label_free"]
+    assert readout.per_replica is not None and readout.per_replica.shape == (4, land.shape[0])
+    good = (exact["1d"] >= 2000) & ~readout.undersampled
+    assert good.sum() >= 30
+    assert np.abs(readout.value[good] - exact["mean_test"][good]).max() < 0.1
+
+
+def test_steep_quadratic_is_accurate_and_its_errors_honest():
+    """24 parameters, S spanning 54 nats over 45 bins, known in closed form: every bin reached, the error within a
+    small multiple of the replicas' stated error, and a verdict of converged only if the error is small
+    (benchmarks/convergence.py runs 48 and 96 parameters for two minutes)."""
+    p = 24
+    strategy = WangLandauStrategy(walkers=32, box=1.0, variables=("train_loss",), ranges=[(-4.5, 0.0)], seed=1)
+    _fit(strategy, QuadraticModule(p), quadratic_datamodule(p), 100)
+    land = strategy.landscape
+    truth = exact_entropy(land.edges[0], p)
+    ok = np.isfinite(truth) & np.isfinite(land.entropy)
+    assert ok.sum() == land.shape[0] == 45
+    d = land.entropy[ok] - truth[ok]
+    d -= d.mean()
+    rms = float(np.sqrt(np.mean(d**2)))
+    stated = float(np.sqrt(np.nanmean(land.entropy_error[ok] ** 2)))
+    assert rms < 0.3, f"{rms:.3f} nats RMS off the closed form"
+    assert rms <= 3 * stated, f"error {rms:.3f} nats RMS, but the replicas state {stated:.3f}"
+    verdict = analysis.convergence(land, walkers=32)
+    assert rms < 0.15 or not verdict.converged, (rms, verdict.reasons)
+
+
+def test_short_run_says_it_had_no_production():
+    strategy = WangLandauStrategy(walkers=16, box=1.0, variables=("train_loss",), ranges=[RANGES["ln_train_loss"]],
+                                  start="uniform", production=0.1)
+    _fit(strategy, ToyModule(), toy_datamodule(), 4)
+    verdict = analysis.convergence(strategy.landscape, walkers=16)
+    assert not verdict.converged and "no production" in verdict.tags
+
+
+def test_windowed_resume_is_exact(tmp_path):
+    def fit(max_steps, ckpt_path=None, every=None):
+        callbacks = [ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=every, save_top_k=-1)] if every else []
+        strategy = WangLandauStrategy(walkers=32, replicas=2, windows=4, box=1.0, variables=("train_loss",),
+                                      ranges=[RANGES["ln_train_loss"]], start="uniform", seed=3,
+                                      steps_per_lightning_step=20, production=0.5)
+        trainer = Trainer(strategy=strategy, max_steps=max_steps, logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, limit_val_batches=0, enable_checkpointing=bool(every),
+                          callbacks=callbacks)
+        trainer.fit(ToyModule(), datamodule=toy_datamodule(), ckpt_path=ckpt_path)
+        return strategy
+
+    straight = fit(12, every=6)  # the checkpoint at 6 is right at the freeze: production state must round-trip
+    ckpt = next(p for p in tmp_path.glob("*.ckpt") if "step=6" in p.name)
+    resumed = fit(12, ckpt_path=str(ckpt))
+    a, b = straight._run, resumed._run
+    assert a.frozen and b.frozen
+    for name in ("bias", "production", "reweighted", "slots", "log_f", "exchange_accepted"):
+        assert torch.equal(getattr(a.windows, name), getattr(b.windows, name)), name
+    assert torch.equal(straight.walker_parameters, resumed.walker_parameters)
+    assert torch.equal(a.dt, b.dt)
+    assert np.array_equal(straight.landscape.entropy, resumed.landscape.entropy, equal_nan=True)
+    assert len(a.blocks) == len(b.blocks) and all(np.array_equal(x, y) for x, y in zip(a.blocks, b.blocks))
+
+
+def test_exchange_accepts_with_the_wang_landau_probability():
+    """Two windows with linear biases: a swap of walkers at x_a, x_b changes the weight by
+    exp(S_a(x_a) + S_b(x_b) - S_a(x_b) - S_b(x_a)), here exp(-1) for every pair."""
+    grid = Landscape([(0.0, 2.0)], [20], ["ln_train_loss"], kernel_sigma=0.0)
+    m = 4000
+    win = Windows(grid, 2 * m, replicas=1, windows=2, overlap=0.9, pull=1.0)
+    x = grid.centers[0]
+    win.bias[0] = torch.from_numpy(2.0 * x)  # slope 2 in window 0
+    win.bias[1] = torch.from_numpy(1.0 * x)  # slope 1 in window 1
+    cv = torch.empty(2 * m, 1, dtype=torch.float64)
+    cv[win.slots[0]] = 1.05  # walkers of window 0 at x = 1.05 (bin centre), of window 1 at x = 0.05 below
+    cv[win.slots[1]] = 0.05 + 0.1 * 9  # 0.95: both inside the overlap, one bin apart
+    gen = torch.Generator().manual_seed(0)
+    before = win.slots.clone()
+    win.exchange(cv, gen)
+    moved = (win.slots[0] != before[0]).float().mean().item()
+    # S_0(1.05) + S_1(0.95) - S_0(0.95) - S_1(1.05) = 2.1 + 0.95 - 1.9 - 1.05 = 0.1 -> accepted always;
+    assert moved == pytest.approx(1.0)
+    win.bias[0] = torch.from_numpy(-8.0 * x)  # now the log ratio is -0.8 - 0.1 = -0.9
+    cv2 = cv.clone()
+    cv2[win.slots[0]] = 1.05
+    cv2[win.slots[1]] = 0.95
+    before = win.slots.clone()
+    win.exchanges = 0
+    win.exchange(cv2, gen)
+    rate = (win.slots[0] != before[0]).float().mean().item()
+    expected = math.exp(-8.0 * 1.05 + 1.0 * 0.95 + 8.0 * 0.95 - 1.0 * 1.05)
+    assert rate == pytest.approx(expected, abs=0.03)
+    assert sorted(win.owner.tolist()) == [0] * m + [1] * m  # swaps keep m walkers per window
+
+
+def test_windows_are_laid_out_from_walkers_and_bins():
+    assert auto_windows(16, 45) == 4 and auto_windows(64, 45) == 8 and auto_windows(4, 45) == 1
+    assert auto_windows(12, 45) == 3  # a divisor of the walkers of a replica
+    bounds = window_bounds(45, 4, 0.5)
+    assert bounds[0][0] == 0 and bounds[-1][1] == 45
+    assert all(b[0] < a[1] - 1 for a, b in zip(bounds, bounds[1:]))  # neighbours share at least two bins
+
+
+def test_stitch_recovers_pieces_up_to_their_constants():
+    truth = np.linspace(0, 30, 40)
+    masks = np.zeros((3, 40), bool)
+    masks[0, :16], masks[1, 12:28], masks[2, 24:] = True, True, True
+    pieces = np.stack([truth + 5.0, truth - 3.0, truth + 100.0])
+    joined = combine.stitch(pieces, masks, weights=np.ones((3, 40)))
+    assert np.allclose(joined - joined[0], truth - truth[0])
+
+
+def test_rhat_separates_agreeing_and_disagreeing_replicas():
+    rng = np.random.default_rng(0)
+    same = rng.normal(size=(5, 4, 200))
+    shifted = same.copy()
+    shifted[:, 0] += 2.0
+    assert np.all(combine.rhat(same) < 1.02)
+    assert np.all(combine.rhat(shifted) > 1.1)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(walkers=10, replicas=4), "multiple of 4"),
+    (dict(replicas=0), "replicas=0"),
+    (dict(windows="many"), "windows='many'"),
+    (dict(production=1.0), "production=1.0"),
+    (dict(fill="sometimes"), "fill='sometimes'"),
+    (dict(log_f0=-1.0), "log_f0=-1.0"),
+])
+def test_bad_window_settings_are_refused_with_the_fix(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        WangLandauStrategy(**kwargs)
+
+
+def test_quadratic_task_loss_is_the_stated_quadratic_form():
+    x, y = quadratic_data(12, seed=3)
+    module = QuadraticModule(12)
+    theta = module.net[0].weight.detach().reshape(-1)
+    loss = module.loss_fn(module(x), y)
+    a = (x.T.double() @ x.double()) / 12
+    assert float(loss) == pytest.approx(float(theta.double() @ a @ theta.double()), rel=1e-4)
+    eig = torch.linalg.eigvalsh(a)
+    assert float(eig.min()) == pytest.approx(1.0, rel=1e-4) and float(eig.max()) == pytest.approx(4.0, rel=1e-4)
