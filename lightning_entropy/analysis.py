@@ -330,6 +330,10 @@ def convergence(landscape, *, walkers: int | None = None, thresholds: dict[str, 
         reasons.append(f"{int(with_trip)} of {walkers} walkers made a round trip across the train-loss range"
                        f" (< {th['round_trip_fraction']:.0%})")
         tags.append("few round trips")
+    if windowed and last.get("empty_windows"):
+        reasons.append(f"{int(last['empty_windows'])} windows (replica x window) were never reached by a walker: their"
+                       " part of S is unknown; narrow the x range (`ranges`) or start walkers lower (`start`)")
+        tags.append("windows not reached")
     if windowed:
         blocks = int(last.get("production_blocks") or 0)
         r_hat = last.get("r_hat")

@@ -196,3 +196,14 @@ def test_quadratic_task_loss_is_the_stated_quadratic_form():
     assert float(loss) == pytest.approx(float(theta.double() @ a @ theta.double()), rel=1e-4)
     eig = torch.linalg.eigvalsh(a)
     assert float(eig.min()) == pytest.approx(1.0, rel=1e-4) and float(eig.max()) == pytest.approx(4.0, rel=1e-4)
+
+
+def test_stitch_leaves_out_a_window_that_shares_no_bin():
+    """A window beyond an empty one has no overlap with the joined pieces: its constant is unknown, so its bins stay
+    unknown instead of being tied by a guess."""
+    truth = np.linspace(0, 30, 40)
+    masks = np.zeros((3, 40), bool)
+    masks[0, :16], masks[1, 12:28], masks[2, 24:] = True, True, True
+    pieces = np.stack([truth, np.full(40, np.nan), truth + 7.0])
+    joined = combine.stitch(pieces, masks)
+    assert np.allclose(joined[:16], truth[:16]) and np.isnan(joined[16:]).all()

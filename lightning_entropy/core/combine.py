@@ -20,7 +20,9 @@ import numpy as np
 def stitch(pieces: np.ndarray, masks: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """One grid from window estimates ``pieces`` ``(K, n)`` valid where ``masks`` ``(K, n)`` (NaN elsewhere): each
     window after the first is shifted by the mean difference on the bins it shares with the windows joined so far,
-    then all are averaged where they overlap. ``weights`` ``(K, n)`` (e.g. visits) weight both; default equal."""
+    then all are averaged where they overlap. A window that shares no bin with them (e.g. after a window no walker
+    reached) is left out: its constant is unknown. ``weights`` ``(K, n)`` (e.g. visits) weight both; default
+    equal."""
     pieces = np.where(masks, pieces, np.nan).astype(float)
     weights = np.ones_like(pieces) if weights is None else np.asarray(weights, dtype=float)
     weights = np.where(np.isfinite(pieces), weights, 0.0)
@@ -33,8 +35,8 @@ def stitch(pieces: np.ndarray, masks: np.ndarray, weights: np.ndarray | None = N
         if common.any():
             pair = 1.0 / (1.0 / weight[common] + 1.0 / wk[common])  # inverse-variance weight of a difference
             piece = piece + float(np.sum(pair * (current[common] - piece[common])) / np.sum(pair))
-        elif np.isfinite(current).any() and np.isfinite(piece).any():
-            piece = piece + float(np.nanmax(current) - np.nanmax(piece))  # no overlap yet: nothing to tie them
+        elif np.isfinite(current).any():
+            continue  # shares no bin with the windows joined so far: nothing ties its constant, so it is left out
         ok = wk > 0
         total[ok] += piece[ok] * wk[ok]
         weight[ok] += wk[ok]

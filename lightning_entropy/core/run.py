@@ -129,6 +129,7 @@ class Run:
             self.state = new
         windows.update_schedule()
         if not bool(windows.frozen):
+            self._bring_in()
             self._adapt_dt((self.state.accepted - accepted0) / max(steps, 1), windows.inside(self.state.cv))
         self._regroup()
         landscape.metadata["steps"] = self.state.step
@@ -142,6 +143,27 @@ class Run:
             "exchange_acceptance": float((windows.exchange_accepted - taken0).sum()) / tried if tried else float("nan"),
             "x_min": float(x.min()), "x_max": float(x.max()),
         }
+
+    def _bring_in(self) -> None:
+        """Wang-Landau phase, between chunks: a walker still outside its window takes the state (parameters,
+        velocity, CVs, force) of a walker of the same replica that is inside that window now, if there is one
+        (chosen with the walkers' generator), instead of waiting for the pull to bring it in."""
+        w, st = self.windows, self.state
+        outside = w.distance(st.cv) > 0
+        if not bool(outside.any()):
+            return
+        x = st.cv[:, 0].to(torch.float64)
+        finite = torch.isfinite(st.cv).all(-1) & self.landscape.inside(st.cv)
+        for walker in torch.nonzero(outside).squeeze(1).tolist():
+            e = int(w.owner[walker])
+            same = w.replica_of == w.replica_of[walker]
+            inside = same & finite & (x >= w.x_lo[e]) & (x < w.x_hi[e])
+            donors = torch.nonzero(inside).squeeze(1)
+            if donors.numel() == 0:
+                continue
+            pick = int(donors[int(torch.randint(donors.numel(), (1,), generator=st.generator, device=donors.device))])
+            for name in ("theta", "velocity", "cv", "bias_grad"):
+                getattr(st, name)[walker] = getattr(st, name)[pick]
 
     def _adapt_dt(self, acceptance: torch.Tensor, inside: torch.Tensor) -> None:
         """Per window, shrink the time step when fewer than ``target[0]`` of its walkers' moves were accepted in the
@@ -159,7 +181,7 @@ class Run:
         shrunk = (self.dt * 0.8).clamp(min=self.min_dt)
         self.dt = torch.where(rate < lo, shrunk, torch.where(rate > hi, grown, self.dt))
 
-    acceptance_target = (0.6, 0.9)
+    acceptance_target = (0.4, 0.9)
 
     @property
     def max_dt(self) -> float:
@@ -167,7 +189,7 @@ class Run:
 
     @property
     def min_dt(self) -> float:
-        return float(self.config.dt) / 100
+        return float(self.config.dt) / 20
 
     def freeze(self) -> None:
         """Start production: fix the biases; later visits fill the production histograms."""
@@ -233,6 +255,12 @@ class Run:
             out[lo[k]:hi[k]] = np.fmax(out[lo[k]:hi[k]], r_hat)
         return out
 
+    def empty_windows(self) -> int:
+        """Estimates (replica x window) that no walker has visited inside their window yet."""
+        w = self.windows
+        counts = (w.visits + w.production).reshape(w.replicas * w.windows, -1).sum(1)
+        return int((counts == 0).sum())
+
     def publish(self) -> np.ndarray:
         """Write the replicas' mean S into ``landscape.bias`` (``landscape.known`` False where no replica has it) and
         their grids into ``landscape.replica_entropy``; returns the replicas' grids."""
@@ -267,6 +295,7 @@ class Run:
             "r_hat": float(np.nanmax(r_hat)) if np.isfinite(r_hat).any() else float("nan"),
             "r_hat_above": float(np.mean(r_hat[np.isfinite(r_hat)] >= R_HAT)) if np.isfinite(r_hat).any() else float("nan"),
             "production": float(self.frozen),
+            "empty_windows": float(self.empty_windows()),
             "production_blocks": float(len(self.blocks)),
         }
         return self.landscape.snapshot(self.state.step, **extra)
