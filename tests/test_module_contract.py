@@ -6,6 +6,7 @@ step, BatchNorm and Dropout, frozen parameters; what cannot be sampled fails at 
 """
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -417,3 +418,17 @@ def test_entropy_md_takes_loaders_given_to_fit_and_an_inline_loss():
     assert strategy.metric_name == "hard_test_accuracy" and strategy._evaluator.vectorized
     assert strategy.trace["hard_test_accuracy"].shape[1] == 4
 
+
+def test_the_readme_example_samples_as_it_says():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Bring your own LightningModule", 1)[1]
+    code = section.split("```python", 1)[1].split("```", 1)[0]
+    module_code, run = code.split("trainer = ", 1)
+    namespace: dict = {}
+    exec(module_code, namespace)  # noqa: S102 - our own README
+    assert "trainer.fit(LitClassifier(), DataLoader(" in run  # loaders passed to fit, as below
+    train, val = _loaders(batch_size=64)
+    trainer = _trainer(_wl(), num_sanity_val_steps=0)
+    trainer.fit(namespace["LitClassifier"](), train, val)
+    assert trainer.strategy.landscape.names == ("ln_train_loss", "test_accuracy")
+    assert trainer.strategy.landscape.metadata["vectorized"]
