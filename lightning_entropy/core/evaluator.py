@@ -265,7 +265,8 @@ class Evaluator:
         values = []
         for cv in cvs:
             source = self._source(cv)
-            values.append(self._apply(cv, outputs[cv.split, source], targets[cv.split] if source == "forward" else None))
+            target = targets[cv.split] if source == "forward" else None  # a step hook's outputs carry their own
+            values.append(self._apply(cv, outputs[cv.split, source], target))
         return torch.stack(values, dim=1)
 
     # -- public ------------------------------------------------------------------------------------------------
