@@ -4,7 +4,12 @@ The vectorized path runs ``torch.func.functional_call`` under ``torch.func.vmap`
 batched forward over the train and held-out inputs together for all walkers, and one backward pass for the
 gradient of the bias ``sum_k (dS/dcv_k) cv_k`` (the sampler supplies the slopes once the CVs are known). Modules that vmap cannot trace (in-place buffer updates,
 data-dependent control flow) fall back to a loop over walkers that builds the same autograd graph. Modules without
-a standard loss are evaluated through their own ``training_step`` / ``validation_step`` (the "step" path).
+a standard loss are evaluated through their own ``training_step`` / ``validation_step`` (the "step" path), with the
+values those hooks log captured (:mod:`lightning_entropy.core.step_hooks`); a CV may also read one logged value while
+the others come from ``forward`` (``CollectiveVariable.hook``).
+
+Frozen parameters (``requires_grad=False``) are not in the walkers' layout: every path evaluates them at the module's
+own values.
 """
 
 from __future__ import annotations
@@ -19,57 +24,44 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from lightning_entropy.core.step_hooks import StepCall, extract_loss
 from lightning_entropy.core.variables import CollectiveVariable
 from lightning_entropy.core.walkers import ParameterLayout
+
+__all__ = ["Evaluation", "Evaluator", "FullBatch", "extract_loss", "linear_chain"]
+
 
 @dataclass
 class FullBatch:
     """Cached full-batch data: ``train`` and ``test`` are ``(inputs, targets)`` pairs (``test`` may be ``None``).
 
     On the step path (a module without a standard loss) ``inputs`` is the whole batch exactly as the module's
-    ``training_step``/``validation_step`` expects it, and ``targets`` is ``None``.
+    ``training_step``/``validation_step`` expects it, and ``targets`` is ``None``. ``batches`` optionally holds the
+    whole batch per split (``"train"``, ``"test"``) for the hooks when the pairs drop part of it.
     """
 
     train: tuple[Any, torch.Tensor | None]
     test: tuple[Any, torch.Tensor | None] | None = None
+    batches: dict[str, Any] | None = None
 
     @property
     def has_heldout(self) -> bool:
         return self.test is not None
 
+    def pair(self, split: str) -> tuple[Any, torch.Tensor | None] | None:
+        return self.train if split == "train" else self.test
+
+    def batch(self, split: str) -> Any:
+        """The whole batch of ``split`` as the module's step hook receives it."""
+        if self.batches is not None and self.batches.get(split) is not None:
+            return self.batches[split]
+        pair = self.pair(split)
+        return pair[0] if pair[1] is None else pair
+
 
 class Evaluation(NamedTuple):
     values: torch.Tensor | None  # (W, d) collective variables
     observed: torch.Tensor | None  # (W, k) observables, no gradient
-
-
-def extract_loss(output: Any, hook: str) -> torch.Tensor:
-    """The loss tensor of a ``training_step``/``validation_step`` output (a tensor or a one-value/``loss`` dict)."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, dict):
-        if "loss" in output:
-            return output["loss"]
-        values = [v for v in output.values() if isinstance(v, torch.Tensor)]
-        if len(values) == 1:
-            return values[0]
-    raise ValueError(
-        f"{hook} returned {type(output).__name__} without a loss: the sampler needs a scalar loss tensor (or a dict"
-        f" with key 'loss'). Return the loss from {hook}, or give the module a `loss_fn` so that the sampler can use"
-        " forward() directly."
-    )
-
-
-class _StepCall(nn.Module):
-    """Calls a LightningModule hook under ``functional_call`` so the walker's parameters are substituted."""
-
-    def __init__(self, module: nn.Module, hook: str) -> None:
-        super().__init__()
-        self.inner = module
-        self.hook = hook
-
-    def forward(self, batch: Any, index: int) -> torch.Tensor:
-        return extract_loss(getattr(self.inner, self.hook)(batch, index), self.hook)
 
 
 _ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Softplus, nn.Identity)
@@ -110,13 +102,15 @@ class Evaluator:
     """Computes CVs (W, d), their Jacobians (W, d, P) and observables (W, k) for stacked walkers ``theta`` (W, P).
 
     Args:
-        module: the network; its trainable parameters are replaced by each walker's row of ``theta``.
+        module: the network; its trainable parameters are replaced by each walker's row of ``theta`` (frozen ones,
+            ``requires_grad=False``, keep the module's values).
         layout: the flat layout of those parameters.
         data: cached full-batch data.
         variables: the CVs that span the landscape (one or two).
         observables: CVs recorded per bin without biasing (no gradient).
         vectorize: ``True`` (vmap, error if impossible), ``False`` (loop over walkers) or ``"auto"`` (probe).
-        step_hooks: outputs are the losses returned by ``training_step`` (train) and ``heldout_hook`` (test).
+        step_hooks: every CV reads the outputs of ``training_step`` (train) and ``heldout_hook`` (test) instead of
+            ``forward``; without it only the CVs marked ``hook`` do.
     """
 
     def __init__(
@@ -137,6 +131,8 @@ class Evaluator:
         self.variables = tuple(variables)
         self.observables = tuple(observables)
         self.buffers = dict(module.named_buffers())
+        sampled = set(layout.names)
+        self.frozen = {n: p.detach() for n, p in module.named_parameters() if n not in sampled}
         for cv in self.variables + self.observables:
             if cv.split == "test" and data.test is None:
                 raise ValueError(
@@ -144,28 +140,43 @@ class Evaluator:
                     " datamodule a val_dataloader (or a test_dataloader with heldout='test'), or use"
                     " variables=('train_loss',)."
                 )
-        self._hooks = {"train": _StepCall(module, "training_step"), "test": _StepCall(module, heldout_hook)}
+        self._hooks = {"train": StepCall(module, "training_step"), "test": StepCall(module, heldout_hook)}
         self.step_hooks = step_hooks
-        self._batched = {split: vmap(partial(self._call_one, split), in_dims=(0, None)) for split in ("train", "test")}
+        self._batched = {
+            (split, source): vmap(partial(self._call_one, split, source), in_dims=(0, None))
+            for split in ("train", "test") for source in ("forward", "step")
+        }
         self.vectorized = self._probe_vmap() if vectorize == "auto" else bool(vectorize)
         train_x = data.train[0]
         self._chain = None
-        if self.vectorized and not step_hooks and isinstance(train_x, torch.Tensor) and train_x.dim() == 2:
+        uses_forward = any(self._source(cv) == "forward" for cv in self.variables + self.observables)
+        if self.vectorized and uses_forward and isinstance(train_x, torch.Tensor) and train_x.dim() == 2:
             self._chain = linear_chain(module)
         self._differentiable = torch.tensor([cv.differentiable for cv in self.variables])
         test_x = data.test[0] if data.test is not None else None
         self._joint = (
-            not step_hooks
-            and isinstance(train_x, torch.Tensor)
+            isinstance(train_x, torch.Tensor)
             and isinstance(test_x, torch.Tensor)
             and train_x.shape[1:] == test_x.shape[1:]
             and train_x.dtype == test_x.dtype
         )
 
+    @property
+    def path(self) -> str:
+        """How walkers are evaluated: ``"linear chain"`` (batched products), ``"vmap"`` or ``"loop"`` (one walker
+        after another)."""
+        if not self.vectorized:
+            return "loop"
+        return "linear chain" if self._chain is not None else "vmap"
+
     # -- forward passes -----------------------------------------------------------------------------------------
 
-    def _call_one(self, split: str, params: dict[str, torch.Tensor], x: Any) -> torch.Tensor:
-        if self.step_hooks:
+    def _source(self, cv: CollectiveVariable) -> str:
+        """``"step"``: the CV reads the split's step hook output; ``"forward"``: the module's outputs."""
+        return "step" if self.step_hooks or cv.hook else "forward"
+
+    def _call_one(self, split: str, source: str, params: dict[str, torch.Tensor], x: Any) -> Any:
+        if source == "step":
             params = {"inner." + k: v for k, v in params.items()}
             buffers = {"inner." + k: v for k, v in self.buffers.items()}
             return functional_call(self._hooks[split], (params, buffers), (x, 0), strict=False)
@@ -177,53 +188,68 @@ class Evaluator:
             )
         return out
 
+    def _inputs(self, split: str, source: str) -> Any:
+        return self.data.batch(split) if source == "step" else self.data.pair(split)[0]
+
     def _probe_vmap(self) -> bool:
         theta = self.layout.flatten(self.module).unsqueeze(0).expand(2, -1)
+        keys = dict.fromkeys((cv.split, self._source(cv)) for cv in self.variables + self.observables)
         try:
             with torch.no_grad():
-                self._batched["train"](self.layout.unflatten(theta), self.data.train[0])
+                for split, source in keys or [("train", "step" if self.step_hooks else "forward")]:
+                    self._batched[split, source](self.layout.unflatten(theta), self._inputs(split, source))
         except Exception as err:  # noqa: BLE001 - any tracing failure selects the fallback
             warnings.warn(
                 f"torch.func.vmap cannot trace {type(self.module).__name__} ({type(err).__name__}: {err}); walkers are"
                 " evaluated one after another, which is slower. Avoid in-place buffer updates, .item() and"
-                " data-dependent control flow in the forward pass to get the vectorized path.",
+                " data-dependent control flow in the forward pass and the step hooks to get the vectorized path.",
                 stacklevel=3,
             )
             return False
         return True
 
-    def _outputs(self, theta: torch.Tensor, splits: tuple[str, ...]) -> dict[str, Any]:
-        """Outputs per split; train and test inputs go through one batched forward when they can be stacked."""
+    def _outputs(self, theta: torch.Tensor, keys: tuple[tuple[str, str], ...]) -> dict[tuple[str, str], Any]:
+        """Outputs per (split, source); the train and test forward passes go through one batched forward when their
+        inputs can be stacked."""
         params = self.layout.unflatten(theta)
-        inputs = {split: (self.data.train if split == "train" else self.data.test)[0] for split in splits}
-        if self._joint and len(splits) == 2:
-            n = inputs["train"].shape[0]
-            out = self._run(params, "train", torch.cat([inputs["train"], inputs["test"]]), theta.shape[0])
-            if isinstance(out, list):
-                return {"train": [o[:n] for o in out], "test": [o[n:] for o in out]}
-            return {"train": out[:, :n], "test": out[:, n:]}
-        return {split: self._run(params, split, x, theta.shape[0]) for split, x in inputs.items()}
+        walkers = theta.shape[0]
+        out: dict[tuple[str, str], Any] = {}
+        if self._joint and ("train", "forward") in keys and ("test", "forward") in keys:
+            x_train, x_test = self.data.train[0], self.data.test[0]
+            n = x_train.shape[0]
+            both = self._run(params, "train", "forward", torch.cat([x_train, x_test]), walkers)
+            if isinstance(both, list):
+                out["train", "forward"], out["test", "forward"] = [o[:n] for o in both], [o[n:] for o in both]
+            else:
+                out["train", "forward"], out["test", "forward"] = both[:, :n], both[:, n:]
+        for split, source in keys:
+            if (split, source) not in out:
+                out[split, source] = self._run(params, split, source, self._inputs(split, source), walkers)
+        return out
 
-    def _run(self, params: dict[str, torch.Tensor], split: str, x: Any, walkers: int):
-        if self._chain is not None:
+    def _run(self, params: dict[str, torch.Tensor], split: str, source: str, x: Any, walkers: int):
+        if source == "forward" and self._chain is not None:
             return self._run_chain(params, x, walkers)
         if self.vectorized:
-            return self._batched[split](params, x)
-        return [self._call_one(split, {k: v[w] for k, v in params.items()}, x) for w in range(walkers)]
+            return self._batched[split, source](params, x)
+        return [self._call_one(split, source, {k: v[w] for k, v in params.items()}, x) for w in range(walkers)]
 
     def _run_chain(self, params: dict[str, torch.Tensor], x: torch.Tensor, walkers: int) -> torch.Tensor:
         """A Linear/activation chain for all walkers at once, one batched product per layer.
 
         Activations are kept feature-major, ``(W, features, N)``, so each layer is ``W_w @ h`` with the weight in its
         stored ``(out, in)`` layout: for narrow layers this orientation is several times faster than ``h @ W^T``.
+        A frozen weight or bias is the module's own tensor, shared by all walkers.
         """
         h = x.T.expand(walkers, *x.T.shape)
         for kind, item in self._chain:
             if kind == "act":
                 h = item(h)
                 continue
-            weight = params[item + ".weight"]
-            bias = params.get(item + ".bias")
+            weight = params.get(item + ".weight")
+            if weight is None:
+                weight = self.frozen[item + ".weight"].expand(walkers, -1, -1)
+            bias = params.get(item + ".bias", self.frozen.get(item + ".bias"))
             h = torch.bmm(weight, h) if bias is None else torch.baddbmm(bias.unsqueeze(-1), weight, h)
         return h.transpose(1, 2)
 
@@ -233,10 +259,15 @@ class Evaluator:
         return vmap(cv.fn, in_dims=(0, None))(outputs, targets)
 
     def _values(self, theta: torch.Tensor, cvs: Sequence[CollectiveVariable]) -> torch.Tensor:
-        splits = tuple(dict.fromkeys(cv.split for cv in cvs))
-        outputs = self._outputs(theta, splits)
+        keys = tuple(dict.fromkeys((cv.split, self._source(cv)) for cv in cvs))
+        outputs = self._outputs(theta, keys)
         targets = {"train": self.data.train[1], "test": self.data.test[1] if self.data.test is not None else None}
-        return torch.stack([self._apply(cv, outputs[cv.split], targets[cv.split]) for cv in cvs], dim=1)
+        values = []
+        for cv in cvs:
+            source = self._source(cv)
+            target = targets[cv.split] if source == "forward" else None  # a step hook's outputs carry their own
+            values.append(self._apply(cv, outputs[cv.split, source], target))
+        return torch.stack(values, dim=1)
 
     # -- public ------------------------------------------------------------------------------------------------
 

@@ -16,17 +16,21 @@ name                        value                                               
 
 Accuracies can be put on a logit axis, ``y = ln(p / (1 - p))`` with ``p = eps + (1 - 2 eps) A`` (``eps = 1e-4``).
 A callable ``fn(outputs, targets) -> scalar`` is a held-out CV named after the function; it sees one walker's
-outputs on the whole held-out set.
+outputs on the whole held-out set. Any other name is a value the module logs with ``self.log(name, ...)`` in its step
+hooks (``logged=`` lists them): ``variables=("train_loss", "val_acc")`` samples what ``validation_step`` logs as
+``val_acc``, evaluated for every walker on the full held-out batch (:mod:`lightning_entropy.core.step_hooks`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from lightning_entropy.core.step_hooks import LOGGED, RETURNED
 
 LOSS_KINDS = ("cross_entropy", "binary_cross_entropy", "mse")
 NAMES = (
@@ -41,13 +45,19 @@ NAMES = (
 
 @dataclass(frozen=True)
 class CollectiveVariable:
-    """One CV: ``fn(outputs, targets)`` on one walker's outputs for the ``split`` ("train" or "test") data."""
+    """One CV: ``fn(outputs, targets)`` on one walker's outputs for the ``split`` ("train" or "test") data.
+
+    ``hook``: ``outputs`` is what the split's step hook (``training_step`` / ``validation_step``) returned and logged
+    (a dict, see :func:`lightning_entropy.core.step_hooks.step_output`) and ``targets`` is ``None``; otherwise
+    ``outputs`` are ``forward``'s.
+    """
 
     name: str
     split: str
     fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = field(compare=False)
     differentiable: bool = True
     label: str = ""
+    hook: bool = False
 
     def __post_init__(self) -> None:
         if self.split not in ("train", "test"):
@@ -101,9 +111,27 @@ def logit_axis(fn: Callable, eps: float = 1e-4) -> Callable:
     return wrapped
 
 
-def _ln_step_loss(loss: torch.Tensor, _targets: None) -> torch.Tensor:
-    """On the step path the outputs are the hook's loss itself."""
-    return torch.log(loss)
+def _ln_step_loss(out: dict[str, torch.Tensor], _targets: None) -> torch.Tensor:
+    """On the step path the outputs are the hook's output: ln of the loss it returned."""
+    if RETURNED not in out:
+        raise ValueError(
+            "The step hook returned no loss (a tensor, or a dict with key 'loss'), so ln of its loss cannot be"
+            " evaluated. Return the loss from the hook, or sample a value it logs instead (variables=('train_loss',"
+            " '<logged name>'))."
+        )
+    return torch.log(out[RETURNED])
+
+
+def logged_metric(name: str, split: str, *, differentiable: bool) -> CollectiveVariable:
+    """The value the module logs as ``name`` (``self.log(name, value)``) in the step hook of ``split``, as it is (no
+    logarithm). ``differentiable``: whether that value has a gradient in the parameters (an argmax accuracy has not)."""
+
+    def fn(out: dict[str, torch.Tensor], _targets: None) -> torch.Tensor:
+        if LOGGED + name not in out:
+            raise ValueError(f"The step hook did not log {name!r} in this call; it logged {sorted(out)}.")
+        return out[LOGGED + name].reshape(())
+
+    return CollectiveVariable(name, split, fn, differentiable, name, hook=True)
 
 
 def _ln(fn: Callable) -> Callable:
@@ -120,33 +148,44 @@ def resolve(
     monte_carlo: bool = False,
     accuracy_slope: float = 5.0,
     accuracy_axis: str = "linear",
+    logged: Mapping[str, tuple[str, bool]] | None = None,
 ) -> CollectiveVariable:
     """Turn a CV name or callable into a :class:`CollectiveVariable`.
 
     ``loss`` is the task's loss kind (``None`` when the module has no standard loss and its ``training_step`` is
     used: then only ``train_loss`` and ``test_loss`` exist). ``monte_carlo`` makes ``test_accuracy`` hard.
+    ``logged`` maps the names the module's step hooks log to ``(split, differentiable)``; a name that is not built in
+    is looked up there (:func:`logged_metric`).
     """
     if isinstance(spec, CollectiveVariable):
         return spec
     if callable(spec):
         name = getattr(spec, "__name__", "custom")
         return CollectiveVariable(name if name != "<lambda>" else "custom", "test", spec, True, name)
+    if isinstance(spec, str) and spec not in NAMES and logged and spec in logged:
+        split, differentiable = logged[spec]
+        return logged_metric(spec, split, differentiable=differentiable)
     if not isinstance(spec, str) or spec not in NAMES:
+        known = f" or a name the module logs ({sorted(logged)})" if logged else ""
         raise ValueError(
-            f"Unknown collective variable {spec!r}. Use one of {NAMES} or a callable fn(outputs, targets) -> scalar."
+            f"Unknown collective variable {spec!r}. Use one of {NAMES}{known}, or a callable fn(outputs, targets) ->"
+            " scalar."
         )
     if accuracy_axis not in ("linear", "logit"):
         raise ValueError(f"accuracy_axis={accuracy_axis!r}: use 'linear' or 'logit'.")
     if loss is None and spec not in ("train_loss", "test_loss"):
         raise ValueError(
-            f"Collective variable {spec!r} needs the module's outputs, but the module has no standard loss (the"
-            " sampler calls its training_step). Give the module a `loss_fn` attribute (e.g. nn.CrossEntropyLoss())"
-            " or pass loss='cross_entropy' to the strategy, or use variables=('train_loss', 'test_loss')."
+            f"Collective variable {spec!r} needs the module's outputs, but the module has no standard loss (its"
+            " training_step's loss is not the cross-entropy, BCE or MSE of forward(x) on (inputs, targets) batches,"
+            " so the sampler calls training_step). Return such a loss of self(x) from training_step, give the module"
+            " a `loss_fn` attribute (e.g. nn.CrossEntropyLoss()) or pass loss='cross_entropy' to the strategy; or"
+            " use variables=('train_loss', 'test_loss') or a value validation_step logs."
         )
     if spec in ("train_loss", "test_loss"):
         split = spec.split("_")[0]
-        fn = _ln(loss_fn(loss)) if loss is not None else _ln_step_loss
-        return CollectiveVariable(f"ln_{split}_loss", split, fn, True, f"ln L_{split}")
+        if loss is None:
+            return CollectiveVariable(f"ln_{split}_loss", split, _ln_step_loss, True, f"ln L_{split}", hook=True)
+        return CollectiveVariable(f"ln_{split}_loss", split, _ln(loss_fn(loss)), True, f"ln L_{split}")
     if isinstance(loss, str) and loss == "mse" or callable(loss):
         raise ValueError(
             f"Collective variable {spec!r} is an accuracy, but the task's loss is {getattr(loss, '__name__', loss)!r}"

@@ -1,4 +1,10 @@
-"""Full-batch data for the samplers, read once from the Trainer's dataloaders and cached on the device."""
+"""Full-batch data for the samplers, read once from the Trainer's dataloaders and cached on the device.
+
+The loaders are the ones the fit uses, from wherever Lightning accepts them: ``trainer.fit(model, train_dataloaders,
+val_dataloaders)``, a datamodule, or the module's ``*_dataloader`` methods. They are read through the Trainer's public
+properties (``trainer.train_dataloader``, ``trainer.val_dataloaders``, set by the fit loop before ``on_train_start``),
+then through the datamodule's or module's hooks; every batch of every loader is concatenated into one full batch.
+"""
 
 from __future__ import annotations
 
@@ -7,34 +13,10 @@ from typing import Any
 
 import torch
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from torch import nn
 
 from lightning_entropy.core.evaluator import FullBatch
 
-
-def detect_loss(module: nn.Module, loss: Any = "auto") -> Any:
-    """The loss kind the vectorized path uses: a name, a callable, or ``None`` (use the module's training_step).
-
-    ``"auto"`` looks for a ``loss_fn``, ``criterion`` or ``loss_function`` attribute: ``nn.CrossEntropyLoss()``,
-    ``nn.BCEWithLogitsLoss()`` and ``nn.MSELoss()`` with default settings map to their names (so accuracies are
-    available); any other module or callable ``loss(outputs, targets)`` is used as it is.
-    """
-    if loss != "auto":
-        return loss
-    for attr in ("loss_fn", "criterion", "loss_function"):
-        obj = getattr(module, attr, None)
-        if obj is None:
-            continue
-        plain = getattr(obj, "reduction", "mean") == "mean" and getattr(obj, "weight", None) is None
-        if isinstance(obj, nn.CrossEntropyLoss) and plain and not obj.label_smoothing:
-            return "cross_entropy"
-        if isinstance(obj, nn.BCEWithLogitsLoss) and plain and obj.pos_weight is None:
-            return "binary_cross_entropy"
-        if isinstance(obj, nn.MSELoss) and plain:
-            return "mse"
-        if callable(obj):
-            return obj
-    return None
+_PUBLIC = {"train": "train_dataloader", "val": "val_dataloaders", "test": "test_dataloaders"}
 
 
 def _concat(batches: list[Any]) -> Any:
@@ -52,6 +34,8 @@ def _concat(batches: list[Any]) -> Any:
 def _read(loader: Any, device: torch.device, what: str) -> Any:
     if loader is None:
         return None
+    if isinstance(loader, Mapping):
+        loader = list(loader.values())
     loaders = loader if isinstance(loader, (list, tuple)) else [loader]
     batches = [b for dl in loaders for b in dl]
     if not batches:
@@ -66,6 +50,18 @@ def _read(loader: Any, device: torch.device, what: str) -> Any:
     return _to(full, device)
 
 
+def samples(batch: Any) -> int:
+    """The number of samples in a full batch (the length of its first tensor)."""
+    if isinstance(batch, torch.Tensor):
+        return len(batch) if batch.dim() else 1
+    items = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (tuple, list)) else ()
+    for item in items:
+        n = samples(item)
+        if n:
+            return n
+    return 0
+
+
 def _to(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device)
@@ -76,35 +72,69 @@ def _to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _loader(trainer: Any, kind: str) -> Any:
-    """The train/val/test dataloader(s) the user gave the Trainer, the datamodule or the module."""
-    source = getattr(trainer._data_connector, f"_{kind}_dataloader_source", None)
-    if source is not None and source.is_defined():
-        return source.dataloader()
-    for owner in (trainer.datamodule, trainer.lightning_module):
+def dataloaders(trainer: Any, kind: str) -> tuple[Any, str]:
+    """The ``kind`` (``"train"``, ``"val"`` or ``"test"``) dataloader(s) of the fit and where they came from, or
+    ``(None, "")``.
+
+    First the Trainer's public property (``trainer.train_dataloader`` / ``val_dataloaders``: Lightning loads these
+    before ``on_train_start`` from the loaders given to ``fit``, the datamodule or the module), then the datamodule's
+    and the module's ``<kind>_dataloader`` hook. Loaders given to ``fit`` that Lightning does not load itself (a
+    ``val_dataloaders`` with ``limit_val_batches=0`` or no ``validation_step``) are only held by the loop's data
+    source, which has no public accessor: it is read last, and skipped if a Lightning version lacks it.
+    """
+    loaders = getattr(trainer, _PUBLIC[kind], None)
+    if loaders is not None:
+        return loaders, f"trainer.{_PUBLIC[kind]}"
+    for owner, what in ((trainer.datamodule, "datamodule"), (trainer.lightning_module, "module")):
         if owner is not None and is_overridden(f"{kind}_dataloader", owner):
-            return getattr(owner, f"{kind}_dataloader")()
-    return None
+            return getattr(owner, f"{kind}_dataloader")(), f"the {what}'s {kind}_dataloader"
+    loop = {"train": lambda: trainer.fit_loop, "val": lambda: trainer.fit_loop.epoch_loop.val_loop,
+            "test": lambda: trainer.test_loop}[kind]
+    from lightning.pytorch import LightningDataModule, LightningModule  # not at import: the startup hook imports
+    # this package while lightning.pytorch is still initialising
+
+    source = getattr(loop(), "_data_source", None)  # private: the loaders given to fit
+    instance = getattr(source, "instance", None)
+    if instance is not None and not isinstance(instance, (LightningModule, LightningDataModule)):
+        return instance, f"the {kind} loaders given to trainer.fit"
+    return None, ""
+
+
+def read_split(trainer: Any, kind: str, device: torch.device) -> tuple[Any, str]:
+    """The whole ``kind`` set as one batch on ``device`` (``None`` if there is none) and where it came from."""
+    loaders, origin = dataloaders(trainer, kind)
+    return _read(loaders, device, kind), origin
+
+
+def pair(full: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``(inputs, targets)`` of a full batch; an error that says what to yield otherwise."""
+    if isinstance(full, (tuple, list)) and len(full) >= 2:
+        return full[0], full[1]
+    raise ValueError(
+        f"The {what} batches are {type(full).__name__}, not (inputs, targets) pairs; the vectorized sampler"
+        " needs pairs. Yield (inputs, targets), or drop the module's `loss_fn` so the sampler calls"
+        " training_step instead."
+    )
 
 
 def cache_full_batch(trainer: Any, heldout: str, standard_loss: bool, device: torch.device) -> FullBatch:
     """Read the train set and the held-out set (``heldout``: ``"val"`` or ``"test"``) once, as full batches."""
     if heldout not in ("val", "test"):
         raise ValueError(f"heldout={heldout!r}: use 'val' (val_dataloader) or 'test' (test_dataloader).")
-    train = _read(_loader(trainer, "train"), device, "train")
+    train, _ = read_split(trainer, "train", device)
     if train is None:
-        raise ValueError("No train_dataloader was found; the sampler needs the train set to compute ln L_train.")
-    test = _read(_loader(trainer, heldout), device, heldout)
+        raise ValueError(
+            "No train_dataloader was found; the sampler needs the train set to compute ln L_train. Pass it as"
+            " trainer.fit(model, train_dataloaders=...), or give the datamodule or the module a train_dataloader."
+        )
+    test, _ = read_split(trainer, heldout, device)
     if not standard_loss:
         return FullBatch((train, None), (test, None) if test is not None else None)
-
-    def pair(full: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(full, (tuple, list)) and len(full) >= 2:
-            return full[0], full[1]
-        raise ValueError(
-            f"The {what} batches are {type(full).__name__}, not (inputs, targets) pairs; the vectorized sampler"
-            " needs pairs. Yield (inputs, targets), or drop the module's `loss_fn` so the sampler calls"
-            " training_step instead."
-        )
-
     return FullBatch(pair(train, "train"), pair(test, heldout) if test is not None else None)
+
+
+def detect_loss(module: Any, loss: Any = "auto") -> Any:
+    """Moved to :func:`lightning_entropy.strategies.contract.detect_loss` (kept here for existing imports)."""
+    from lightning_entropy.strategies.contract import detect_loss as detect
+
+    return detect(module, loss)

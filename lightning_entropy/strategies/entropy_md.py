@@ -34,13 +34,12 @@ import torch
 
 from lightning_entropy.core.box import Box
 from lightning_entropy.core.ensemble import EnsembleModule, output_kind
-from lightning_entropy.core.evaluator import Evaluator
 from lightning_entropy.core.samplers import restrained
 from lightning_entropy.core.samplers.wlmd import MDConfig
-from lightning_entropy.core.variables import default_observables, loss_fn, resolve
+from lightning_entropy.core.variables import loss_fn
 from lightning_entropy.core.walkers import ParameterLayout
 from lightning_entropy.strategies.base import SamplerStrategy
-from lightning_entropy.strategies.data import cache_full_batch, detect_loss
+from lightning_entropy.strategies.contract import inspect_module
 
 SELECT = ("closest", "best_train", "first", "ensemble")
 
@@ -88,8 +87,9 @@ class EntropyMDStrategy(SamplerStrategy):
             held-out labels.
         metric: the observed held-out metric: ``"auto"`` (hard accuracy for classifiers, ln test loss otherwise),
             any collective-variable name of the held-out split, or ``None`` (observe ln L_train only).
-        loss: ``"auto"`` (the module's ``loss_fn``/``criterion``; else its ``training_step``), a loss name or a
-            callable ``loss(outputs, targets)``.
+        loss: ``"auto"`` (the module's ``loss_fn``/``criterion``, or the standard loss ``training_step`` computes of
+            ``forward``; else its ``training_step``), a loss name, a callable ``loss(outputs, targets)``, or ``None``
+            (always ``training_step``); see ``strategies.contract``.
         heldout: ``"val"`` (val_dataloader) or ``"test"`` (test_dataloader): the data the metric is observed on.
         max_start_shift: the largest change of ln L_train (nats) that clamping the module into the box may cause.
         vectorize: ``"auto"`` (vmap when it traces), ``True`` or ``False`` (loop over walkers).
@@ -278,23 +278,21 @@ class EntropyMDStrategy(SamplerStrategy):
         module = self.lightning_module
         module.eval()  # deterministic losses: no dropout noise, no batch-norm statistics updates
         device = self.root_device
-        loss = detect_loss(module, self._loss)
-        data = cache_full_batch(trainer, self.heldout, loss is not None, device)
-        train_cv = resolve("train_loss", loss=loss)
+        contract = inspect_module(trainer, module, loss=self._loss, heldout=self.heldout, device=device)
+        loss, layout = contract.loss, contract.layout
+        train_cv = contract.resolve("train_loss")
         if self._metric == "auto":
-            names = default_observables(loss, [train_cv], data.has_heldout)
+            names = contract.default_observables([train_cv])
         elif self._metric is None:
             names = ()
         else:
             names = (self._metric,)
-        observables = [resolve(n, loss=loss, monte_carlo=True) for n in names]
+        observables = [contract.resolve(n, monte_carlo=True) for n in names]
         for cv in observables:
             if cv.split != "test":
                 raise ValueError(f"metric={self._metric!r} is not a held-out metric; use e.g. 'test_accuracy'.")
-        layout = ParameterLayout.of(module)
-        hook = "validation_step" if self.heldout == "val" else "test_step"
-        evaluate = Evaluator(module, layout, data, [train_cv], observables, vectorize=self.vectorize,
-                             step_hooks=loss is None, heldout_hook=hook)
+        evaluate = contract.evaluator([train_cv], observables, vectorize=self.vectorize)
+        contract.announce(evaluate)
         self._evaluator, self._layout, self._loss_kind = evaluate, layout, loss
         self._metric_names = tuple(_metric_name(o) for o in observables)
         dtype = next(module.parameters()).dtype

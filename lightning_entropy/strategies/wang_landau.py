@@ -39,15 +39,9 @@ from lightning_entropy.core.run import Run
 from lightning_entropy.core.windows import Windows, auto_windows
 from lightning_entropy.core.samplers import wlmc, wlmd
 from lightning_entropy.core.start import MODES, starting_positions
-from lightning_entropy.core.variables import (
-    CollectiveVariable,
-    default_observables,
-    default_variables,
-    resolve,
-)
-from lightning_entropy.core.walkers import ParameterLayout
+from lightning_entropy.core.variables import CollectiveVariable
 from lightning_entropy.strategies.base import SamplerOptimizer, SamplerStrategy
-from lightning_entropy.strategies.data import cache_full_batch, detect_loss
+from lightning_entropy.strategies.contract import inspect_module
 
 __all__ = ["SamplerOptimizer", "WangLandauStrategy"]
 
@@ -110,8 +104,9 @@ class WangLandauStrategy(SamplerStrategy):
             optimiser runs, one per walker, of ``start_steps`` steps at ``start_lr``, stopped at spread lengths).
         observables: names recorded per bin without bias; default: the held-out metric for a 1-D walk.
         observe_every: record observables every this many sampler steps.
-        loss: ``"auto"`` (the module's ``loss_fn``/``criterion``; else its ``training_step``), ``"cross_entropy"``,
-            ``"binary_cross_entropy"``, ``"mse"`` or a callable ``loss(outputs, targets)``.
+        loss: ``"auto"`` (the module's ``loss_fn``/``criterion``, or the standard loss ``training_step`` computes of
+            ``forward``; else its ``training_step``), ``"cross_entropy"``, ``"binary_cross_entropy"``, ``"mse"``, a
+            callable ``loss(outputs, targets)``, or ``None`` (always ``training_step``); see ``strategies.contract``.
         heldout: ``"val"`` (val_dataloader) or ``"test"`` (test_dataloader): the data behind test CVs.
         accuracy_slope: slope ``k`` of the smoothed accuracy.
         accuracy_axis: ``"linear"`` or ``"logit"`` for accuracy axes.
@@ -296,34 +291,32 @@ class WangLandauStrategy(SamplerStrategy):
         return self._state.theta
 
     def _resolve(self, spec: Any, loss: Any) -> CollectiveVariable:
-        return resolve(spec, loss=loss, monte_carlo=self.sampler == "mc", accuracy_slope=self.accuracy_slope,
-                       accuracy_axis=self.accuracy_axis)
+        """A CV of this module (``loss``: its loss kind, as the contract found it; names it logs are CVs too)."""
+        return self._contract.resolve(spec, monte_carlo=self.sampler == "mc", accuracy_slope=self.accuracy_slope,
+                                      accuracy_axis=self.accuracy_axis)
 
     def _prepare(self, trainer: lightning.pytorch.Trainer) -> None:
         module = self.lightning_module
         module.eval()  # deterministic CVs: no dropout noise, no batch-norm statistics updates
         device = self.root_device
-        loss = detect_loss(module, self._loss)
-        data = cache_full_batch(trainer, self.heldout, loss is not None, device)
-        names = self._variables or default_variables(loss, data.has_heldout)
+        self._contract = contract = inspect_module(trainer, module, loss=self._loss, heldout=self.heldout,
+                                                   device=device)  # data, loss, sampled parameters (module contract)
+        loss, layout = contract.loss, contract.layout
+        names = self._variables or contract.default_variables()
         variables = [self._resolve(v, loss) for v in names]
         obs_names = self._observables
         if obs_names is None:
-            obs_names = default_observables(loss, variables, data.has_heldout)
-        observables = [resolve(o, loss=loss, monte_carlo=True, accuracy_slope=self.accuracy_slope)
-                       for o in obs_names]
-        layout = ParameterLayout.of(module)
-        hook = "validation_step" if self.heldout == "val" else "test_step"
-        evaluate = Evaluator(module, layout, data, variables, observables, vectorize=self.vectorize,
-                             step_hooks=loss is None, heldout_hook=hook)
+            obs_names = contract.default_observables(variables)
+        observables = [contract.resolve(o, monte_carlo=True, accuracy_slope=self.accuracy_slope) for o in obs_names]
+        evaluate = contract.evaluator(variables, observables, vectorize=self.vectorize)
+        contract.announce(evaluate)  # once: what is sampled, eval mode, full batches, loss, vectorized or not
         self._evaluator, self._layout, self._loss_kind = evaluate, layout, loss
         dtype = next(module.parameters()).dtype
         bound = self.box.bounds(layout, device=device, dtype=dtype)
         self._bound = bound
         gen = torch.Generator(device=device)
         gen.manual_seed(self.seed)
-        train_only = Evaluator(module, layout, data, [self._resolve("train_loss", loss)],
-                               vectorize=evaluate.vectorized, step_hooks=loss is None, heldout_hook=hook)
+        train_only = contract.evaluator([self._resolve("train_loss", loss)], vectorize=evaluate.vectorized)
         theta0 = starting_positions(
             self.start, walkers=self.walkers, bound=bound, generator=gen,
             module_theta=layout.flatten(module).to(device),

@@ -224,6 +224,12 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
         """No ``DistributedDataParallel``: the ranks share the landscape, never gradients."""
 
     @property
+    def distributed_sampler_kwargs(self) -> dict[str, Any]:
+        """Every rank reads the whole data set: the ``DistributedSampler`` Lightning puts into the loaders holds one
+        replica (each rank evaluates its own walkers on all samples, never on a shard)."""
+        return {"num_replicas": 1, "rank": 0}
+
+    @property
     def _distributed(self) -> bool:
         return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
