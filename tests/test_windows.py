@@ -27,7 +27,7 @@ def _fit(strategy, module, datamodule, max_steps):
 def toy_walk():
     strategy = WangLandauStrategy(walkers=64, box=1.0, variables=("train_loss",), observables=("test_loss",),
                                   ranges=[RANGES["ln_train_loss"]], bin_width=0.1, start="uniform", seed=0)
-    return _fit(strategy, ToyModule(), toy_datamodule(), 100)
+    return _fit(strategy, ToyModule(), toy_datamodule(), 150)
 
 
 def test_windowed_walk_matches_brute_force_to_005_nats(toy_walk, exact):

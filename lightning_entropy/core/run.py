@@ -129,7 +129,6 @@ class Run:
             self.state = new
         windows.update_schedule()
         if not bool(windows.frozen):
-            self._bring_in()
             self._adapt_dt((self.state.accepted - accepted0) / max(steps, 1), windows.inside(self.state.cv))
         self._regroup()
         landscape.metadata["steps"] = self.state.step
@@ -143,27 +142,6 @@ class Run:
             "exchange_acceptance": float((windows.exchange_accepted - taken0).sum()) / tried if tried else float("nan"),
             "x_min": float(x.min()), "x_max": float(x.max()),
         }
-
-    def _bring_in(self) -> None:
-        """Wang-Landau phase, between chunks: a walker still outside its window takes the state (parameters,
-        velocity, CVs, force) of a walker of the same replica that is inside that window now, if there is one
-        (chosen with the walkers' generator), instead of waiting for the pull to bring it in."""
-        w, st = self.windows, self.state
-        outside = w.distance(st.cv) > 0
-        if not bool(outside.any()):
-            return
-        x = st.cv[:, 0].to(torch.float64)
-        finite = torch.isfinite(st.cv).all(-1) & self.landscape.inside(st.cv)
-        for walker in torch.nonzero(outside).squeeze(1).tolist():
-            e = int(w.owner[walker])
-            same = w.replica_of == w.replica_of[walker]
-            inside = same & finite & (x >= w.x_lo[e]) & (x < w.x_hi[e])
-            donors = torch.nonzero(inside).squeeze(1)
-            if donors.numel() == 0:
-                continue
-            pick = int(donors[int(torch.randint(donors.numel(), (1,), generator=st.generator, device=donors.device))])
-            for name in ("theta", "velocity", "cv", "bias_grad"):
-                getattr(st, name)[walker] = getattr(st, name)[pick]
 
     def _adapt_dt(self, acceptance: torch.Tensor, inside: torch.Tensor) -> None:
         """Per window, shrink the time step when fewer than ``target[0]`` of its walkers' moves were accepted in the
@@ -181,7 +159,7 @@ class Run:
         shrunk = (self.dt * 0.8).clamp(min=self.min_dt)
         self.dt = torch.where(rate < lo, shrunk, torch.where(rate > hi, grown, self.dt))
 
-    acceptance_target = (0.4, 0.9)
+    acceptance_target = (0.6, 0.9)
 
     @property
     def max_dt(self) -> float:
