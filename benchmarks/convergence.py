@@ -61,7 +61,8 @@ def run_sampler(params: int, seconds: float, fill: str, seed: int) -> dict:
     land = strategy.landscape
     rms, worst, reached = _error(land.entropy, exact_entropy(land.edges[0], params))
     stated = land.entropy_error
-    return {"method": "windows" if fill == "visit" else "step", "params": params, "seconds": time.perf_counter() - start,
+    return {"method": "windows" if fill == "visit" else "step", "params": params,
+            "seconds": time.perf_counter() - start,
             "work": f"{land.walker_steps:,} walker-steps", "rms": rms, "worst": worst, "bins": reached,
             "stated": float(np.sqrt(np.nanmean(stated**2))) if np.isfinite(stated).any() else math.nan}
 

@@ -287,8 +287,8 @@ class Convergence:
         return asdict(self)
 
 
-THRESHOLDS = {"s_change": 0.1, "flatness": 0.2, "round_trip_fraction": 0.5, "r_hat": 1.05, "r_hat_share": 0.05, "r_hat_max": 1.1,
-              "production_blocks": 4}
+THRESHOLDS = {"s_change": 0.1, "flatness": 0.2, "round_trip_fraction": 0.5, "r_hat": 1.05, "r_hat_share": 0.05,
+              "r_hat_max": 1.1, "production_blocks": 4}
 
 
 def convergence(landscape, *, walkers: int | None = None, thresholds: dict[str, float] | None = None) -> Convergence:

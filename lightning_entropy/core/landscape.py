@@ -173,7 +173,8 @@ class Landscape:
         return value, slope
 
     def interpolate(self, table: torch.Tensor, cv: torch.Tensor, offset: torch.Tensor | None = None,
-                    lo: torch.Tensor | None = None, hi: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    lo: torch.Tensor | None = None,
+                    hi: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Multilinear interpolation between bin centres of a flat grid ``table`` at ``cv`` ``(W, d)``: the value
         ``(W,)`` and its exact gradient ``(W, d)`` (CV units).
 
@@ -215,7 +216,8 @@ class Landscape:
         m = mask.to(torch.float64)
         amount = torch.as_tensor(amount, dtype=torch.float64, device=self.device) * m
         here, near = self.spread(cv)
-        self.bias.view(-1).index_add_(0, near.reshape(-1), (amount.unsqueeze(1) * self._weights.unsqueeze(0)).reshape(-1))
+        spread = (amount.unsqueeze(1) * self._weights.unsqueeze(0)).reshape(-1)
+        self.bias.view(-1).index_add_(0, near.reshape(-1), spread)
         self.count(here, m)
 
     def count(self, here: torch.Tensor, weight: torch.Tensor) -> None:

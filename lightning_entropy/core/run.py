@@ -10,7 +10,8 @@ A run has two phases:
    (:mod:`lightning_entropy.core.combine`). Production is cut into blocks (one per :meth:`chunk`); the blocks'
    estimates, with replicas as chains, give the R-hat of S per bin.
 
-The landscape (``run.landscape``) receives the published S (the mean of the replicas; ``landscape.known`` marks the bins that have one), the
+The landscape (``run.landscape``) receives the published S (the mean of the replicas; ``landscape.known`` marks the
+bins that have one), the
 replicas' grids (``landscape.replica_entropy``, whose spread is the error of S and of every readout), the visit
 histogram and the unbiased per-bin observables; :meth:`snapshot` publishes and appends a convergence entry.
 
@@ -67,7 +68,8 @@ class Run:
                  end_fraction: float = 0.1, threads: int | str | None = "auto") -> None:
         if windows.walkers != theta0.shape[0]:
             raise ValueError(f"windows were laid out for {windows.walkers} walkers, but theta0 has {theta0.shape[0]}.")
-        self.evaluate, self.landscape, self.bound, self.windows, self.config = evaluate, landscape, bound, windows, config
+        self.evaluate, self.landscape, self.bound = evaluate, landscape, bound
+        self.windows, self.config = windows, config
         self.observe_every = int(observe_every)
         self.end_fraction = float(end_fraction)
         device = theta0.device
@@ -271,7 +273,8 @@ class Run:
             "exchange_acceptance": float(w.exchange_accepted.sum()) / tried if tried else float("nan"),
             "replica_error": float(np.sqrt(np.nanmean(error**2))) if np.isfinite(error).any() else float("nan"),
             "r_hat": float(np.nanmax(r_hat)) if np.isfinite(r_hat).any() else float("nan"),
-            "r_hat_above": float(np.mean(r_hat[np.isfinite(r_hat)] >= R_HAT)) if np.isfinite(r_hat).any() else float("nan"),
+            "r_hat_above": (float(np.mean(r_hat[np.isfinite(r_hat)] >= R_HAT)) if np.isfinite(r_hat).any()
+                            else float("nan")),
             "production": float(self.frozen),
             "empty_windows": float(self.empty_windows()),
             "production_blocks": float(len(self.blocks)),

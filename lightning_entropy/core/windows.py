@@ -96,7 +96,7 @@ class Windows:
         if walkers % (replicas * windows):
             raise ValueError(
                 f"walkers={walkers} cannot be split evenly over replicas={replicas} x windows={windows}; use a"
-                f" multiple of {replicas * windows} walkers (e.g. {replicas * windows * max(1, walkers // (replicas * windows))})."
+                f" multiple of {replicas * windows} walkers, or fewer replicas or windows."
             )
         if not 0 < overlap < 1:
             raise ValueError(f"overlap={overlap!r} is a fraction of a window's width in (0, 1), e.g. 0.5.")
@@ -345,14 +345,16 @@ class Windows:
 
     # -- persistence ---------------------------------------------------------------------------------------------
 
-    _TENSORS = ("bias", "visits", "stage", "production", "reweighted", "reference", "log_f", "one_over_t", "reachable", "deposits", "frozen",
+    _TENSORS = ("bias", "visits", "stage", "production", "reweighted", "reference", "log_f", "one_over_t", "reachable",
+                "deposits", "frozen",
                 "stages", "slots", "exchange_tried", "exchange_accepted")
 
     def config(self) -> dict[str, Any]:
         return {"replicas": self.replicas, "windows": self.windows, "walkers": self.walkers, "overlap": self.overlap,
                 "log_f0": self.log_f0, "flatness": self.flatness_target, "min_stage_visits": self.min_stage_visits,
                 "exchange_every": self.exchange_every, "pull": self.pull,
-                "bounds": [[int(a), int(b)] for a, b in zip(self.bin_lo[: self.windows, 0], self.bin_hi[: self.windows, 0])]}
+                "bounds": [[int(a), int(b)] for a, b in
+                           zip(self.bin_lo[: self.windows, 0], self.bin_hi[: self.windows, 0])]}
 
     def state_dict(self) -> dict[str, Any]:
         return {"config": self.config(), "exchanges": self.exchanges,

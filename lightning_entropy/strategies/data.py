@@ -14,8 +14,6 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from lightning_entropy.core.evaluator import FullBatch
-
 _PUBLIC = {"train": "train_dataloader", "val": "val_dataloaders", "test": "test_dataloaders"}
 
 
@@ -115,22 +113,6 @@ def pair(full: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
         " needs pairs. Yield (inputs, targets), or drop the module's `loss_fn` so the sampler calls"
         " training_step instead."
     )
-
-
-def cache_full_batch(trainer: Any, heldout: str, standard_loss: bool, device: torch.device) -> FullBatch:
-    """Read the train set and the held-out set (``heldout``: ``"val"`` or ``"test"``) once, as full batches."""
-    if heldout not in ("val", "test"):
-        raise ValueError(f"heldout={heldout!r}: use 'val' (val_dataloader) or 'test' (test_dataloader).")
-    train, _ = read_split(trainer, "train", device)
-    if train is None:
-        raise ValueError(
-            "No train_dataloader was found; the sampler needs the train set to compute ln L_train. Pass it as"
-            " trainer.fit(model, train_dataloaders=...), or give the datamodule or the module a train_dataloader."
-        )
-    test, _ = read_split(trainer, heldout, device)
-    if not standard_loss:
-        return FullBatch((train, None), (test, None) if test is not None else None)
-    return FullBatch(pair(train, "train"), pair(test, heldout) if test is not None else None)
 
 
 def detect_loss(module: Any, loss: Any = "auto") -> Any:

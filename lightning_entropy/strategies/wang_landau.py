@@ -72,14 +72,14 @@ class WangLandauStrategy(SamplerStrategy):
             faster but blur S where it curves (1 bin gave 0.16 nats RMS against 0.10 for 0.5 bins on the toy 2-D test).
         window: soft-wall window per axis ``(lo, hi)`` in CV units; the grid edges are always hard walls.
         wall_strength: soft-wall constant ``c`` in ``c * d**2`` (nats per squared CV unit); 0 disables it.
-        fill: how the bias fills (MD). ``"visit"`` (default unless a ``schedule`` is given): replica-exchange WL: ``replicas`` independent
-            replicas, each with ``windows`` overlapping windows in ln L_train whose walkers share that window's
-            estimate; each visit deposits the estimate's ``ln f`` (nats per visit, from ``log_f0``, halved on flat
-            stage histograms, then 1/t in visits per bin), so more walkers fill faster; the last ``production``
-            fraction of the run freezes the bias and reweights (see :mod:`lightning_entropy.core.windows` and
-            :mod:`lightning_entropy.core.run`). ``"step"``: the reference study's semantics, one landscape whose
-            ``schedule`` gives the nats per sampler step shared by all walkers (the default when ``schedule`` is
-            given; MC always fills this way).
+        fill: how the bias fills (MD). ``"visit"`` (default unless a ``schedule`` is given): replica-exchange WL:
+            ``replicas`` independent replicas, each with ``windows`` overlapping windows in ln L_train whose walkers
+            share that window's estimate; each visit deposits the estimate's ``ln f`` (nats per visit, from
+            ``log_f0``, halved on flat stage histograms, then 1/t in visits per bin), so more walkers fill faster;
+            the last ``production`` fraction of the run freezes the bias and reweights (see
+            :mod:`lightning_entropy.core.windows` and :mod:`lightning_entropy.core.run`). ``"step"``: the
+            reference study's semantics, one landscape whose ``schedule`` gives the nats per sampler step shared by
+            all walkers (the default when ``schedule`` is given; MC always fills this way).
         replicas: independent replicas (own walkers, biases and random numbers) for ``fill="visit"``; their spread
             is the error of S and of every readout, their R-hat the convergence test. ``walkers`` must be a
             multiple of ``replicas * windows``. ``"auto"``: the largest of 4, 3, 2, 1 that divides ``walkers``.
@@ -199,11 +199,13 @@ class WangLandauStrategy(SamplerStrategy):
                              " reference study's factor per sampler step shared by the walkers).")
         self.fill = fill if sampler == "md" else "step"
         if self.fill == "visit":
-            windows_ok = windows == "auto" or (isinstance(windows, int) and not isinstance(windows, bool) and windows >= 1)
+            windows_ok = windows == "auto" or (isinstance(windows, int) and not isinstance(windows, bool)
+                                               and windows >= 1)
             if not windows_ok:
                 raise ValueError(f"windows={windows!r}: give a positive integer or 'auto'.")
             if replicas == "auto":
-                replicas = max(r for r in (4, 3, 2, 1) if walkers % r == 0) if isinstance(walkers, int) and walkers > 0 else 1
+                positive = isinstance(walkers, int) and walkers > 0
+                replicas = max(r for r in (4, 3, 2, 1) if walkers % r == 0) if positive else 1
             if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
                 raise ValueError(f"replicas={replicas!r} must be a positive integer (independent replicas).")
             per = replicas * (windows if isinstance(windows, int) else 1)
@@ -215,7 +217,8 @@ class WangLandauStrategy(SamplerStrategy):
             if not 0 <= production < 1:
                 raise ValueError(f"production={production!r} is a fraction of the run in [0, 1), e.g. 0.3.")
             if not (math.isfinite(log_f0) and log_f0 > 0):
-                raise ValueError(f"log_f0={log_f0!r}: the initial WL factor must be a positive number of nats, e.g. 0.1.")
+                raise ValueError(f"log_f0={log_f0!r}: the initial WL factor must be a positive number of nats,"
+                                 " e.g. 0.1.")
             if not isinstance(exchange_every, int) or exchange_every < 0:
                 raise ValueError(f"exchange_every={exchange_every!r} must be a non-negative integer of sampler steps.")
         self.replicas = int(replicas) if isinstance(replicas, int) else 1
