@@ -207,3 +207,24 @@ def test_stitch_leaves_out_a_window_that_shares_no_bin():
     pieces = np.stack([truth, np.full(40, np.nan), truth + 7.0])
     joined = combine.stitch(pieces, masks)
     assert np.allclose(joined[:16], truth[:16]) and np.isnan(joined[16:]).all()
+
+
+def test_label_free_picture_of_a_1d_walk_is_a_2d_landscape_without_test_labels():
+    from lightning_entropy.tasks.spiral import SpiralClassifier, SpiralDataModule
+
+    strategy = WangLandauStrategy(walkers=16, variables=("train_loss",), start="uniform", seed=0, observe_every=2,
+                                  steps_per_lightning_step=50)
+    _fit(strategy, SpiralClassifier(), SpiralDataModule(), 12)
+    picture = strategy.picture
+    assert picture is not None and picture.ndim == 2
+    assert picture.names == ("ln_train_loss", "hard_test_accuracy")
+    assert picture.metadata["test_labels_in_dynamics"] is False and picture.metadata["label_free_picture"]
+    s = picture.entropy
+    assert np.isfinite(s).sum() > 10
+    # in every replica, each column's volume adds up to that replica's 1-D S of the x bin
+    for grid, s1 in zip(picture.replica_entropy, strategy.landscape.replica_entropy):
+        cols = np.isfinite(grid).any(1) & np.isfinite(s1)
+        total = np.log(np.nansum(np.exp(np.where(np.isfinite(grid), grid, -np.inf)), axis=1))
+        assert cols.sum() > 3 and np.allclose(total[cols], s1[cols], atol=1e-9)
+    x, y = analysis.readouts(picture)["max_s"].x, analysis.readouts(picture)["max_s"].value
+    assert x.shape == y.shape and np.isfinite(y).any()

@@ -501,6 +501,15 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
                                         exclude=int(cfg.plot.exclude), readouts=reads, convergence=conv)
         plotting.save(fig, out / "landscape.png", dpi=int(cfg.plot.dpi))
         files.append("landscape.png")
+        picture = getattr(strategy, "picture", None)  # a 1-D walk's label-free S(x, y) = S(x) + ln p(y | x)
+        if picture is not None:
+            picture.save(out / "landscape_label_free.npz")
+            fig = plotting.landscape_figure(
+                picture, baseline=curve, baseline_label=optimizer_name, exclude=int(cfg.plot.exclude),
+                readouts=analysis.readouts(picture, exclude=int(cfg.plot.exclude)),
+                title=title + "\nlabel-free picture: S(x) + ln p(y | x), no test label in the dynamics")
+            plotting.save(fig, out / "landscape_label_free.png", dpi=int(cfg.plot.dpi))
+            files += ["landscape_label_free.npz", "landscape_label_free.png"]
         if conv.history:
             fig = plotting.convergence_figure(conv.history, walkers=total_walkers, thresholds=conv.thresholds,
                                               title=f"{task.name}: convergence over {len(conv.history)} snapshots")

@@ -43,6 +43,7 @@ from lightning_entropy.core.samplers import wlmd
 from lightning_entropy.core.windows import Windows
 
 
+PICTURE_BINS = 41  # accuracy bins of the label-free picture: multiples of 1/40 at the bin centres
 R_HAT = 1.05  # the lenient rule of Vehtari et al. (2021); a snapshot records the share of bins at or above it
 
 
@@ -87,6 +88,11 @@ class Run:
         self.blocks: list[np.ndarray] = []  # per production chunk: (E, nx) reweighted x-marginal mass
         self._last_production = torch.zeros_like(windows.production)
         self.production_start: int | None = None
+        self._picture = None  # (R, nx, ny) reweighted production counts of (x, first observable), 1-D runs only
+        names = landscape.observable_names
+        if landscape.ndim == 1 and names and "accuracy" in names[0]:
+            self._picture = torch.zeros((windows.replicas, landscape.shape[0], PICTURE_BINS), dtype=torch.float64,
+                                        device=device)
         e = windows.replicas * windows.windows
         self.dt = torch.full((e,), float(config.dt), dtype=theta0.dtype, device=device)  # per window, adapted
 
@@ -120,7 +126,10 @@ class Run:
             landscape.count(landscape.bin_index(new.cv), counted)
             landscape.add_walker_steps(w.walkers)
             if observing and new.step % self.observe_every == 0:
-                landscape.record(new.cv, self.evaluate.observe(new.theta), counted.bool())
+                observed = self.evaluate.observe(new.theta)
+                landscape.record(new.cv, observed, counted.bool())
+                if self._picture is not None:
+                    self._record_picture(new.cv, observed[:, 0], counted)
             x = new.cv[:, 0].to(torch.float64)
             trips.update(self.trips, x)
             owner = w.owner
@@ -144,6 +153,46 @@ class Run:
             "exchange_acceptance": float((windows.exchange_accepted - taken0).sum()) / tried if tried else float("nan"),
             "x_min": float(x.min()), "x_max": float(x.max()),
         }
+
+    def _record_picture(self, cv: torch.Tensor, y: torch.Tensor, counted: torch.Tensor) -> None:
+        """Production only: add each counting walker's reweighting weight ``exp(u(x) - reference)`` at (x bin,
+        accuracy bin) of its replica. The bias depends on x alone, so within an x bin the held-out metric is
+        sampled as the volume has it: no test label enters the dynamics."""
+        w, g = self.windows, self.landscape
+        frozen = counted * w.frozen.to(torch.float64)
+        weight = torch.exp((w.potential(cv)[0] - w.reference[w.owner]).clamp(max=700.0)) * frozen
+        iy = torch.floor((torch.nan_to_num(y.to(torch.float64)) + 0.5 / (PICTURE_BINS - 1)) * (PICTURE_BINS - 1))
+        iy = iy.long().clamp(0, PICTURE_BINS - 1)
+        flat = (w.replica_of * g.shape[0] + g.bin_index(cv)) * PICTURE_BINS + iy
+        self._picture.view(-1).index_add_(0, flat, weight)
+
+    def picture(self) -> Landscape | None:
+        """The label-free 2-D picture of a 1-D walk with an accuracy observable: ``S(x, y) = S(x) + ln p(y | x)``,
+        with ``p(y | x)`` the held-out accuracy's reweighted production histogram per x bin, per replica (their
+        spread is its error). None for 2-D walks, without an accuracy observable, or before production."""
+        if self._picture is None or float(self._picture.sum()) == 0:
+            return None
+        g, w = self.landscape, self.windows
+        half = 0.5 / (PICTURE_BINS - 1)
+        names = (g.names[0], g.observable_names[0])
+        out = Landscape([(float(g.lo[0]), float(g.hi[0])), (-half, 1 + half)], [g.shape[0], PICTURE_BINS], names,
+                        labels=(g.labels[0], f"{g.observable_names[0]} (label-free)"), kernel_sigma=0.0,
+                        groups=w.replicas, device=g.device,
+                        metadata={**g.metadata, "test_labels_in_dynamics": False, "label_free_picture": True})
+        counts = self._picture.cpu().numpy()  # (R, nx, ny)
+        s_x = self.replica_entropy().reshape(w.replicas, -1)  # (R, nx)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            conditional = np.log(counts / counts.sum(-1, keepdims=True))
+        grids = np.where(counts > 0, s_x[..., None] + conditional, np.nan)
+        mean, _, _ = combine.replica_statistics(grids.reshape(w.replicas, -1))
+        mean = torch.from_numpy(mean.reshape(out.shape)).to(out.bias)
+        out.known.copy_(torch.isfinite(mean))
+        out.bias.copy_(torch.nan_to_num(mean, nan=0.0))
+        out.visits.copy_(torch.from_numpy((counts > 0).sum(0).astype(np.float64)).to(out.visits))
+        out.recent_visits[0].copy_(torch.from_numpy((counts > 0).astype(np.float64)).to(out.visits))
+        out.replica_entropy = grids
+        out.history = [dict(h) for h in g.history]
+        return out
 
     def _adapt_dt(self, acceptance: torch.Tensor, inside: torch.Tensor) -> None:
         """Per window, shrink the time step when fewer than ``target[0]`` of its walkers' moves were accepted in the
@@ -294,6 +343,7 @@ class Run:
             "last_production": self._last_production.clone(),
             "production_start": self.production_start,
             "dt": self.dt.clone(),
+            "picture": None if self._picture is None else self._picture.clone(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -309,3 +359,5 @@ class Run:
         self._last_production.copy_(state["last_production"].to(device))
         self.production_start = state.get("production_start")
         self.dt = state["dt"].to(self.dt)
+        if self._picture is not None and state.get("picture") is not None:
+            self._picture.copy_(state["picture"].to(self._picture))

@@ -287,6 +287,13 @@ class WangLandauStrategy(SamplerStrategy):
         return self._landscape
 
     @property
+    def picture(self) -> Landscape | None:
+        """The label-free 2-D picture of a 1-D walk in ln L_train with an accuracy observable (``fill="visit"``,
+        after production): ``S(x, y) = S(x) + ln p(y | x)`` with ``p(y | x)`` the held-out accuracy's histogram
+        per train-loss bin, sampled without test labels in the dynamics (its metadata says so). None otherwise."""
+        return self._run.picture() if self._run is not None else None
+
+    @property
     def walker_parameters(self) -> torch.Tensor:
         """The walkers' current flat parameters ``(W, P)``."""
         if self._state is None:
