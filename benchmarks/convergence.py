@@ -96,7 +96,7 @@ def run_dynesty(params: int, seconds: float, seed: int, live: int = 500) -> dict
         hi, lo = ln_edge[1:], ln_edge[:-1]
         s = hi + np.log1p(-np.exp(lo - hi))
     rms, worst, reached = _error(s, exact_entropy(edges, params))
-    return {"method": "dynesty", "params": params, "seconds": time.perf_counter() - start,
+    return {"method": f"dynesty/{live}", "params": params, "seconds": time.perf_counter() - start,
             "work": f"{int(np.sum(res.ncall)):,} likelihood calls", "rms": rms, "worst": worst, "bins": reached,
             "stated": math.nan}
 
@@ -108,26 +108,28 @@ def main() -> None:
     parser.add_argument("--curve", type=float, nargs="*", default=[30.0, 60.0],
                         help="shorter budgets for the sampler's error-against-time curve (the full budget is added)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["step", "dynesty"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["windows", "step", "dynesty"])
+    parser.add_argument("--live", type=int, default=500, help="dynesty's live points")
     args = parser.parse_args()
     print(f"convergence benchmark: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, {args.seconds:g} s per"
           f" method, grid ln L in {GRID} x {BINS} bins", flush=True)
     rows, curve = [], {}
     for p in args.params:
-        found = [run_sampler(p, args.seconds, "visit", args.seed)]
+        found = [] if "windows" in args.skip else [run_sampler(p, args.seconds, "visit", args.seed)]
         if "step" not in args.skip:
             found.append(run_sampler(p, args.seconds, "step", args.seed))
         if "dynesty" not in args.skip:
-            found.append(run_dynesty(p, args.seconds, args.seed))
-        for budget in args.curve:
-            curve.setdefault(p, []).append(run_sampler(p, budget, "visit", args.seed))
-        curve.setdefault(p, []).append(found[0])
+            found.append(run_dynesty(p, args.seconds, args.seed, live=args.live))
+        if "windows" not in args.skip:
+            for budget in args.curve:
+                curve.setdefault(p, []).append(run_sampler(p, budget, "visit", args.seed))
+            curve.setdefault(p, []).append(found[0])
         for r in found:
             print(f"P={r['params']:3d} {r['method']:8s} {r['seconds']:6.0f} s  {r['bins']:2d}/{BINS} bins  RMS"
                   f" {r['rms']:.3f}  worst {r['worst']:.3f}  stated {r['stated']:.3f}  ({r['work']})", flush=True)
         rows += found
     print("\nRESULT ratios at equal wall time (error of the other method / error of windows; > 1: windows ahead)")
-    for p in args.params:
+    for p in args.params if "windows" not in args.skip else ():
         mine = next(r for r in rows if r["params"] == p and r["method"] == "windows")
         for r in rows:
             if r["params"] == p and r is not mine:
