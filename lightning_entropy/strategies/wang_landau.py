@@ -43,6 +43,9 @@ from lightning_entropy.core.variables import (
     resolve,
 )
 from lightning_entropy.core.walkers import ParameterLayout
+from lightning_entropy.core import nonfinite
+from lightning_entropy.core.validation import check_variable_callables, validate_full_batch
+from lightning_entropy.strategies.arguments import check_arguments, check_grid, check_module_dtype, check_walker_memory
 from lightning_entropy.strategies.base import SamplerOptimizer, SamplerStrategy
 from lightning_entropy.strategies.data import cache_full_batch, detect_loss
 
@@ -161,6 +164,7 @@ class WangLandauStrategy(SamplerStrategy):
                             ("groups", groups or 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer.")
+        check_arguments(walkers=walkers, ranges=ranges, window=window, variables=variables, groups=groups)
         if start not in MODES:
             raise ValueError(f"start={start!r} is not a start mode; use one of {MODES}.")
         if not (math.isfinite(range_margin) and range_margin > 0):
@@ -237,6 +241,8 @@ class WangLandauStrategy(SamplerStrategy):
         device = self.root_device
         loss = detect_loss(module, self._loss)
         data = cache_full_batch(trainer, self.heldout, loss is not None, device)
+        validate_full_batch(data, loss, module)
+        check_variable_callables(self._variables, module, data)
         names = self._variables or default_variables(loss, data.has_heldout)
         variables = [self._resolve(v, loss) for v in names]
         obs_names = self._observables
@@ -244,7 +250,9 @@ class WangLandauStrategy(SamplerStrategy):
             obs_names = default_observables(loss, variables, data.has_heldout)
         observables = [resolve(o, loss=loss, monte_carlo=True, accuracy_slope=self.accuracy_slope)
                        for o in obs_names]
+        check_module_dtype(module)
         layout = ParameterLayout.of(module)
+        check_walker_memory(self.walkers, layout.numel, next(module.parameters()).dtype, device)
         hook = "validation_step" if self.heldout == "val" else "test_step"
         evaluate = Evaluator(module, layout, data, variables, observables, vectorize=self.vectorize,
                              step_hooks=loss is None, heldout_hook=hook)
@@ -266,6 +274,7 @@ class WangLandauStrategy(SamplerStrategy):
         if len(ranges) != len(variables):
             raise ValueError(f"ranges={self._ranges!r} gives {len(ranges)} axes for the variables {names}.")
         widths = self._bin_widths(variables, ranges)
+        check_grid(ranges, widths)
         bins = [max(2, int(math.ceil((hi - lo) / w - 1e-9))) for (lo, hi), w in zip(ranges, widths)]
         ranges = [(lo, lo + n * w) for (lo, _), n, w in zip(ranges, bins, widths)]
         self._landscape = Landscape(
@@ -400,6 +409,7 @@ class WangLandauStrategy(SamplerStrategy):
     def on_train_end(self) -> None:
         super().on_train_end()
         self._final_snapshot()
+        nonfinite.warn_if_many(self._state)
 
     def _final_snapshot(self) -> None:
         """A last convergence snapshot when at least a quarter interval has passed since the previous one (a run
