@@ -73,7 +73,6 @@ def test_walker_memory_estimate_is_checked(monkeypatch):
     monkeypatch.setattr(arguments, "available_memory_bytes", lambda: 10 * 2**20)  # 10 MiB free
     with pytest.raises(ValueError, match=r"walkers=100000 x \d+ parameters need about .* GiB.*at most walkers="):
         _fit(_wl(walkers=100_000, groups=1))
-    assert arguments.available_memory_bytes.__call__() == 10 * 2**20
 
 
 def test_available_memory_is_known_here():
@@ -189,7 +188,7 @@ def test_nonfinite_moves_warn_above_a_few_percent():
     from lightning_entropy.core import nonfinite
 
     state = SimpleNamespace(nonfinite=torch.tensor([10, 0, 0, 0]), step=100)
-    with pytest.warns(RuntimeWarning, match=r"10 of 400 sampler moves \(2.5%\)") if False else warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert nonfinite.warn_if_many(state) == (10, 400)  # 2.5%: no warning
     state.nonfinite = torch.tensor([40, 0, 0, 0])
