@@ -27,6 +27,7 @@ all records; it is what ``lightning-entropy`` runs (in a second process, beside 
 from __future__ import annotations
 
 import csv
+import os
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -326,11 +327,13 @@ def save_records(records: Iterable[dict[str, float]], path: str | Path) -> Path:
     """Write records as CSV with the columns of :data:`COLUMNS`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # atomic: temp file, then os.replace
+    with open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(COLUMNS))
         w.writeheader()
         for r in records:
             w.writerow({k: (r[k] if k in ("seed", "epoch") else _fmt(r[k])) for k in COLUMNS})
+    os.replace(tmp, path)
     return path
 
 

@@ -12,8 +12,38 @@ import json
 import sys
 
 
+def die_with_parent(parent: int | None) -> None:
+    """End this process when the job that started it dies (even by SIGKILL), so that no orphan writes into a dead
+    run's directory: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` on Linux, and everywhere a daemon thread that checks every
+    second whether ``os.getppid()`` is still ``parent``."""
+    import os
+    import signal
+    import threading
+    import time
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if parent is None:
+        return
+    if os.getppid() != parent:  # the parent died before we got here
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
 def main() -> None:
     request = json.load(sys.stdin)
+    die_with_parent(request.get("parent"))
     from omegaconf import OmegaConf
 
     from lightning_entropy.baseline import save_records, train_baselines

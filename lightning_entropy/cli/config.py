@@ -263,6 +263,9 @@ class TrainerConfig:
         not a Trainer argument, or one the job sets itself (``logger``, ``callbacks``, ...), is an error.
         devices: processes (CPU) or GPUs; more than one runs ``wang_landau_ddp``: ``sampler.walkers`` walkers on
             each, all depositing into one landscape (synchronised every ``sampler.sync_every`` Lightning steps).
+        checkpoint_minutes: minutes of sampling between checkpoints (``checkpoint.ckpt`` in the run directory,
+            written atomically at a Lightning-step boundary; ``0``: only when interrupted). Resume with
+            ``resume=<run dir>``.
     """
 
     max_steps: int = 120
@@ -272,6 +275,7 @@ class TrainerConfig:
     progress_bar: bool = True
     log_every_n_steps: int = 10
     devices: int = 1
+    checkpoint_minutes: float = 10.0
 
 
 @dataclass
@@ -295,6 +299,8 @@ class Config:
     # validate() type-checks the TrainerConfig keys and checks the others against Trainer's signature
     trainer: Any = field(default_factory=lambda: dataclasses.asdict(TrainerConfig()))
     plot: PlotConfig = field(default_factory=PlotConfig)
+    # a run directory whose checkpoint.ckpt the sampler resumes from (the same overrides as that run; null: a new run)
+    resume: Optional[str] = None
 
 
 def register_configs(cs: ConfigStore | None = None) -> None:
@@ -371,7 +377,7 @@ def _unknown_keys(node: Any, schema: type, prefix: str) -> None:
 
 #: Trainer arguments the job sets itself, and the key that controls each where there is one.
 JOB_TRAINER_ARGS = {"strategy": "sampler", "logger": "logger", "callbacks": None, "default_root_dir": "hydra.run.dir",
-                    "enable_checkpointing": None, "enable_model_summary": None, "num_sanity_val_steps": None,
+                    "enable_checkpointing": "trainer.checkpoint_minutes", "enable_model_summary": None, "num_sanity_val_steps": None,
                     "limit_val_batches": None, "enable_progress_bar": "trainer.progress_bar"}
 
 

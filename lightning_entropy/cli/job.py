@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -39,6 +40,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_entropy.callbacks import LandscapeLogger
+from lightning_entropy.cli.atomic import atomic_open
 from lightning_entropy.cli.config import (
     DEFAULT_BOX,
     ENTROPY_MD_KINDS,
@@ -47,7 +49,10 @@ from lightning_entropy.cli.config import (
     trainer_extras,
     validate,
 )
+from lightning_entropy.cli.interrupt import CHECKPOINT, Checkpointing, Interrupted, interruptible
+from lightning_entropy.cli.rundir import claim
 from lightning_entropy.cli.tasks import Task, build_task
+from lightning_entropy.core import nonfinite
 
 log = logging.getLogger("lightning_entropy.cli")
 
@@ -271,7 +276,7 @@ def _start_baseline_process(cfg: DictConfig, settings: dict[str, Any], out: Path
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     request = {"config": OmegaConf.to_container(cfg, resolve=True), "settings": settings, "threads": threads,
-               "output": str(out / "baseline.csv")}
+               "output": str(out / "baseline.csv"), "parent": os.getpid()}
     log_file = open(out / "baseline.log", "w")  # noqa: SIM115 - closed by _finish_baseline_process
     try:
         process = subprocess.Popen([sys.executable, "-m", "lightning_entropy.cli.baseline_process"],
@@ -340,7 +345,7 @@ def _metric_text(column: str | None, landscape=None) -> str:
 
 def write_curves(path: Path, x: np.ndarray, columns: dict[str, np.ndarray]) -> Path:
     """``curves.csv``: one row per x bin with the columns of :data:`CURVE_COLUMNS` (NaN for a column not given)."""
-    with open(path, "w", newline="") as fh:
+    with atomic_open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(CURVE_COLUMNS)
         for i, xc in enumerate(x):
@@ -391,18 +396,40 @@ def run(cfg: DictConfig, out_dir: str | Path, *, echo: Callable[[str], None] = p
             from lightning_entropy.cli.md_job import run_entropy_md
 
             return run_entropy_md(cfg, Path(out_dir), echo, started)
-        return _run(cfg, Path(out_dir), echo, started)
+        with contextlib.ExitStack() as stack:
+            flag = stack.enter_context(interruptible())  # SIGTERM/SIGINT: keep what was sampled, then Interrupted
+            return _run(cfg, Path(out_dir), echo, started, stack=stack, flag=flag)
 
 
-def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: float) -> dict[str, Any]:
+def resume_checkpoint(cfg: DictConfig) -> Path | None:
+    """The checkpoint that ``resume=<run dir>`` names (``None`` without ``resume``); a missing one is a ConfigError."""
+    if OmegaConf.select(cfg, "resume") is None:
+        return None
+    path = Path(str(cfg.resume)).expanduser() / CHECKPOINT
+    if not path.is_file():
+        raise ConfigError(f"resume={cfg.resume!r}: no {CHECKPOINT} there. Give the run directory of an interrupted run"
+                          " (its checkpoint is written every trainer.checkpoint_minutes and when it is stopped).")
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a truncated one has lost its directory
+        raise ConfigError(f"resume={cfg.resume!r}: {path} is corrupt or truncated (not a torch checkpoint archive)."
+                          " Resume from another copy, or start the run again without resume.")
+    return path.resolve()
+
+
+def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: float, *,
+         stack: contextlib.ExitStack | None = None, flag=None) -> dict[str, Any]:
     import lightning.pytorch as pl
 
     from lightning_entropy import analysis, plotting
     from lightning_entropy.baseline import pool, save_records
 
     out = out_dir.resolve()
+    ckpt_path = resume_checkpoint(cfg)
     built = _build(cfg, out)
-    out.mkdir(parents=True, exist_ok=True)
+    lock = claim(out)  # writable, and no second run on the same directory; before any sampling
+    if stack is not None and lock is not None:
+        stack.callback(lock.close)
     task, model, logger = built["task"], built["model"], built["logger"]
     strategy = built.get("strategy")
     kind = cfg.sampler.kind
@@ -440,13 +467,17 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
                 log_every_n_steps=int(cfg.trainer.log_every_n_steps),
                 default_root_dir=str(out),
                 # the heatmap at four moments of the run and at the end; curves and the npz at the end
-                callbacks=[LandscapeLogger(every_n_steps=max(1, int(cfg.trainer.max_steps) // 4))] if logger else [],
+                callbacks=([LandscapeLogger(every_n_steps=max(1, int(cfg.trainer.max_steps) // 4))] if logger else [])
+                + [Checkpointing(out, float(cfg.trainer.get("checkpoint_minutes", 0.0)))],
                 **trainer_extras(cfg),  # any other Trainer argument given as +trainer.<name>=...
             )
-            trainer.fit(model, datamodule=task.datamodule)
+            trainer.fit(model, datamodule=task.datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
             landscape = strategy.landscape
             timings["sampler_s"] = time.perf_counter() - t
-        if process is not None:
+        if flag is not None and flag.signum is not None and process is not None:
+            process.kill()  # interrupted: the baseline is re-trained on resume; keep the landscape now
+            process.wait()
+        elif process is not None:
             t = time.perf_counter()
             records = _finish_baseline_process(process, out)
             timings["baseline_wait_s"] = time.perf_counter() - t
@@ -543,6 +574,7 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
             "walkers": int(strategy.walkers) * int(cfg.trainer.devices),
             "devices": int(cfg.trainer.devices),
             "walker_steps": int(landscape.walker_steps),
+            "nonfinite_moves": nonfinite.counts(getattr(strategy, "_state", None))[0],  # NaN/inf proposals sent back
             "flatness": float(landscape.flatness()),
             "convergence": conv.summary(),
             "converged": conv.converged,
@@ -597,14 +629,17 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
         "files": files,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "wandb_group": _sweep_group() if cfg.logger.kind == "wandb" else None,  # one group per sweep
+        "interrupted": signal.Signals(flag.signum).name if flag is not None and flag.signum else None,
     })
     steps_per_call = int(cfg.sampler.get("steps_per_lightning_step", 1))
     summary = _jsonable(summary)
-    with open(out / "summary.json", "w") as fh:
+    with atomic_open(out / "summary.json", "w") as fh:
         json.dump(summary, fh, indent=2)
     _log_final(logger, summary, out, step=int(summary.get("steps") or 0) // max(steps_per_call, 1))
     for line in report_lines(summary):
         echo(line)
+    if flag is not None and flag.signum is not None:
+        raise Interrupted(flag.signum)  # everything sampled is written; the console script says how to resume
     return summary
 
 

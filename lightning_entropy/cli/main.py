@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from lightning_entropy.cli.config import ConfigError, register_configs
+from lightning_entropy.cli.interrupt import CHECKPOINT, Interrupted
 from lightning_entropy.cli.job import run
 
 register_configs()
@@ -24,6 +25,13 @@ def _hydra_main(cfg: DictConfig) -> None:
     except ConfigError as err:
         print(f"lightning-entropy: configuration error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as err:
+        out = HydraConfig.get().runtime.output_dir
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("resume=", "hydra.run.dir="))]
+        print(f"lightning-entropy: {err}; what was sampled is saved in {out} (landscape.npz, summary.json,"
+              f" {CHECKPOINT} where sampling had begun). Resume with:\n  lightning-entropy {' '.join(overrides)}"
+              f" resume={out} hydra.run.dir={out}", file=sys.stderr)
+        sys.exit(128 + err.signum)
 
 
 def main() -> None:

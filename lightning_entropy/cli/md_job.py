@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_entropy.cli.atomic import atomic_open
 from lightning_entropy.cli.config import ConfigError, trainer_extras, validate
+from lightning_entropy.cli.rundir import claim
 from lightning_entropy.cli.tasks import build_task
 
 MD_FILES = ("baseline.csv", "md_trace.csv", "md_trace.png", "summary.json")
@@ -75,7 +77,7 @@ def write_trace(path: Path, trace: dict[str, np.ndarray], metric: str | None) ->
     columns = ["ln_train_loss_mean", "ln_train_loss_std"]
     if metric is not None:
         columns += [f"{metric}_mean", f"{metric}_std"]
-    with open(path, "w", newline="") as fh:
+    with atomic_open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["step", *columns])
         for i, step in enumerate(trace["step"]):
@@ -127,7 +129,7 @@ def run_entropy_md(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], 
         raise ConfigError(f"task/model: {err}") from err
     strategy = make_md_strategy(cfg)
     logger = make_logger(cfg, out)
-    out.mkdir(parents=True, exist_ok=True)
+    lock = claim(out)  # writable, and no second run on the same directory (released when this process ends)
     settings = _baseline_settings(cfg)
     seed = settings["seeds"][0]
     timings: dict[str, float] = {}
@@ -203,7 +205,7 @@ def run_entropy_md(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], 
     summary.update({"wall_time_s": time.perf_counter() - started, "timings": timings, "run_dir": str(out),
                     "config": OmegaConf.to_container(cfg, resolve=True)})
     summary = _jsonable(summary)
-    with open(out / "summary.json", "w") as fh:
+    with atomic_open(out / "summary.json", "w") as fh:
         json.dump(summary, fh, indent=2)
     if logger:
         logger.log_metrics({"report/baseline_test_metric": baseline["test_metric"],

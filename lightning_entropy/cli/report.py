@@ -18,6 +18,7 @@ import csv
 import json
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,14 +56,24 @@ def _overrides(run: Path) -> str:
 
 
 def load_summaries(runs: Sequence[Path]) -> list[dict[str, Any]]:
+    """The runs' summaries; a corrupt or unreadable ``summary.json`` is skipped with a warning naming the file."""
     out = []
     for run in runs:
-        with open(run / "summary.json") as fh:
-            summary = json.load(fh)
+        try:
+            with open(run / "summary.json") as fh:
+                summary = json.load(fh)
+            if not isinstance(summary, dict):
+                raise ValueError(f"a JSON {type(summary).__name__}, not an object")
+        except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            warnings.warn(f"Skipping {run / 'summary.json'}: unreadable ({err}); re-run that run to include it.",
+                          stacklevel=2)
+            continue
         summary["run_dir"] = str(run)
         summary["run_name"] = run.name
         summary["overrides"] = _overrides(run)
         out.append(summary)
+    if runs and not out:
+        raise ValueError(f"None of the {len(runs)} summary.json files under the runs is readable; re-run the runs.")
     for s in out:  # settings that do not tell runs apart
         s["overrides"] = " ".join(t for t in s["overrides"].split() if not t.startswith(QUIET))
     if len(out) > 1:  # name each run by what differs between the runs (the swept values)

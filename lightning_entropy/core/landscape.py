@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -482,17 +483,34 @@ class Landscape:
         arrays = {k: v.cpu().numpy() for k, v in state.items() if isinstance(v, torch.Tensor)}
         meta = json.dumps({"config": state["config"], "metadata": state["metadata"], "history": state["history"]},
                           default=str)
-        with open(path, "wb") as fh:
-            np.savez_compressed(fh, json=np.array(meta), entropy=self.entropy, **arrays)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # atomic: a reader never sees half a file
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, json=np.array(meta), entropy=self.entropy, **arrays)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
     def load(cls, path: str | Path, device=None) -> Landscape:
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["json"]))
-            state = {k: torch.from_numpy(data[k]) for k in data.files if k not in ("json", "entropy")}
-        state.update(meta)
-        return cls.from_state_dict(state, device=device)
+        """Read a file written by :meth:`save`; a corrupt, truncated or non-finite one raises ``ValueError`` naming it."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["json"]))
+                state = {k: torch.from_numpy(data[k]) for k in data.files if k not in ("json", "entropy")}
+            state.update(meta)
+            bias = state["bias"]
+            if not bool(torch.isfinite(bias).all()):
+                raise ValueError("its bias holds NaN or inf")
+            return cls.from_state_dict(state, device=device)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # noqa: BLE001 - BadZipFile, KeyError, JSONDecodeError, EOFError, shape errors...
+            raise ValueError(
+                f"{path} is not a readable landscape file ({type(err).__name__}: {err}): it is corrupt, truncated or"
+                " not written by Landscape.save. Re-run the job, or resume it from its checkpoint."
+            ) from err
 
     def __repr__(self) -> str:
         axes = ", ".join(

@@ -39,7 +39,10 @@ from lightning_entropy.core.run import Run
 from lightning_entropy.core.windows import Windows, auto_windows
 from lightning_entropy.core.samplers import wlmc, wlmd
 from lightning_entropy.core.start import MODES, starting_positions
+from lightning_entropy.core import nonfinite
+from lightning_entropy.core.validation import check_variable_callables, validate_full_batch
 from lightning_entropy.core.variables import CollectiveVariable
+from lightning_entropy.strategies.arguments import check_arguments, check_grid, check_module_dtype, check_walker_memory
 from lightning_entropy.strategies.base import SamplerOptimizer, SamplerStrategy
 from lightning_entropy.strategies.contract import inspect_module
 
@@ -188,6 +191,7 @@ class WangLandauStrategy(SamplerStrategy):
                             ("groups", groups or 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer.")
+        check_arguments(walkers=walkers, ranges=ranges, window=window, variables=variables, groups=groups)
         if start not in MODES:
             raise ValueError(f"start={start!r} is not a start mode; use one of {MODES}.")
         if not (math.isfinite(range_margin) and range_margin > 0):
@@ -312,6 +316,10 @@ class WangLandauStrategy(SamplerStrategy):
         self._contract = contract = inspect_module(trainer, module, loss=self._loss, heldout=self.heldout,
                                                    device=device)  # data, loss, sampled parameters (module contract)
         loss, layout = contract.loss, contract.layout
+        validate_full_batch(contract.data, loss, module)  # before any work: finite inputs, labels per split
+        check_variable_callables(self._variables, module, contract.data)
+        check_module_dtype(module)
+        check_walker_memory(self.walkers, layout.numel, next(module.parameters()).dtype, device)
         names = self._variables or contract.default_variables()
         variables = [self._resolve(v, loss) for v in names]
         obs_names = self._observables
@@ -337,6 +345,7 @@ class WangLandauStrategy(SamplerStrategy):
         if len(ranges) != len(variables):
             raise ValueError(f"ranges={self._ranges!r} gives {len(ranges)} axes for the variables {names}.")
         widths = self._bin_widths(variables, ranges)
+        check_grid(ranges, widths)
         bins = [max(2, int(math.ceil((hi - lo) / w - 1e-9))) for (lo, hi), w in zip(ranges, widths)]
         ranges = [(lo, lo + n * w) for (lo, _), n, w in zip(ranges, bins, widths)]
         self._landscape = Landscape(
@@ -516,6 +525,7 @@ class WangLandauStrategy(SamplerStrategy):
     def on_train_end(self) -> None:
         super().on_train_end()
         self._final_snapshot()
+        nonfinite.warn_if_many(self._state)
 
     def _final_snapshot(self) -> None:
         """A last convergence snapshot when at least a quarter interval has passed since the previous one (a run

@@ -26,7 +26,6 @@ Box rule: ``fan_out`` with ``c = 2`` as in the reference study (``2 / sqrt(out *
 from __future__ import annotations
 
 import os
-import pickle
 import socket
 import tarfile
 import threading
@@ -38,6 +37,7 @@ import torch
 from torch import nn
 
 from lightning_entropy.tasks.common import NetModule, TensorDataModule
+from lightning_entropy.tasks.safe_pickle import load_data_pickle
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -142,8 +142,7 @@ def load_cats_and_dogs(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
     ``(10000,)`` (0 cat, 1 dog)."""
     images, labels = [], []
     for name in TRAIN_BATCHES:
-        with open(folder / name, "rb") as fh:
-            batch = pickle.load(fh, encoding="bytes")
+        batch = load_data_pickle(folder / name)  # restricted: arrays and containers only, never code
         data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         classes = np.asarray(batch[b"labels"])
         keep = (classes == CAT) | (classes == DOG)

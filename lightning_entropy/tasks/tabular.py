@@ -14,6 +14,7 @@ Network ``d -> width -> 1`` (ReLU): 331 -> 10 -> 1 = 3,331 parameters for the ho
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +46,17 @@ def load_table(path: str | Path | None = None, target: str | None = None, *,
         with open(p) as fh:
             header = [h.strip() for h in fh.readline().strip().split(",")]
         try:
-            table = np.loadtxt(p, delimiter=",", skiprows=1, ndmin=2)
+            with warnings.catch_warnings():  # an empty body is reported below, with the fix
+                warnings.simplefilter("ignore", UserWarning)
+                table = np.loadtxt(p, delimiter=",", skiprows=1, ndmin=2)
         except ValueError as err:
             raise ValueError(f"task.path={str(path)!r}: columns must be numeric ({err}).") from None
+        if table.shape[0] == 0:
+            raise ValueError(f"task.path={str(path)!r}: the CSV has a header ({header}) but no data rows; give a table"
+                             " with at least one row per split.")
+        if table.shape[1] != len(header):
+            raise ValueError(f"task.path={str(path)!r}: the header names {len(header)} columns but the rows have"
+                             f" {table.shape[1]}; make them agree.")
         name = target if target is not None else header[-1]
         if name not in header:
             raise ValueError(f"task.target={name!r}: not a column of {str(path)!r} (columns: {header}).")
@@ -58,6 +67,9 @@ def load_table(path: str | Path | None = None, target: str | None = None, *,
         raise ValueError(f"task.path={str(path)!r}: use an .npz (arrays X, y) or a .csv file.")
     if x.ndim != 2 or len(x) != len(y):
         raise ValueError(f"task.path={str(path)!r}: X has shape {x.shape} but y has {len(y)} rows.")
+    if x.shape[1] == 0:
+        raise ValueError(f"task.path={str(path)!r}: the table has a target but 0 feature columns, so the network would"
+                         " have no inputs; add feature columns (or name another task.target).")
     return x, y, str(p)
 
 

@@ -1,0 +1,141 @@
+"""Checks of the Wang-Landau strategies' arguments, each ending in a ``ValueError`` that names the value and the fix.
+
+Called before any work: :func:`check_arguments` from the constructor (ranges, window, variables, groups), and
+:func:`check_grid`, :func:`check_walker_memory` and :func:`check_module_dtype` from setup once the grid and the
+parameter count are known (before the landscape and the walkers are allocated).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Sequence
+
+import torch
+
+#: Most bins a landscape may have (all axes together): 10**7 bins are ~0.5 GB of float64 arrays (S, H, slopes...).
+MAX_TOTAL_BINS = 10_000_000
+#: Bytes per walker per parameter and dtype byte, beyond the parameters themselves: velocities, gradients, proposals
+#: and the vmap'ed forward/backward temporaries (a conservative factor for the memory estimate).
+MEMORY_FACTOR = 8
+
+
+def _pairs(value: Any, name: str) -> list[tuple[float, float]]:
+    try:
+        pairs = [tuple(float(v) for v in r) for r in value]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r}: give one (lo, hi) pair of numbers per axis.") from None
+    for i, pair in enumerate(pairs):
+        if len(pair) != 2:
+            raise ValueError(f"{name}={value!r}: axis {i} is {pair!r}; give one (lo, hi) pair of numbers per axis.")
+        lo, hi = pair
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"{name}={value!r}: axis {i} is ({lo}, {hi}); both bounds must be finite numbers.")
+        if not lo < hi:
+            raise ValueError(
+                f"{name}={value!r}: axis {i} has lo={lo} >= hi={hi}; give (lo, hi) with lo < hi (swap them?)."
+            )
+    return pairs
+
+
+def check_ranges(ranges: Sequence[Sequence[float]] | None) -> None:
+    """Grid ranges (CV units): finite, ``lo < hi`` on every axis (a reversed pair used to become a 2-bin grid)."""
+    if ranges is not None:
+        _pairs(ranges, "ranges")
+
+
+def check_window(window: Sequence[Sequence[float]] | None) -> None:
+    """Soft-wall window (CV units): finite, ``lo < hi`` on every axis."""
+    if window is not None:
+        _pairs(window, "window")
+
+
+def check_variables(variables: Sequence[Any] | None) -> None:
+    """No collective variable twice (a duplicate axis makes a degenerate diagonal landscape)."""
+    if variables is None:
+        return
+    keys = [v if isinstance(v, str) else id(v) for v in variables]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"variables={tuple(variables)!r} names the same variable twice; give two different variables.")
+
+
+def check_groups(groups: int | None, walkers: int) -> None:
+    """``groups`` (for error bars) cannot exceed the number of walkers."""
+    if groups is not None and groups > walkers:
+        raise ValueError(
+            f"groups={groups} > walkers={walkers}: every group needs at least one walker. Use groups <= {walkers}"
+            " (or more walkers)."
+        )
+
+
+def check_arguments(*, walkers: int, ranges=None, window=None, variables=None, groups=None) -> None:
+    """All constructor checks at once (see the functions above)."""
+    check_ranges(ranges)
+    check_window(window)
+    check_variables(variables)
+    check_groups(groups, walkers)
+
+
+def check_grid(ranges: Sequence[tuple[float, float]], widths: Sequence[float]) -> None:
+    """Refuse a grid whose total bin count exceeds :data:`MAX_TOTAL_BINS` before it is allocated.
+
+    ``widths``: bin width per axis in CV units.
+    """
+    counts = []
+    for (lo, hi), w in zip(ranges, widths):
+        w = float(w)
+        if not (math.isfinite(w) and w > 0):
+            raise ValueError(f"bin_width={list(widths)!r}: every width must be a positive finite number.")
+        counts.append(max(2, math.ceil((hi - lo) / w - 1e-9)))
+    total = math.prod(counts)
+    if total > MAX_TOTAL_BINS:
+        suggested = [float((hi - lo) / max(2, int(MAX_TOTAL_BINS ** (1 / len(counts))))) for lo, hi in ranges]
+        raise ValueError(
+            f"bin_width={list(widths)!r} over ranges {list(ranges)!r} gives {counts} bins ({total:.3g} in all), more "
+            f"than the cap of {MAX_TOTAL_BINS:.0e}: the landscape would not fit in memory. Use a coarser bin_width, "
+            f"e.g. at least {[round(s, 6) for s in suggested]}."
+        )
+
+
+def available_memory_bytes() -> int | None:
+    """Available physical memory in bytes (psutil when installed, else ``os.sysconf``; ``None`` when unknown)."""
+    try:
+        import psutil  # noqa: PLC0415 - optional
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def walker_memory_bytes(walkers: int, parameters: int, dtype: torch.dtype) -> int:
+    """Estimated bytes for ``walkers`` x ``parameters`` in ``dtype`` (x :data:`MEMORY_FACTOR` for the sampler state)."""
+    return walkers * parameters * torch.empty((), dtype=dtype).element_size() * MEMORY_FACTOR
+
+
+def check_walker_memory(walkers: int, parameters: int, dtype: torch.dtype, device: torch.device | None = None) -> None:
+    """Refuse a walker count whose memory estimate exceeds the available memory (CPU only; GPUs report their own)."""
+    if device is not None and torch.device(device).type != "cpu":
+        return
+    need, free = walker_memory_bytes(walkers, parameters, dtype), available_memory_bytes()
+    if free is not None and need > free:
+        fit = max(1, free // max(1, need // walkers))
+        raise ValueError(
+            f"walkers={walkers} x {parameters} parameters need about {need / 2**30:.3g} GiB (x{MEMORY_FACTOR} for the "
+            f"sampler state) but only {free / 2**30:.3g} GiB are available. Use at most walkers={fit}, a smaller "
+            "model, or a machine with more memory."
+        )
+
+
+def check_module_dtype(module: torch.nn.Module) -> None:
+    """Refuse half-precision parameters, as ``precision="16-mixed"`` is refused: WL steps need fp32 or fp64."""
+    dtypes = {p.dtype for p in module.parameters()}
+    half = dtypes & {torch.float16, torch.bfloat16}
+    if half:
+        raise ValueError(
+            f"The module's parameters are {sorted(map(str, half))}: half precision is too coarse for the sampler's "
+            "steps and bins. Call module.float() (or .double()) before trainer.fit."
+        )
