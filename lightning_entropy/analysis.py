@@ -324,10 +324,12 @@ def convergence(landscape, *, walkers: int | None = None, thresholds: dict[str, 
         reasons.append(f"S still moves: {change:.3g} nats RMS over the last snapshot interval (> {th['s_change']:g})")
         tags.append("S still moving")
     if flat < th["flatness"]:
-        reasons.append(f"histogram not flat inside the window: flatness {flat:.3g} (< {th['flatness']:g})")
+        where = "in the least flat window" if windowed else "inside the window"
+        reasons.append(f"histogram not flat {where}: flatness {flat:.3g} (< {th['flatness']:g})")
         tags.append("histogram not flat")
     if walkers and with_trip is not None and with_trip < th["round_trip_fraction"] * walkers:
-        reasons.append(f"{int(with_trip)} of {walkers} walkers made a round trip across the train-loss range"
+        where = "within its window" if windowed else "across the train-loss range"
+        reasons.append(f"{int(with_trip)} of {walkers} walkers made a round trip {where}"
                        f" (< {th['round_trip_fraction']:.0%})")
         tags.append("few round trips")
     if windowed and last.get("empty_windows"):
