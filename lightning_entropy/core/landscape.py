@@ -166,6 +166,12 @@ class Landscape:
         """S (plus soft walls) at each walker's CVs and its gradient ``dS/dcv``: shapes ``(W,)`` and ``(W, d)``."""
         cv = cv.to(torch.float64)
         value, slope = self.interpolate(self.bias.reshape(-1), cv)
+        return self.add_walls(cv, value, slope)
+
+    def add_walls(self, cv: torch.Tensor, value: torch.Tensor,
+                  slope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``value`` ``(W,)`` and ``slope`` ``(W, d)`` of a bias at ``cv`` (float64) plus the soft walls outside
+        ``window`` (``wall_strength * d**2``; unchanged without walls)."""
         if self.wall_strength > 0:
             below = (self.window[:, 0] - cv).clamp(min=0)
             above = (cv - self.window[:, 1]).clamp(min=0)

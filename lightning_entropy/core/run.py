@@ -128,7 +128,7 @@ class Run:
             if observing and new.step % self.observe_every == 0:
                 observed = self.evaluate.observe(new.theta)
                 landscape.record(new.cv, observed, counted.bool())
-                if self._picture is not None:
+                if self._picture is not None and w.is_frozen:
                     self._record_picture(new.cv, observed[:, 0], counted)
             x = new.cv[:, 0].to(torch.float64)
             trips.update(self.trips, x)
@@ -139,11 +139,10 @@ class Run:
                 w.exchange(new.cv, new.generator)
             self.state = new
         windows.update_schedule()
-        if not bool(windows.frozen):
+        if not windows.is_frozen:
             self._adapt_dt((self.state.accepted - accepted0) / max(steps, 1), windows.inside(self.state.cv))
-        self._regroup()
         landscape.metadata["steps"] = self.state.step
-        if bool(windows.frozen):
+        if windows.is_frozen:
             self._close_block()
         tried = float((windows.exchange_tried - tried0).sum())
         x = self.state.cv[:, 0]
@@ -159,8 +158,7 @@ class Run:
         accuracy bin) of its replica. The bias depends on x alone, so within an x bin the held-out metric is
         sampled as the volume has it: no test label enters the dynamics."""
         w, g = self.windows, self.landscape
-        frozen = counted * w.frozen.to(torch.float64)
-        weight = torch.exp((w.potential(cv)[0] - w.reference[w.owner]).clamp(max=700.0)) * frozen
+        weight = torch.exp((w.potential(cv)[0] - w.reference[w.owner]).clamp(max=700.0)) * counted
         iy = torch.floor((torch.nan_to_num(y.to(torch.float64)) + 0.5 / (PICTURE_BINS - 1)) * (PICTURE_BINS - 1))
         iy = iy.long().clamp(0, PICTURE_BINS - 1)
         flat = (w.replica_of * g.shape[0] + g.bin_index(cv)) * PICTURE_BINS + iy
@@ -222,14 +220,14 @@ class Run:
 
     def freeze(self) -> None:
         """Start production: fix the biases; later visits fill the production histograms."""
-        if not bool(self.windows.frozen):
+        if not self.windows.is_frozen:
             self.windows.freeze()
             self.production_start = self.state.step
             self._last_production.copy_(self.windows.reweighted)
 
     @property
     def frozen(self) -> bool:
-        return bool(self.windows.frozen)
+        return self.windows.is_frozen
 
     # -- between chunks -----------------------------------------------------------------------------------------
 

@@ -133,6 +133,7 @@ class Windows:
         self.reachable = torch.ones(e, dtype=torch.float64, device=dev)  # bins counted by 1/t
         self.deposits = torch.zeros(e, dtype=torch.float64, device=dev)  # visits per estimate (the 1/t clock)
         self.frozen = torch.zeros((), dtype=torch.bool, device=dev)
+        self.is_frozen = False  # the same on the host, so the per-step deposit never synchronises to ask
         self.stages = torch.zeros(e, dtype=torch.int64, device=dev)
         self.slots = torch.arange(walkers, device=dev).reshape(e, self.per_estimate)  # (E, m) walker indices
         self.owner = torch.empty(walkers, dtype=torch.int64, device=dev)
@@ -183,12 +184,7 @@ class Windows:
         value, slope = self.grid.interpolate(self.bias.reshape(-1), cv, self.offset, self.lo, self.hi)
         if self.pull:  # the force follows a capped slope; the Metropolis test uses the exact value (see class doc)
             slope = slope.clamp(-self.max_slope, self.max_slope)
-        g = self.grid
-        if g.wall_strength > 0:
-            below = (g.window[:, 0] - cv).clamp(min=0)
-            above = (cv - g.window[:, 1]).clamp(min=0)
-            value = value + g.wall_strength * (below**2 + above**2).sum(-1)
-            slope = slope + 2 * g.wall_strength * (above - below)
+        value, slope = self.grid.add_walls(cv, value, slope)
         if self.pull:
             x = cv[:, 0]
             below = (self.x_lo[self.owner] - x).clamp(min=0)
@@ -212,10 +208,14 @@ class Windows:
         """``(W,)``: the walker is inside the grid and its window (only then does it deposit and count)."""
         return self.grid.inside(cv) & (self.distance(cv) == 0)
 
+    def _log_f(self) -> torch.Tensor:
+        """``(E,)`` each estimate's WL factor now: ``ln f``, or ``1/t`` (visits per reachable bin) once switched."""
+        t_inverse = self.reachable / self.deposits.clamp(min=1.0)
+        return torch.where(self.one_over_t, torch.minimum(t_inverse, self.log_f), self.log_f)
+
     def factor(self) -> torch.Tensor:
         """``(W,)`` nats each walker deposits at its next visit: its estimate's ``ln f`` (0 once frozen)."""
-        t_inverse = self.reachable / self.deposits.clamp(min=1.0)
-        log_f = torch.where(self.one_over_t, torch.minimum(t_inverse, self.log_f), self.log_f)
+        log_f = self._log_f()
         return torch.where(self.frozen, torch.zeros_like(log_f), log_f)[self.owner]
 
     # -- in-place updates ----------------------------------------------------------------------------------------
@@ -226,19 +226,18 @@ class Windows:
         m = (mask & self.inside(cv)).to(torch.float64)
         here, near = self.grid.spread(cv, self.lo, self.hi)
         here = here + self.offset
-        amount = self.factor() * m
+        if self.is_frozen:  # production: count, weighted by exp(u) at the walker's exact position
+            weight = torch.exp((self.potential(cv)[0] - self.reference[self.owner]).clamp(max=700.0)) * m
+            self.production.view(-1).index_add_(0, here, m)
+            self.reweighted.view(-1).index_add_(0, here, weight)
+            return m
+        amount = self._log_f()[self.owner] * m
         weights = self.grid.kernel_weights
         self.bias.view(-1).index_add_(0, (near + self.offset.unsqueeze(1)).reshape(-1),
                                       (amount.unsqueeze(1) * weights.unsqueeze(0)).reshape(-1))
-        live = m * (~self.frozen).to(torch.float64)
-        self.visits.view(-1).index_add_(0, here, live)
-        self.stage.view(-1).index_add_(0, here, live)
-        self.deposits.index_add_(0, self.owner, live)
-        frozen = m - live
-        u = self.potential(cv)[0]
-        weight = torch.exp((u - self.reference[self.owner]).clamp(max=700.0)) * frozen
-        self.production.view(-1).index_add_(0, here, frozen)
-        self.reweighted.view(-1).index_add_(0, here, weight)
+        self.visits.view(-1).index_add_(0, here, m)
+        self.stage.view(-1).index_add_(0, here, m)
+        self.deposits.index_add_(0, self.owner, m)
         return m
 
     def exchange(self, cv: torch.Tensor, generator: torch.Generator) -> None:
@@ -292,6 +291,7 @@ class Windows:
         self.reference.copy_(torch.where(masks, self.bias, torch.full_like(self.bias, -math.inf))
                              .reshape(self.bias.shape[0], -1).amax(1))
         self.frozen.fill_(True)
+        self.is_frozen = True
 
     # -- between chunks (synchronises) ------------------------------------------------------------------------------
 
@@ -304,7 +304,7 @@ class Windows:
     def update_schedule(self) -> None:
         """End the stages whose histogram is flat (halve ``ln f``) and switch estimates to 1/t where halving would
         undercut it. Reads the histograms: call between chunks."""
-        if bool(self.frozen):
+        if self.is_frozen:
             return
         masks = self.window_masks()
         for e in range(self.replicas * self.windows):
@@ -324,14 +324,12 @@ class Windows:
 
     def current_log_f(self) -> np.ndarray:
         """``(E,)`` the WL factor each estimate deposits now (nats per visit)."""
-        t_inverse = self.reachable / self.deposits.clamp(min=1.0)
-        log_f = torch.where(self.one_over_t, torch.minimum(t_inverse, self.log_f), self.log_f)
-        return log_f.cpu().numpy()
+        return self._log_f().cpu().numpy()
 
     def flatness(self, production: bool | None = None) -> float:
         """The least flat estimate's histogram (5th percentile over mean) over the bins its window reached: the
         production histograms once frozen, else the current stage."""
-        production = bool(self.frozen) if production is None else production
+        production = self.is_frozen if production is None else production
         hist = self.production if production else self.stage
         masks = self.window_masks()
         worst = 1.0
@@ -369,4 +367,5 @@ class Windows:
         for k in self._TENSORS:
             getattr(self, k).copy_(state[k].to(self.device))
         self.exchanges = int(state["exchanges"])
+        self.is_frozen = bool(self.frozen)
         self._reassign()
