@@ -134,7 +134,7 @@ class WangLandauConfig(SamplerConfig):
     variables: List[str] = field(default_factory=lambda: ["train_loss", "test_metric"])
     ranges: Optional[List[Any]] = None
     bin_width: Optional[List[float]] = None
-    range_margin: float = 2.0
+    range_margin: Optional[float] = None
     kernel_sigma: Optional[float] = None
     window: Optional[List[Any]] = None
     wall_strength: float = 0.0
@@ -474,8 +474,10 @@ def validate(cfg: DictConfig) -> None:
             )
         for key in ("walkers", "steps_per_lightning_step", "observe_every", "start_steps", "adapt_every"):
             _positive_int(cfg, f"sampler.{key}")
-        for key in ("dt", "start_lr", "step_size", "accuracy_slope", "range_margin"):
+        for key in ("dt", "start_lr", "step_size", "accuracy_slope"):
             _positive_float(cfg, f"sampler.{key}")
+        if cfg.sampler.range_margin is not None:
+            _positive_float(cfg, "sampler.range_margin")
         _positive_float(cfg, "sampler.friction", upper=1.0)
         if cfg.sampler.wall_strength < 0:
             raise ConfigError(f"sampler.wall_strength={cfg.sampler.wall_strength!r}: must be >= 0.")

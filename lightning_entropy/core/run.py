@@ -194,15 +194,21 @@ class Run:
 
     def _adapt_dt(self, acceptance: torch.Tensor, inside: torch.Tensor) -> None:
         """Per window, shrink the time step when fewer than ``target[0]`` of its walkers' moves were accepted in the
-        last chunk and grow it above ``target[1]``, within ``[dt / 100, 4 dt]`` of the configured ``dt``; only walkers
-        inside their window count (Wang-Landau phase only: production keeps the time step fixed)."""
+        last chunk and grow it above ``target[1]``, within ``[dt / 20, 4 dt]`` of the configured ``dt``; only walkers
+        inside their window count, or, while none is, those on their way in (so that they can move at all where
+        the loss is low). Wang-Landau phase only: production keeps the time step fixed."""
         w = self.windows
         e = w.replicas * w.windows
-        weight = inside.to(torch.float64)
         zeros = torch.zeros(e, dtype=torch.float64, device=self.dt.device)
-        total = zeros.index_add(0, w.owner, acceptance.double() * weight)
-        count = zeros.index_add(0, w.owner, weight)
-        rate = torch.where(count > 0, total / count.clamp(min=1.0), torch.full_like(total, 0.75))
+
+        def rate_of(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            total = zeros.index_add(0, w.owner, acceptance.double() * weight)
+            count = zeros.index_add(0, w.owner, weight)
+            return total / count.clamp(min=1.0), count
+
+        inside_rate, inside_count = rate_of(inside.to(torch.float64))
+        all_rate, _ = rate_of(torch.ones_like(acceptance, dtype=torch.float64))
+        rate = torch.where(inside_count > 0, inside_rate, all_rate)  # no walker in yet: those on their way in
         lo, hi = self.acceptance_target
         grown = (self.dt * 1.1).clamp(max=self.max_dt)
         shrunk = (self.dt * 0.8).clamp(min=self.min_dt)

@@ -50,6 +50,30 @@ def auto_windows(walkers_per_replica: int, bins: int) -> int:
     return max(k for k in range(1, cap + 1) if walkers_per_replica % k == 0)
 
 
+def start_bounds(bins: int, windows: int, overlap: float, starts: np.ndarray, min_core: int = 4
+                 ) -> list[tuple[int, int]] | None:
+    """``[lo, hi)`` x-bin bounds with one window per equal share of the starting walkers: the cores between the
+    starts' quantiles ``k / windows`` hold each window's own walkers (the lowest share goes to the lowest window, see
+    :meth:`Windows.assign`), and each window reaches ``overlap`` of its neighbours' cores. ``starts`` are the walkers'
+    starting x in bin units. None when the starts are too bunched for cores of ``min_core`` bins (one start mode, a
+    module's weights): then :func:`window_bounds` places the windows evenly."""
+    if windows == 1:
+        return [(0, bins)]
+    ranked = np.sort(np.clip(np.asarray(starts, dtype=np.float64), 0, bins))
+    n = len(ranked)
+    edges = [0] + [int(round(ranked[min(n - 1, (k * n) // windows)])) for k in range(1, windows)] + [bins]
+    for k in range(1, windows + 1):  # cores of at least min_core bins, from the bottom up
+        edges[k] = max(edges[k], edges[k - 1] + min_core)
+    if edges[windows] > bins:
+        return None
+    out = []
+    for k in range(windows):
+        lo = 0 if k == 0 else int(math.floor(edges[k] - overlap * (edges[k] - edges[k - 1])))
+        hi = bins if k == windows - 1 else int(math.ceil(edges[k + 1] + overlap * (edges[k + 2] - edges[k + 1])))
+        out.append((lo, hi))
+    return out
+
+
 def window_bounds(bins: int, windows: int, overlap: float) -> list[tuple[int, int]]:
     """``[lo, hi)`` x-bin bounds of ``windows`` equal windows covering ``bins`` bins, neighbours sharing about
     ``overlap`` of a window's width (at least two bins)."""
@@ -84,12 +108,16 @@ class Windows:
         pull: slope (nats per CV unit) of the linear potential that brings a walker into its window; default (None)
             the parameter count ``P`` set by the run, twice the entropic slope ``P/2`` of ``ln L`` near a quadratic
             minimum, so that a walker above its window can descend into it.
+        placement: ``"starts"``: at :meth:`assign`, each window's core holds an equal share of the starting walkers
+            (its own), so every walker starts inside its window; even windows where the starts are too bunched.
+            ``"even"``: equal windows over the grid.
         device: the walkers' device.
     """
 
     def __init__(self, grid: Landscape, walkers: int, *, replicas: int = 4, windows: int = 1, overlap: float = 0.5,
                  log_f0: float = 0.1, flatness: float = 0.2, min_stage_visits: float = 20.0,
-                 exchange_every: int = 10, pull: float | None = None, device=None) -> None:
+                 exchange_every: int = 10, pull: float | None = None, placement: str = "starts",
+                 device=None) -> None:
         for name, value in (("replicas", replicas), ("windows", windows)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer.")
@@ -112,15 +140,11 @@ class Windows:
         self.pull = None if pull is None else float(pull)
         e, shape, dev = replicas * windows, grid.shape, self.device
         self.size = math.prod(shape)
-        bounds = window_bounds(shape[0], windows, overlap)
-        lo = torch.zeros((e, grid.ndim), dtype=torch.int64, device=dev)
-        hi = torch.tensor(shape, device=dev).repeat(e, 1)
-        for k, (a, b) in enumerate(bounds):
-            lo[k::windows, 0], hi[k::windows, 0] = a, b
-        self.bin_lo, self.bin_hi = lo, hi  # (E, d) bins [lo, hi) per estimate
-        width0 = float(grid.width[0])
-        self.x_lo = grid.lo[0] + lo[:, 0].to(torch.float64) * width0  # (E,) window edges in CV units
-        self.x_hi = grid.lo[0] + hi[:, 0].to(torch.float64) * width0
+        if placement not in ("starts", "even"):
+            raise ValueError(f"placement={placement!r}: use 'starts' (windows on the starting walkers' quantiles) or"
+                             " 'even' (equal windows).")
+        self.placement = placement
+        self._set_bounds(window_bounds(shape[0], windows, overlap))
         self.bias = torch.zeros((e, *shape), dtype=torch.float64, device=dev)
         self.visits = torch.zeros((e, *shape), dtype=torch.float64, device=dev)  # WL-phase visits
         self.stage = torch.zeros((e, *shape), dtype=torch.float64, device=dev)  # visits since the last halving
@@ -144,6 +168,18 @@ class Windows:
 
     # -- assignment ------------------------------------------------------------------------------------------------
 
+    def _set_bounds(self, bounds: list[tuple[int, int]]) -> None:
+        """Set every replica's window bounds (x bins ``[lo, hi)``, the same list for each replica)."""
+        e, grid, k = self.replicas * self.windows, self.grid, self.windows
+        lo = torch.zeros((e, grid.ndim), dtype=torch.int64, device=self.device)
+        hi = torch.tensor(grid.shape, device=self.device).repeat(e, 1)
+        for i, (a, b) in enumerate(bounds):
+            lo[i::k, 0], hi[i::k, 0] = a, b
+        self.bin_lo, self.bin_hi = lo, hi  # (E, d) bins [lo, hi) per estimate
+        width0 = float(grid.width[0])
+        self.x_lo = grid.lo[0] + lo[:, 0].to(torch.float64) * width0  # (E,) window edges in CV units
+        self.x_hi = grid.lo[0] + hi[:, 0].to(torch.float64) * width0
+
     def _reassign(self) -> None:
         """Derive each walker's estimate (``owner``) and window bounds from ``slots``."""
         e = self.replicas * self.windows
@@ -163,12 +199,20 @@ class Windows:
         return self.owner % self.windows
 
     def assign(self, x: torch.Tensor) -> None:
-        """Initial assignment: within each replica, walkers sorted by their starting ``x`` fill the windows from low
-        to high, so that as many as possible start inside (or near) their window."""
+        """Initial assignment: the walkers sorted by their starting ``x`` are dealt to the replicas in turn (so
+        every replica gets the same spread of starts, whatever order the start phase produced them in), and within
+        each replica they fill the windows from low to high, so that as many as possible start inside (or near)
+        their window. With ``placement="starts"`` the window bounds are set here from the starts' quantiles."""
         r, k, m = self.replicas, self.windows, self.per_estimate
-        walkers_of = self.slots.reshape(r, k * m)
-        order = torch.argsort(x[walkers_of], dim=1, stable=True)
-        self.slots = torch.gather(walkers_of, 1, order).reshape(r * k, m).contiguous()
+        if self.placement == "starts":
+            finite = x[torch.isfinite(x)].to(torch.float64)
+            bins = ((finite - self.grid.lo[0]) / float(self.grid.width[0])).cpu().numpy()
+            bounds = start_bounds(self.grid.shape[0], k, self.overlap, bins) if len(bins) else None
+            if bounds is not None:
+                self._set_bounds(bounds)
+        ranked = torch.argsort(x, stable=True)  # (W,) walkers from the lowest start to the highest
+        walkers_of = ranked.reshape(k * m, r).T  # (R, k*m): replica i gets ranks i, i + R, i + 2R, ...
+        self.slots = walkers_of.reshape(r * k, m).contiguous()
         self._reassign()
 
     # -- what the walkers feel ---------------------------------------------------------------------------------------
@@ -350,7 +394,7 @@ class Windows:
     def config(self) -> dict[str, Any]:
         return {"replicas": self.replicas, "windows": self.windows, "walkers": self.walkers, "overlap": self.overlap,
                 "log_f0": self.log_f0, "flatness": self.flatness_target, "min_stage_visits": self.min_stage_visits,
-                "exchange_every": self.exchange_every, "pull": self.pull,
+                "exchange_every": self.exchange_every, "pull": self.pull, "placement": self.placement,
                 "bounds": [[int(a), int(b)] for a, b in
                            zip(self.bin_lo[: self.windows, 0], self.bin_hi[: self.windows, 0])]}
 

@@ -70,7 +70,9 @@ class WangLandauStrategy(SamplerStrategy):
         bin_width: bin width per axis in CV units; default 0.1 for ln-loss axes, 1/40 for accuracies, 0.25 on a
             logit axis, 1/50 of the range otherwise.
         range_margin: when ranges are found automatically, how far (CV units, nats for loss axes) the grid extends
-            below the lowest loss seen at the start (and around a test loss).
+            below the lowest loss seen at the start (and around a test loss). Default: 0.1 with ``fill="visit"``
+            (its windows sit on the starts, so the grid holds what the walkers reach; pass ``ranges`` or train
+            the start longer to go lower), 2.0 otherwise.
         kernel_sigma: deposit Gaussian width in bins (default 0.5 for MD, 0 (one bin) for MC); wider kernels fill
             faster but blur S where it curves (1 bin gave 0.16 nats RMS against 0.10 for 0.5 bins on the toy 2-D test).
         window: soft-wall window per axis ``(lo, hi)`` in CV units; the grid edges are always hard walls.
@@ -136,7 +138,7 @@ class WangLandauStrategy(SamplerStrategy):
         seed: int = 0,
         ranges: Sequence[tuple[float, float]] | None = None,
         bin_width: Sequence[float] | float | None = None,
-        range_margin: float = 2.0,
+        range_margin: float | None = None,
         kernel_sigma: float | None = None,
         window: Sequence[tuple[float, float]] | None = None,
         wall_strength: float = 0.0,
@@ -194,8 +196,8 @@ class WangLandauStrategy(SamplerStrategy):
         check_arguments(walkers=walkers, ranges=ranges, window=window, variables=variables, groups=groups)
         if start not in MODES:
             raise ValueError(f"start={start!r} is not a start mode; use one of {MODES}.")
-        if not (math.isfinite(range_margin) and range_margin > 0):
-            raise ValueError(f"range_margin={range_margin!r} must be a positive number of CV units.")
+        if range_margin is not None and not (math.isfinite(range_margin) and range_margin > 0):
+            raise ValueError(f"range_margin={range_margin!r} must be a positive number of CV units (or None).")
         if fill is None:  # an explicit schedule is the reference study's per-step semantics
             fill = "step" if schedule is not None or sampler == "mc" else "visit"
         if fill not in ("visit", "step"):
@@ -236,7 +238,10 @@ class WangLandauStrategy(SamplerStrategy):
         self._variables = tuple(variables) if variables is not None else None
         self._ranges = [tuple(map(float, r)) for r in ranges] if ranges is not None else None
         self._bin_width = bin_width
-        self.range_margin = float(range_margin)
+        # fill="visit" places its windows on the starts and can only trust bins its walkers reach: one bin below the
+        # lowest start; the per-step fill lets the bias carry walkers further down.
+        self.range_margin = float(range_margin) if range_margin is not None else (
+            0.1 if self.fill == "visit" else 2.0)
         self.kernel_sigma = float(kernel_sigma) if kernel_sigma is not None else (0.5 if sampler == "md" else 0.0)
         self._window = window
         self.wall_strength = float(wall_strength)
