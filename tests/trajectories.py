@@ -188,10 +188,10 @@ def core_wlmd() -> dict[str, np.ndarray]:
     theta0 = uniform(8, bound, torch.Generator().manual_seed(2))
     config = wlmd.MDConfig(dt=0.02, friction=0.01, metropolis=True, mass="box")
     schedule = FlatnessOneOverT(f0=0.1, flatness=0.3)
-    state, sched = wlmd.init(theta0, evaluate, landscape, seed=0), schedule.init()
+    sampler = wlmd.WLMD(evaluate, landscape, bound, config)
+    state, sched = sampler.init(theta0, seed=0), schedule.init()
     for _ in range(3):
-        state, sched = loop.run(state, 25, evaluate=evaluate, landscape=landscape, bound=bound, schedule=schedule,
-                                schedule_state=sched, config=config, observe_every=5)
+        state, sched = loop.run(sampler, state, 25, schedule=schedule, schedule_state=sched, observe_every=5)
     return {**flatten(state.state_dict(), "state"), **flatten(sched, "schedule"), **landscape_arrays(landscape)}
 
 
@@ -207,26 +207,28 @@ def core_wlmc() -> dict[str, np.ndarray]:
     theta0 = uniform(8, bound, torch.Generator().manual_seed(3))
     config = wlmc.MCConfig(step_size=0.05, adapt_every=10, adapt_steps=50)
     schedule = FlatnessOneOverT(f0=1.0, flatness=0.3)
-    state, sched = wlmc.init(theta0, evaluate, seed=1, config=config), schedule.init()
+    sampler = wlmc.WLMC(evaluate, landscape, bound, config)
+    state, sched = sampler.init(theta0, seed=1), schedule.init()
     trips = round_trips.init(8, RANGES["ln_train_loss"])
     for _ in range(3):
-        state, sched = loop.run(state, 25, evaluate=evaluate, landscape=landscape, bound=bound, schedule=schedule,
-                                schedule_state=sched, config=config, round_trips=trips)
+        state, sched = loop.run(sampler, state, 25, schedule=schedule, schedule_state=sched, round_trips=trips)
     return {**flatten(state.state_dict(), "state"), **flatten(sched, "schedule"),
             **flatten(trips.state_dict(), "round_trips"), **landscape_arrays(landscape)}
 
 
 def core_restrained() -> dict[str, np.ndarray]:
-    """Restrained MD driven through ``restrained.run``, observing the held-out loss."""
+    """Restrained MD driven by ``loop.run`` without a schedule, observing the held-out loss."""
+    from lightning_entropy.core import loop
     from lightning_entropy.core.samplers import restrained
     from lightning_entropy.core.samplers.wlmd import MDConfig
 
     _, layout, evaluate, bound = toy_problem(1, ("test_loss",))
     theta = (0.5 * torch.rand(layout.numel, generator=torch.Generator().manual_seed(4)) - 0.25).repeat(8, 1)
     config = restrained.RestraintConfig(-0.5, 100.0, MDConfig(dt=0.01, friction=0.05))
-    state = restrained.observe(restrained.init(theta, evaluate, config, seed=2), evaluate)
+    sampler = restrained.RestrainedMD(evaluate, bound, config)
+    state = restrained.observe(sampler.init(theta, seed=2), evaluate)
     for _ in range(3):
-        state = restrained.run(state, 20, evaluate=evaluate, bound=bound, config=config, observe_every=5)
+        state, _ = loop.run(sampler, state, 20, observe_every=5)
     return {**flatten(state.state_dict(), "state"),
             **{f"trace/{k}": v for k, v in restrained.trace_arrays(state, ("ln_test_loss",)).items()}}
 
