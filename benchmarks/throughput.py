@@ -10,7 +10,7 @@ Task: the paper's spiral classifier (ReLU 2 -> 6 -> 6 -> 6 -> 2, 116 parameters)
       loop/1bw     - one backward of the slope-weighted sum (the same single backward the vectorized path does)
       loop/module  - load_into(nn.Module), forward, (s_x x + s_y y).backward(), read .grad
     The loop does only the evaluation: no integrator, no landscape, so it is a lower bound on a real loop sampler.
-(b) vectorized: ``wlmd.step`` (vmap evaluator, Metropolis integrator, box reflection, 2-D landscape deposit),
+(b) vectorized: ``WLMD.step`` (vmap evaluator, Metropolis integrator, box reflection, 2-D landscape deposit),
     driven with the WL factor schedule like the Lightning strategy does.
 
 Target (issue): vectorized(128 walkers) >= 20x the loop, in walker-steps per second. The verdict uses the less

@@ -24,11 +24,11 @@ bound = Box.constant(1.0).bounds(layout)
 landscape = Landscape([(-3.5, 2.3)], [58], ["ln_train_loss"], kernel_sigma=0.5, observables=["ln_test_loss"])
 schedule = FlatnessOneOverT(f0=0.1)
 
-state = wlmd.init(uniform(64, bound, torch.Generator().manual_seed(1)), evaluate, landscape, seed=0)
+sampler = wlmd.WLMD(evaluate, landscape, bound, wlmd.MDConfig())  # deposits into `landscape` in place
+state = sampler.init(uniform(64, bound, torch.Generator().manual_seed(1)), seed=0)
 sched = schedule.init()
 for _ in range(20):
-    state, sched = loop.run(state, 250, evaluate=evaluate, landscape=landscape, bound=bound, schedule=schedule,
-                            schedule_state=sched, config=wlmd.MDConfig(), observe_every=5)
+    state, sched = loop.run(sampler, state, 250, schedule=schedule, schedule_state=sched, observe_every=5)
 
 centers, mean_test, err = landscape.observable_curve("ln_test_loss")
 for c, s, m in zip(centers, landscape.entropy, mean_test):

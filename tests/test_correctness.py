@@ -20,16 +20,16 @@ def _walk(dims, steps, *, sampler="md", observables=(), config=None, chunk=250):
     theta0 = uniform(WALKERS, bound, torch.Generator().manual_seed(2))
     if sampler == "md":
         config = config or wlmd.MDConfig(dt=0.02, friction=0.01, metropolis=True, mass="box")
-        state = wlmd.init(theta0, evaluate, landscape, seed=0)
+        walk = wlmd.WLMD(evaluate, landscape, bound, config)
         schedule = FlatnessOneOverT(f0=0.1, flatness=0.7)
     else:
         config = config or wlmc.MCConfig(adapt_every=200, adapt_steps=2000)
-        state = wlmc.init(theta0, evaluate, seed=0, config=config)
+        walk = wlmc.WLMC(evaluate, landscape, bound, config)
         schedule = FlatnessOneOverT(f0=1.0, flatness=0.7)
+    state = walk.init(theta0, seed=0)
     sched_state = schedule.init()
     for _ in range(steps // chunk):
-        state, sched_state = loop.run(state, chunk, evaluate=evaluate, landscape=landscape, bound=bound,
-                                      schedule=schedule, schedule_state=sched_state, config=config,
+        state, sched_state = loop.run(walk, state, chunk, schedule=schedule, schedule_state=sched_state,
                                       observe_every=5)
         landscape.snapshot(state.step)
     return landscape, state

@@ -15,6 +15,7 @@ from toy import toy_problem
 from lightning_entropy import EntropyMDStrategy
 from lightning_entropy.cli import ConfigError, compose_config, run
 from lightning_entropy.core.ensemble import EnsembleModule
+from lightning_entropy.core import loop
 from lightning_entropy.core.samplers import restrained
 from lightning_entropy.core.samplers.wlmd import MDConfig
 from lightning_entropy.core.walkers import ParameterLayout
@@ -32,10 +33,11 @@ def _toy_run(steps: int, *, strength: float = 1e3, walkers: int = 16, observe_ev
     theta = (0.5 * layout.flatten(net)).clamp(-0.9, 0.9)  # a point well inside the [-1, 1] box
     target = float(evaluate(theta[None]).values[0, 0])
     config = restrained.RestraintConfig(target, strength, MDConfig(dt=0.01, friction=0.05))
-    state = restrained.init(theta.repeat(walkers, 1), evaluate, config, seed=seed)
+    sampler = restrained.RestrainedMD(evaluate, bound, config)
+    state = sampler.init(theta.repeat(walkers, 1), seed=seed)
     spreads = []
     for _ in range(steps // 100):
-        state = restrained.run(state, 100, evaluate=evaluate, bound=bound, config=config, observe_every=observe_every)
+        state, _ = loop.run(sampler, state, 100, observe_every=observe_every)
         spreads.append(float(state.theta.std(0).mean()))
     return state, config, spreads
 

@@ -171,15 +171,14 @@ def test_mc_step_size_adapts_during_burn_in_only():
     _, _, evaluate, bound = toy_problem(1)
     landscape = toy_landscape(1, kernel_sigma=0.0)
     config = wlmc.MCConfig(step_size=0.01, adapt_every=50, adapt_steps=200)
-    state = wlmc.init(uniform(8, bound, torch.Generator().manual_seed(0)), evaluate, seed=0, config=config)
+    sampler = wlmc.WLMC(evaluate, landscape, bound, config)
+    state = sampler.init(uniform(8, bound, torch.Generator().manual_seed(0)), seed=0)
     for _ in range(200):
-        state = wlmc.step(state, evaluate=evaluate, landscape=landscape, bound=bound, factor=torch.tensor(0.1),
-                          config=config)
+        state = sampler.step(state, factor=torch.tensor(0.1))
     adapted = state.step_size.clone()
     assert (adapted > 0.01).all()  # tiny steps are accepted almost always: the size grew (x1.1 per window)
     for _ in range(120):
-        state = wlmc.step(state, evaluate=evaluate, landscape=landscape, bound=bound, factor=torch.tensor(0.1),
-                          config=config)
+        state = sampler.step(state, factor=torch.tensor(0.1))
     assert torch.equal(state.step_size, adapted)  # production: no more adaptation
 
 

@@ -320,6 +320,38 @@ class Landscape:
         """Count ``count`` sampler steps (summed over walkers); an in-place add on the device, no host sync."""
         self._walker_steps += count
 
+    # -- accumulators: what sampling adds to ------------------------------------------------------------------------
+
+    #: The grids sampling adds to (deposits, visits, recorded observables, per-group statistics), in a fixed order;
+    #: with ``walker_steps`` they are :meth:`accumulators`.
+    ACCUMULATORS = ("bias", "visits", "obs_sum", "obs_sq", "obs_count", "recent_visits", "group_obs_sum",
+                    "group_obs_count")
+
+    def accumulators(self) -> dict[str, torch.Tensor]:
+        """The live tensors that deposits, visits and observations add to, by name (:attr:`ACCUMULATORS`, then
+        ``walker_steps``, a 0-d int64 count). Each is a sum over walker steps, so copies of one landscape filled by
+        separate walkers combine by adding their changes (as the DDP strategy does). Writing into them changes
+        the landscape."""
+        return {**{k: getattr(self, k) for k in self.ACCUMULATORS}, "walker_steps": self._walker_steps}
+
+    def accumulator_vector(self) -> torch.Tensor:
+        """The :meth:`accumulators` as one new float64 vector, flattened in order (one buffer for a collective;
+        walker steps are exact up to 2**53)."""
+        return torch.cat([t.reshape(-1).to(torch.float64) for t in self.accumulators().values()])
+
+    def load_accumulator_vector(self, vector: torch.Tensor) -> None:
+        """Set the :meth:`accumulators` in place from a vector laid out as :meth:`accumulator_vector` lays it out
+        (integer counts rounded)."""
+        tensors = list(self.accumulators().values())
+        if sum(t.numel() for t in tensors) != vector.numel():
+            raise ValueError(f"The vector holds {vector.numel()} values; this landscape's accumulators hold"
+                             f" {sum(t.numel() for t in tensors)}: both must have the same grid and groups.")
+        offset = 0
+        for tensor in tensors:
+            piece = vector[offset : offset + tensor.numel()].view_as(tensor)
+            tensor.copy_(piece if tensor.is_floating_point() else piece.round().to(tensor.dtype))
+            offset += tensor.numel()
+
     # -- readouts (numpy) ------------------------------------------------------------------------------------------
 
     @property

@@ -81,7 +81,7 @@ class Run:
             windows.pull = float(theta0.shape[1])
         self._regroup()
         self.threads = threads_module.choose(evaluate, theta0, threads) if threads == "auto" else threads
-        self.state = wlmd.init(theta0, evaluate, None, seed=seed, potential=windows.potential)
+        self.state = wlmd.start(theta0, evaluate, windows.potential, seed=seed)
         lo, hi = float(landscape.lo[0]), float(landscape.hi[0])
         self.trips = trips.init(windows.walkers, (lo, hi), end_fraction=end_fraction, device=device)
         self.window_trips = trips.init(windows.walkers, (lo, hi), end_fraction=end_fraction, device=device)

@@ -32,6 +32,7 @@ import lightning
 import numpy as np
 import torch
 
+from lightning_entropy.core import loop
 from lightning_entropy.core.box import Box
 from lightning_entropy.core.ensemble import EnsembleModule, output_kind
 from lightning_entropy.core.samplers import restrained
@@ -326,8 +327,7 @@ class EntropyMDStrategy(SamplerStrategy):
         self.start_ln_train_loss = x_module
         target = self._target if self._target is not None else x_module
         self._config = restrained.RestraintConfig(target, self.strength, self.md_config)
-        self._state = restrained.observe(restrained.init(theta0, evaluate, self._config, seed=self.seed + 1),
-                                         evaluate)
+        self._state = restrained.observe(self._build_sampler().init(theta0, seed=self.seed + 1), evaluate)
         self._last_accepted = self._state.md.accepted.clone()
         if self._pending is not None:
             self._restore(self._pending)
@@ -339,13 +339,16 @@ class EntropyMDStrategy(SamplerStrategy):
         """``steps`` MD steps of every walker, then the selected walker into the module, then the log."""
         if self._state is None:
             self._prepare(self.lightning_module.trainer)
-        self._state = restrained.run(self._state, steps, evaluate=self._evaluator, bound=self._bound,
-                                     config=self._config, observe_every=self.observe_every)
+        self._state, _ = loop.run(self._build_sampler(), self._state, steps, observe_every=self.observe_every)
         self._layout.load_into(self.lightning_module, self._state.theta[self._selected()])
         accepted = self._log_progress(steps)
         if self._state.step - steps < self.adapt_steps and self.md_config.metropolis:
             dt = restrained.adapt_dt(self.dt, float(accepted))
             self._config = dataclasses.replace(self._config, md=dataclasses.replace(self._config.md, dt=dt))
+
+    def _build_sampler(self) -> restrained.RestrainedMD:
+        """The sampler of the current restraint and time step (``dt`` adapts during ``adapt_steps``)."""
+        return restrained.RestrainedMD(self._evaluator, self._bound, self._config)
 
     def _selected(self) -> torch.Tensor:
         """Index of the walker the module holds (a device tensor: no host synchronisation)."""

@@ -48,6 +48,9 @@ from lightning_entropy.strategies.contract import inspect_module
 
 __all__ = ["SamplerOptimizer", "WangLandauStrategy"]
 
+#: The sampler state of each ``sampler`` name, for checkpoints read where no sampler was built.
+STATES = {"md": wlmd.MDState, "mc": wlmc.MCState}
+
 
 def _unit_slope(cv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A bias equal to the first CV: its gradient is the gradient of ln L_train."""
@@ -273,6 +276,7 @@ class WangLandauStrategy(SamplerStrategy):
         self._round_trips: round_trips.RoundTripState | None = None
         self._next_snapshot = 0
         self._landscape: Landscape | None = None
+        self._sampler: wlmd.WLMD | wlmc.WLMC | None = None  # fill="step" and MC (fill="visit" runs self._run)
         self._state: wlmd.MDState | wlmc.MCState | None = None
         self._schedule_state: dict[str, torch.Tensor] | None = None
         self._pending: dict[str, Any] | None = None
@@ -371,10 +375,10 @@ class WangLandauStrategy(SamplerStrategy):
                             seed=self.seed + 1, observe_every=self.observe_every, threads=self._threads)
             self._landscape.metadata["windows"] = windows.config()
             self._state = self._run.state
-        elif self.sampler == "md":
-            self._state = wlmd.init(theta0, evaluate, self._landscape, seed=self.seed + 1)
         else:
-            self._state = wlmc.init(theta0, evaluate, seed=self.seed + 1, config=self.mc_config)
+            self._sampler = (wlmd.WLMD(evaluate, self._landscape, bound, self.md_config) if self.sampler == "md" else
+                             wlmc.WLMC(evaluate, self._landscape, bound, self.mc_config))
+            self._state = self._sampler.init(theta0, seed=self.seed + 1)
         self._last_accepted = self._state.accepted.clone()
         x_lo, x_hi = (float(v) for v in self._landscape.window[0])
         x_range = (max(x_lo, ranges[0][0]), min(x_hi, ranges[0][1]))
@@ -488,10 +492,8 @@ class WangLandauStrategy(SamplerStrategy):
         if self._run is not None:
             self._run_windows(steps)
             return
-        config = self.md_config if self.sampler == "md" else self.mc_config
         self._state, self._schedule_state = loop.run(
-            self._state, steps, evaluate=self._evaluator, landscape=self._landscape, bound=self._bound,
-            schedule=self.schedule, schedule_state=self._schedule_state, config=config,
+            self._sampler, self._state, steps, schedule=self.schedule, schedule_state=self._schedule_state,
             observe_every=self.observe_every, round_trips=self._round_trips, threads=self._threads,
         )
         self._layout.load_into(self.lightning_module, self._state.theta[0])
@@ -640,8 +642,7 @@ class WangLandauStrategy(SamplerStrategy):
             self._last_accepted = state["last_accepted"].to(device)
             self._next_snapshot = int(state["next_snapshot"])
             return
-        cls = wlmd.MDState if self.sampler == "md" else wlmc.MCState
-        self._state = cls.from_state_dict(state["state"], device)
+        self._state = self._sampler.state_type.from_state_dict(state["state"], device)
         self._landscape.load_state_dict(state["landscape"])
         self._schedule_state = {k: v.to(device) for k, v in state["schedule"].items()}
         self._last_accepted = state["last_accepted"].to(device)

@@ -10,7 +10,8 @@ How the ranks cooperate (multiple-walker Wang-Landau):
   ``seed + 1_000_003 * rank`` (rank 0 uses ``seed`` itself, so it starts like the single-process run with that seed).
 - Each rank deposits into its local copy of the landscape during a chunk of ``steps_per_lightning_step`` sampler
   steps (the single-process hot loop, untouched). Every ``sync_every`` chunks the ranks all-reduce what they
-  added since the last synchronisation (bias, visits, observable sums, walker steps: one float64 buffer) and every
+  added since the last synchronisation (the landscape's accumulators: bias, visits, observable sums, group statistics,
+  walker steps, as one float64 buffer, ``Landscape.accumulator_vector``) and every
   rank sets its copy to the shared base plus the summed changes. Between synchronisations a rank's walkers feel
   the shared landscape plus their own rank's recent deposits.
 - The WL factor keeps its meaning: ``f_t`` is the total deposit of one sampler step, shared by all walkers of all
@@ -54,11 +55,7 @@ from lightning.pytorch.strategies.launchers.subprocess_script import _Subprocess
 
 from lightning_entropy.core import loop, round_trips
 from lightning_entropy.core.landscape import Landscape
-from lightning_entropy.core.samplers import wlmc, wlmd
-from lightning_entropy.strategies.wang_landau import WangLandauStrategy
-
-#: The landscape tensors summed over the ranks (besides the walker-step count).
-SHARED = ("bias", "visits", "obs_sum", "obs_sq", "obs_count", "recent_visits", "group_obs_sum", "group_obs_count")
+from lightning_entropy.strategies.wang_landau import STATES, WangLandauStrategy
 
 #: Rank r seeds its walkers with ``seed + r * RANK_SEED_STRIDE`` (a CPU generator keeps only 32 bits of a seed, so a
 #: stride of 2**32 would give every rank the same walkers).
@@ -139,9 +136,10 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
 
     Args:
         sync_every: synchronise the landscape every this many Lightning steps (chunks of
-            ``steps_per_lightning_step`` sampler steps). One all-reduce of ``(2 + 2k + 1) * bins`` float64 values per
-            synchronisation (``k`` observables). Larger values communicate less; between synchronisations each rank
-            feels only its own recent deposits, which delays the other ranks' filling by up to
+            ``steps_per_lightning_step`` sampler steps). One all-reduce of ``(3 + 2k + g (3 + k)) * bins + 1``
+            float64 values per synchronisation (``k`` observables, ``g`` walker groups). Larger values communicate
+            less; between synchronisations each rank feels only its own recent deposits, which delays the other
+            ranks' filling by up to
             ``sync_every * steps_per_lightning_step`` steps (a staleness the reference study ran with at 1e4-1e6).
         start_method: ``"spawn"`` (default: works from scripts, pytest and Hydra; needs a ``__main__`` guard in
             scripts), ``"fork"``/``"forkserver"``, or ``"popen"`` (Lightning re-runs the script per rank). Processes
@@ -245,7 +243,7 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
         self._chunks_since_sync = 0
         super()._prepare(trainer)
         self._shared_schedule = RankShare(self.schedule, self.ranks)
-        self._base = self._accumulators()
+        self._base = self._landscape.accumulator_vector()
 
     def _auto_ranges(self, variables, evaluate, theta0, bound, gen) -> list[tuple[float, float]]:
         """The union of the ranks' automatic ranges, so that every rank builds the same grid."""
@@ -269,11 +267,9 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
         landscape every ``sync_every`` chunks, update the schedule on the shared landscape, log."""
         if self._state is None:
             self._prepare(self.lightning_module.trainer)
-        config = self.md_config if self.sampler == "md" else self.mc_config
         start = time.perf_counter()
         self._state, self._schedule_state = loop.run(
-            self._state, steps, evaluate=self._evaluator, landscape=self._landscape, bound=self._bound,
-            schedule=self._shared_schedule, schedule_state=self._schedule_state, config=config,
+            self._sampler, self._state, steps, schedule=self._shared_schedule, schedule_state=self._schedule_state,
             observe_every=self.observe_every, round_trips=self._round_trips,
         )
         self.chunk_seconds += time.perf_counter() - start
@@ -295,11 +291,6 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
             dist.all_reduce(counts)
         return float(counts[0]), float(counts[1])
 
-    def _accumulators(self) -> torch.Tensor:
-        land = self._landscape
-        parts = [getattr(land, k).reshape(-1) for k in SHARED]
-        return torch.cat([*parts, land._walker_steps.to(torch.float64).reshape(1)])
-
     def sync_landscape(self) -> None:
         """All ranks: sum what every rank deposited since the last synchronisation into the shared landscape.
 
@@ -307,17 +298,12 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
         chunks, before checkpoints and at the end of training).
         """
         start = time.perf_counter()
-        current = self._accumulators()
+        current = self._landscape.accumulator_vector()
         if self._distributed:
             delta = current - self._base
             dist.all_reduce(delta)
             current = self._base + delta
-            land, offset = self._landscape, 0
-            for key in SHARED:
-                tensor = getattr(land, key)
-                tensor.copy_(current[offset : offset + tensor.numel()].view_as(tensor))
-                offset += tensor.numel()
-            land._walker_steps.copy_(current[offset].round().to(torch.int64))
+            self._landscape.load_accumulator_vector(current)
         self._base = current
         self._chunks_since_sync = 0
         self.sync_seconds += time.perf_counter() - start
@@ -350,10 +336,7 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
         if self._distributed:
             parts = [None] * self.ranks
             dist.all_gather_object(parts, local)
-        tensors = wlmd.MDState._TENSORS if self.sampler == "md" else wlmc.MCState._TENSORS
-        pooled: dict[str, Any] = {k: torch.cat([p["state"][k] for p in parts]) for k in tensors}
-        pooled["step"] = local["state"]["step"]
-        pooled["rng"] = parts[0]["state"]["rng"]
+        pooled = self._sampler.state_type.pool([p["state"] for p in parts])
         return {
             "kind": self.sampler,
             "walkers": sum(len(p["last_accepted"]) for p in parts),
@@ -401,10 +384,8 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
                     " the landscape and schedule continue unchanged.",
                     stacklevel=2,
                 )
-        cls = wlmd.MDState if self.sampler == "md" else wlmc.MCState
-        sub = {k: pooled[k][index] for k in cls._TENSORS}
-        sub.update(step=pooled["step"], rng=rng)
-        self._state = cls.from_state_dict(sub, device)
+        cls = self._sampler.state_type
+        self._state = cls.from_state_dict(cls.take(pooled, index, rng), device)
         self._landscape.load_state_dict(state["landscape"])
         self._schedule_state = {k: v.to(device) for k, v in state["schedule"].items()}
         self._last_accepted = state["last_accepted"][index].to(device)
@@ -418,9 +399,8 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
     def _adopt(self, final: dict[str, Any]) -> None:
         """Main process after a spawned fit: take rank 0's gathered state (shared landscape, all walkers)."""
         device = torch.device("cpu")
-        cls = wlmd.MDState if final["kind"] == "md" else wlmc.MCState
         self._landscape = Landscape.from_state_dict(final["landscape"], device=device)
-        self._state = cls.from_state_dict(final["state"], device)
+        self._state = STATES[final["kind"]].from_state_dict(final["state"], device)
         self._schedule_state = dict(final["schedule"])
         self._last_accepted = final["last_accepted"]
         self._final = final

@@ -17,11 +17,12 @@ held-out labels.
 
 The integrator is WLMD's (:func:`~lightning_entropy.core.samplers.wlmd.move`): box reflection, the Langevin O step,
 ``mass="box"`` scaling and, with ``metropolis=True`` (default), a Metropolis test on ``U + |v|²/2`` that removes the
-time-step bias. Usage (pure functions over an explicit state)::
+time-step bias. Usage (the :class:`~lightning_entropy.core.samplers.base.Sampler` shape over an explicit state; it
+deposits into no landscape, ``landscape`` is None; observations go into the state)::
 
-    config = RestraintConfig(target=-3.0, strength=1e4)
-    state = init(theta0, evaluate, config, seed=0)
-    state = run(state, 1000, evaluate=evaluate, bound=bound, config=config, observe_every=10)
+    sampler = RestrainedMD(evaluate, bound, RestraintConfig(target=-3.0, strength=1e4))
+    state = observe(sampler.init(theta0, seed=0), evaluate)      # the start as the first observation
+    state, _ = loop.run(sampler, state, 1000, observe_every=10)  # lightning_entropy.core.loop
     trace = trace_arrays(state)          # numpy; one host synchronisation
 """
 
@@ -29,12 +30,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from lightning_entropy.core.samplers import wlmd
+from lightning_entropy.core.samplers.base import removed
 from lightning_entropy.core.samplers.wlmd import MDConfig, MDState
 
 
@@ -93,8 +95,9 @@ class RestrainedState:
     Attributes:
         md: positions, velocities, CVs, forces, RNG and counters (:class:`~wlmd.MDState`).
         observed: the observations so far, ln L_train and the ``k`` observables of every walker: ``(1 + k, W)``
-            tensors (one observation) or ``(n, 1 + k, W)`` chunks (:func:`run` stacks the observations of a call
-            into one chunk, so a long run keeps one tensor per call, not one per observation).
+            tensors (one observation) or ``(n, 1 + k, W)`` chunks (:meth:`RestrainedMD.finish` stacks the
+            observations of a call into one chunk, so a long run keeps one tensor per call, not one per observation).
+            The list is shared by the states a run goes through: an observation appends to it in place.
         observed_steps: the MD step of each observation.
     """
 
@@ -109,6 +112,10 @@ class RestrainedState:
     @property
     def step(self) -> int:
         return self.md.step
+
+    @property
+    def cv(self) -> torch.Tensor:
+        return self.md.cv
 
     def observations(self) -> torch.Tensor | None:
         """All observations as one ``(n, 1 + k, W)`` tensor (``None`` before the first)."""
@@ -127,17 +134,6 @@ class RestrainedState:
         return cls(MDState.from_state_dict(state["md"], device), rows, list(state["observed_steps"]))
 
 
-def init(theta: torch.Tensor, evaluate, config: RestraintConfig, *, seed: int) -> RestrainedState:
-    """Walkers at ``theta`` (W, P) with independent velocities drawn from N(0, kT)."""
-    gen = torch.Generator(device=theta.device)
-    gen.manual_seed(seed)
-    velocity = torch.randn(theta.shape, generator=gen, device=theta.device, dtype=theta.dtype)
-    cv, _, grad = evaluate.value_and_grad(theta, potential(config))
-    zeros = torch.zeros(theta.shape[0], device=theta.device)
-    md = MDState(theta.detach().clone(), velocity, cv, grad, gen, 0, zeros, zeros.clone(), zeros.clone())
-    return RestrainedState(md)
-
-
 def observe(state: RestrainedState, evaluate) -> RestrainedState:
     """Record ln L_train and the observables (no gradient) of every walker now; no host synchronisation."""
     rows = [state.md.cv[:, :1].T]
@@ -148,26 +144,51 @@ def observe(state: RestrainedState, evaluate) -> RestrainedState:
     return state
 
 
-def step(state: RestrainedState, *, evaluate, bound: torch.Tensor, config: RestraintConfig,
-         observe_now: bool = False) -> RestrainedState:
-    """Advance every walker by one MD step under the restraint (one forward and one backward on the train set)."""
-    md = wlmd.move(state.md, evaluate=evaluate, potential=potential(config), admissible=_admissible, bound=bound,
-                   config=config.md)
-    new = RestrainedState(md, state.observed, state.observed_steps)
-    return observe(new, evaluate) if observe_now else new
+_record = observe  # the step's ``observe`` flag shadows the name
 
 
-def run(state: RestrainedState, steps: int, *, evaluate, bound: torch.Tensor, config: RestraintConfig,
-        observe_every: int = 0) -> RestrainedState:
-    """``steps`` MD steps; observe every ``observe_every`` steps (0: never). Never synchronises with the host."""
-    first = len(state.observed)
-    for _ in range(steps):
-        t = state.step + 1
-        state = step(state, evaluate=evaluate, bound=bound, config=config,
-                     observe_now=observe_every > 0 and t % observe_every == 0)
-    if len(state.observed) - first > 1:  # this call's observations as one chunk
-        state.observed[first:] = [torch.stack(state.observed[first:])]
-    return state
+@dataclass(frozen=True, eq=False)
+class RestrainedMD:
+    """MD under the restraint as a :class:`~lightning_entropy.core.samplers.base.Sampler`: no landscape, no
+    deposit (``factor`` is ignored); observations go into the state's trace.
+
+    Args:
+        evaluate: the CV evaluator (``value_and_grad`` on the train CV, ``observe`` for the held-out metric).
+        bound: ``(P,)`` box half-widths.
+        config: the restraint and the integrator.
+    """
+
+    evaluate: Any
+    bound: torch.Tensor
+    config: RestraintConfig
+    landscape: ClassVar[None] = None
+    state_type: ClassVar[type] = RestrainedState
+
+    def init(self, position: torch.Tensor, *, seed: int) -> RestrainedState:
+        """Walkers at ``position`` (W, P) with independent velocities drawn from N(0, kT); nothing observed yet."""
+        return RestrainedState(wlmd.start(position, self.evaluate, potential(self.config), seed=seed))
+
+    def step(self, state: RestrainedState, *, factor: torch.Tensor | None = None,
+             observe: bool = False) -> RestrainedState:
+        """Advance every walker by one MD step under the restraint (one forward and one backward on the train
+        set); with ``observe``, append an observation to the state's trace."""
+        md = wlmd.move(state.md, evaluate=self.evaluate, potential=potential(self.config), admissible=_admissible,
+                       bound=self.bound, config=self.config.md)
+        new = RestrainedState(md, state.observed, state.observed_steps)
+        return _record(new, self.evaluate) if observe else new
+
+    def finish(self, state: RestrainedState, steps: int) -> RestrainedState:
+        """Stack the observations of the last ``steps`` steps into one chunk (a long run keeps one tensor per call,
+        not one per observation)."""
+        first = state.step - steps
+        count = 0
+        for t in reversed(state.observed_steps):
+            if t <= first:
+                break
+            count += 1
+        if count > 1:
+            state.observed[-count:] = [torch.stack(state.observed[-count:])]
+        return state
 
 
 def adapt_dt(dt: float, acceptance: float, *, low: float = 0.6, high: float = 0.9) -> float:
@@ -203,3 +224,11 @@ def trace_arrays(state: RestrainedState, names: tuple[str, ...] = ()) -> dict[st
         out[f"{name}_mean"] = values[:, i, :].mean(axis=1) if len(values) else np.zeros(0)
         out[f"{name}_std"] = values[:, i, :].std(axis=1) if len(values) else np.zeros(0)
     return out
+
+
+__getattr__ = removed(__name__, {
+    "init": "RestrainedMD(evaluate, bound, config).init(theta, seed=...)",
+    "step": "RestrainedMD(evaluate, bound, config).step(state, observe=...)",
+    "run": "lightning_entropy.core.loop.run(RestrainedMD(evaluate, bound, config), state, steps,"
+           " observe_every=...)",
+})

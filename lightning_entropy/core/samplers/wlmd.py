@@ -19,23 +19,28 @@ reversed and is counted; such states are never deposited. Each step costs one ba
 Forces use the landscape as it stood before the previous deposit (one deposit of ``f/W`` nats late), which keeps a
 step at one backward pass; the lag vanishes as the factor decays.
 
-Usage (pure functions over an explicit state)::
+Usage (the :class:`~lightning_entropy.core.samplers.base.Sampler` shape: explicit state; ``step`` deposits into
+``landscape`` in place)::
 
-    state = init(theta0, evaluate, landscape, seed=0)
+    sampler = WLMD(evaluate, landscape, bound, config)
+    state = sampler.init(theta0, seed=0)
     for _ in range(n):
-        state = step(state, evaluate=evaluate, landscape=landscape, bound=bound, factor=f, config=config)
+        state = sampler.step(state, factor=f)
+
+The integrator pieces :func:`start` (walkers with fresh velocities under a potential) and :func:`move` (one step under a
+potential) are shared with restrained MD and the windowed run.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import ClassVar
 
 import torch
 
 from lightning_entropy.core.box import reflect
-from lightning_entropy.core.landscape import Landscape
+from lightning_entropy.core.samplers.base import Depositing, WalkerState, removed
 
 
 @dataclass(frozen=True)
@@ -68,41 +73,28 @@ class MDConfig:
 
 
 @dataclass
-class MDState:
-    """Everything needed to continue a run exactly. Tensors have a leading walker dimension ``W``."""
+class MDState(WalkerState):
+    """Everything needed to continue a run exactly. Tensors have a leading walker dimension ``W``; ``state_dict``
+    and ``from_state_dict`` come from :class:`~lightning_entropy.core.samplers.base.WalkerState`."""
 
     theta: torch.Tensor  # (W, P) positions
     velocity: torch.Tensor  # (W, P), in units of the mass scale
     cv: torch.Tensor  # (W, d) collective variables at theta
-    bias_grad: torch.Tensor  # (W, P) gradient of S(cv(theta)) in parameter space
+    bias_grad: torch.Tensor  # (W, P) gradient of the potential in parameter space
     generator: torch.Generator = field(repr=False)
     step: int = 0
     accepted: torch.Tensor | None = None  # (W,) accepted moves (Metropolis) or moves inside the grid (plain)
     reverted: torch.Tensor | None = None  # (W,) moves sent back by the hard wall or a non-finite loss
     nonfinite: torch.Tensor | None = None  # (W,) moves whose CVs were NaN/inf
 
-    _TENSORS = ("theta", "velocity", "cv", "bias_grad", "accepted", "reverted", "nonfinite")
 
-    def state_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {k: getattr(self, k).clone() for k in self._TENSORS}
-        out["step"] = self.step
-        out["rng"] = self.generator.get_state()
-        return out
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, Any], device: torch.device) -> MDState:
-        gen = torch.Generator(device=device)
-        gen.set_state(state["rng"])
-        return cls(generator=gen, step=int(state["step"]), **{k: state[k].to(device) for k in cls._TENSORS})
-
-
-def init(theta: torch.Tensor, evaluate, landscape: Landscape | None, *, seed: int, potential=None) -> MDState:
-    """Walkers at ``theta`` (W, P) with velocities drawn from N(0, kT); forces from ``potential(cv)`` (default the
-    landscape's ``value_and_slope``)."""
+def start(theta: torch.Tensor, evaluate, potential, *, seed: int) -> MDState:
+    """Walkers at ``theta`` (W, P) with velocities drawn from N(0, kT) by a generator seeded with ``seed``, and
+    forces from ``potential(cv) -> (value (W,), slope (W, d))``; no move made yet."""
     gen = torch.Generator(device=theta.device)
     gen.manual_seed(seed)
     velocity = torch.randn(theta.shape, generator=gen, device=theta.device, dtype=theta.dtype)
-    cv, _, grad = evaluate.value_and_grad(theta, potential or landscape.value_and_slope)
+    cv, _, grad = evaluate.value_and_grad(theta, potential)
     zeros = torch.zeros(theta.shape[0], device=theta.device)
     return MDState(theta.detach().clone(), velocity, cv, grad, gen, 0, zeros, zeros.clone(), zeros.clone())
 
@@ -117,7 +109,8 @@ def move(
     config: MDConfig,
     dt: torch.Tensor | None = None,
 ) -> MDState:
-    """One integrator step of every walker under ``potential``, shared by the MD samplers (WLMD, restrained MD).
+    """One integrator step of every walker under ``potential``, shared by the MD samplers (WLMD, restrained MD)
+    and the windowed run.
 
     ``dt`` ``(W, 1)`` overrides ``config.dt`` per walker (e.g. a time step adapted per window).
 
@@ -164,27 +157,40 @@ def move(
     )
 
 
-def step(
-    state: MDState,
-    *,
-    evaluate,
-    landscape: Landscape,
-    bound: torch.Tensor,
-    factor: torch.Tensor,
-    config: MDConfig,
-    observe: bool = False,
-) -> MDState:
-    """Advance every walker by one step, then deposit ``factor`` nats (shared by the walkers) into ``landscape``.
+@dataclass(frozen=True, eq=False)
+class WLMD(Depositing):
+    """Wang-Landau MD as a :class:`~lightning_entropy.core.samplers.base.Sampler`, built from ``evaluate``,
+    ``landscape`` and ``bound`` (see :class:`~lightning_entropy.core.samplers.base.Depositing`) and ``config``, the
+    integrator constants."""
 
-    The force at the current position was computed on the landscape before the previous step's deposit (one
-    forward and one backward per step); the Metropolis test itself uses the current landscape.
-    """
-    new = move(state, evaluate=evaluate, potential=landscape.value_and_slope, admissible=landscape.inside,
-               bound=bound, config=config)
-    walkers = state.theta.shape[0]
-    everyone = torch.ones_like(new.accepted, dtype=torch.bool)
-    landscape.deposit(new.cv, factor / walkers, everyone)
-    landscape.add_walker_steps(walkers)
-    if observe:
-        landscape.record(new.cv, evaluate.observe(new.theta), everyone)
-    return new
+    config: MDConfig = field(default_factory=MDConfig)
+    state_type: ClassVar[type] = MDState
+
+    def init(self, position: torch.Tensor, *, seed: int) -> MDState:
+        """Walkers at ``position`` (W, P) with velocities drawn from N(0, kT); forces from the landscape's bias."""
+        return start(position, self.evaluate, self.landscape.value_and_slope, seed=seed)
+
+    def step(self, state: MDState, *, factor: torch.Tensor | None = None, observe: bool = False) -> MDState:
+        """Advance every walker by one step, then deposit ``factor`` nats (shared by the walkers) into the
+        landscape, in place; with ``observe``, also record the observables there (if it has any).
+
+        The force at the current position was computed on the landscape before the previous step's deposit (one
+        forward and one backward per step); the Metropolis test itself uses the current landscape.
+        """
+        landscape = self.landscape
+        new = move(state, evaluate=self.evaluate, potential=landscape.value_and_slope, admissible=landscape.inside,
+                   bound=self.bound, config=self.config)
+        walkers = state.theta.shape[0]
+        everyone = torch.ones_like(new.accepted, dtype=torch.bool)
+        landscape.deposit(new.cv, factor / walkers, everyone)
+        landscape.add_walker_steps(walkers)
+        if observe and landscape.observable_names:
+            landscape.record(new.cv, self.evaluate.observe(new.theta), everyone)
+        return new
+
+
+__getattr__ = removed(__name__, {
+    "init": "WLMD(evaluate, landscape, bound, config).init(theta, seed=...), or start(theta, evaluate, potential,"
+            " seed=...)",
+    "step": "WLMD(evaluate, landscape, bound, config).step(state, factor=..., observe=...)",
+})
