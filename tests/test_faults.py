@@ -303,3 +303,21 @@ def test_a_rank_raises_before_sampling_and_ignores_repeats_while_sampling():
     rank.handler(signal.SIGTERM, None)
     rank.handler(signal.SIGINT, None)  # Ctrl-C to the group and the job's forward: one stop, no exception
     assert rank.signum == signal.SIGTERM
+
+
+def test_resume_with_another_box_or_other_data_is_a_configuration_error(tmp_path):
+    """``resume=`` with ``sampler.box`` or the task's data changed is refused before any sampling, as a configuration
+    error that says what differs (exit status 2 on the command line), and the checkpoint is left as it was."""
+    first = tmp_path / "first"
+    small = [o for o in RUN if not o.startswith("trainer.max_steps=")]
+    run(compose_config([*small, "trainer.max_steps=2"]), first, echo=lambda _: None)
+    before = (first / "checkpoint.ckpt").read_bytes()
+    again = [*small, "trainer.max_steps=3", f"resume={first}"]
+    with pytest.raises(ConfigError, match=r"resume=.*sampled in the box fan_out, c=2.*Resume with box='fan_out:2'"):
+        run(compose_config([*again, "sampler.box=fan_out:3"]), tmp_path / "box", echo=lambda _: None)
+    with pytest.raises(ConfigError, match=r"resume=.*train data differ.*other values"):
+        run(compose_config([*again, "task.noise=0.2"]), tmp_path / "data", echo=lambda _: None)
+    with pytest.raises(ConfigError, match=r"resume=.*model differs.*net.0.weight"):
+        run(compose_config([*again, "model.width=5"]), tmp_path / "model", echo=lambda _: None)
+    assert (first / "checkpoint.ckpt").read_bytes() == before
+    assert not (tmp_path / "box" / "landscape.npz").exists()

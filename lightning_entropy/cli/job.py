@@ -53,6 +53,7 @@ from lightning_entropy.cli.interrupt import CHECKPOINT, Checkpointing, Interrupt
 from lightning_entropy.cli.rundir import claim
 from lightning_entropy.cli.tasks import Task, build_task
 from lightning_entropy.core import nonfinite
+from lightning_entropy.core.fingerprint import ResumeMismatch
 
 log = logging.getLogger("lightning_entropy.cli")
 
@@ -475,6 +476,8 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
                 flag.delegate(trainer.strategy.launcher)  # the ranks sample: signals are forwarded to them
             try:
                 trainer.fit(model, datamodule=task.datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+            except ResumeMismatch as err:  # another box, model, data or grid than the checkpoint's: before sampling
+                raise ConfigError(f"resume={cfg.resume}: {err}") from None
             except Exception as err:  # a rank stopped by the signal before sampling began: nothing to keep
                 if flag is not None and flag.launcher is not None and flag.signum is not None:
                     raise Interrupted(flag.signum) from err

@@ -31,6 +31,7 @@ from lightning_entropy.cli.config import ConfigError, trainer_extras, validate
 from lightning_entropy.cli.interrupt import Checkpointing, Interrupted
 from lightning_entropy.cli.rundir import claim
 from lightning_entropy.cli.tasks import build_task
+from lightning_entropy.core.fingerprint import ResumeMismatch
 
 MD_FILES = ("baseline.csv", "md_trace.csv", "md_trace.png", "summary.json")
 
@@ -160,7 +161,10 @@ def run_entropy_md(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], 
         log_every_n_steps=int(cfg.trainer.log_every_n_steps), default_root_dir=str(out),
         callbacks=[Checkpointing(out, float(cfg.trainer.get("checkpoint_minutes", 0.0)))], **trainer_extras(cfg),
     )
-    trainer.fit(model, datamodule=task.datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    try:
+        trainer.fit(model, datamodule=task.datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except ResumeMismatch as err:  # another box, model or data than the checkpoint's: before any MD step
+        raise ConfigError(f"resume={cfg.resume}: {err}") from None
     timings["sampler_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -32,6 +32,11 @@ VERSION = 1
 _NEW_RUN = "or start a new run (without ckpt_path / resume)"
 
 
+class ResumeMismatch(ValueError):
+    """A checkpoint that does not fit the run resuming it (another model, data, box, grid, sampler or layout); the
+    message says what differs and what to do."""
+
+
 # -- building the record ------------------------------------------------------------------------------------------
 
 
@@ -167,7 +172,7 @@ def check_model(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
     fix = (f" Resume with the module the checkpoint was sampled from (same architecture, dtype and frozen parameters),"
            f" {_NEW_RUN}.")
     if saved["class"] != current["class"]:
-        raise ValueError(f"The model differs from the checkpoint's: the checkpoint was sampled from a {saved['class']},"
+        raise ResumeMismatch(f"The model differs from the checkpoint's: the checkpoint was sampled from a {saved['class']},"
                          f" this run has a {current['class']}.{fix}")
     theirs = {p[0]: p for p in saved["parameters"]}
     mine = {p[0]: p for p in current["parameters"]}
@@ -177,15 +182,15 @@ def check_model(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
 
     for name in list(theirs) + [n for n in mine if n not in theirs]:
         if name not in mine:
-            raise ValueError(f"The model differs from the checkpoint's: its parameter {name} ({what(theirs[name])}) is"
+            raise ResumeMismatch(f"The model differs from the checkpoint's: its parameter {name} ({what(theirs[name])}) is"
                              f" not in this run's module.{fix}")
         if name not in theirs:
-            raise ValueError(f"The model differs from the checkpoint's: this run's parameter {name} ({what(mine[name])})"
+            raise ResumeMismatch(f"The model differs from the checkpoint's: this run's parameter {name} ({what(mine[name])})"
                              f" is not in the checkpoint's module.{fix}")
         if list(theirs[name]) != list(mine[name]):
-            raise ValueError(f"The model differs from the checkpoint's: parameter {name} is {what(theirs[name])} in the"
+            raise ResumeMismatch(f"The model differs from the checkpoint's: parameter {name} is {what(theirs[name])} in the"
                              f" checkpoint, {what(mine[name])} in this run.{fix}")
-    raise ValueError(f"The model differs from the checkpoint's: its parameters come in another order.{fix}")
+    raise ResumeMismatch(f"The model differs from the checkpoint's: its parameters come in another order.{fix}")
 
 
 def check_data(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
@@ -198,12 +203,12 @@ def check_data(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
             continue
         if theirs is None or mine is None:
             has, lacks = ("the checkpoint", "this run") if mine is None else ("this run", "the checkpoint")
-            raise ValueError(f"The {label} data differ from the checkpoint's: {has} has a {label} split, {lacks} has"
+            raise ResumeMismatch(f"The {label} data differ from the checkpoint's: {has} has a {label} split, {lacks} has"
                              f" none.{fix}")
         if theirs["shapes"] != mine["shapes"]:
-            raise ValueError(f"The {label} data differ from the checkpoint's: tensors [shape, dtype] {theirs['shapes']}"
+            raise ResumeMismatch(f"The {label} data differ from the checkpoint's: tensors [shape, dtype] {theirs['shapes']}"
                              f" in the checkpoint, {mine['shapes']} in this run.{fix}")
-        raise ValueError(f"The {label} data differ from the checkpoint's: the same shapes and dtypes"
+        raise ResumeMismatch(f"The {label} data differ from the checkpoint's: the same shapes and dtypes"
                          f" ({mine['shapes']}) but other values (digest {theirs['digest'][:12]} in the checkpoint,"
                          f" {mine['digest'][:12]} in this run).{fix}")
 
@@ -211,14 +216,14 @@ def check_data(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
 def check_box(saved_box: Mapping[str, Any], saved_half: Sequence, box: Box, half: Sequence) -> None:
     """Refuse another box rule or constant, or other resolved half-widths."""
     if dict(saved_box) != box.describe():
-        raise ValueError(
+        raise ResumeMismatch(
             f"The checkpoint was sampled in the box {box_text(saved_box)} ({Box.parse(dict(saved_box))}); this run's box"
             f" is {box_text(box)} ({box}). The box is part of the entropy's definition, so a landscape cannot continue"
             f" in another one. Resume with {box_argument(saved_box)} (the checkpoint's box), {_NEW_RUN}."
         )
     for (name, theirs), (_, mine) in zip(saved_half, half):
         if not math.isclose(float(theirs), float(mine), rel_tol=1e-6):
-            raise ValueError(
+            raise ResumeMismatch(
                 f"The box's half-width of {name} is {float(theirs):.6g} in the checkpoint and {float(mine):.6g} in this"
                 f" run (same rule {box_text(box)}). Resume with the module the checkpoint was sampled from, {_NEW_RUN}."
             )
@@ -254,5 +259,5 @@ def same_grid(a: Mapping[str, Any], b: Mapping[str, Any], rel: float = 1e-9) -> 
     return True
 
 
-__all__ = ["VERSION", "box_argument", "box_text", "check", "check_box", "check_data", "check_model", "grid_of",
+__all__ = ["VERSION", "ResumeMismatch", "box_argument", "box_text", "check", "check_box", "check_data", "check_model", "grid_of",
            "grid_text", "half_widths", "of_batch", "of_data", "of_model", "record", "same_grid"]

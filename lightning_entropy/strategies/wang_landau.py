@@ -411,21 +411,21 @@ class WangLandauStrategy(SamplerStrategy):
         names = [v.name for v in variables]
         fix = f"resume with the same variables and grid, {fingerprint._NEW_RUN}."
         if list(grid["names"]) != names:
-            raise ValueError(f"The checkpoint's grid has the axes {list(grid['names'])}; this run samples {names}:"
+            raise fingerprint.ResumeMismatch(f"The checkpoint's grid has the axes {list(grid['names'])}; this run samples {names}:"
                              f" {fix}")
         ranges = [(float(lo), float(hi)) for lo, hi in grid["ranges"]]
         if self._ranges is not None:
             asked, bins = self._grid(variables, self._ranges)
             mine = {"names": names, "ranges": asked, "bins": bins, "widths": self._bin_widths(variables, asked)}
             if not fingerprint.same_grid(grid, mine):
-                raise ValueError(f"The checkpoint's grid is {fingerprint.grid_text(grid)}; this run asks for"
+                raise fingerprint.ResumeMismatch(f"The checkpoint's grid is {fingerprint.grid_text(grid)}; this run asks for"
                                  f" ranges={self._ranges} ({fingerprint.grid_text(mine)}). Resume without `ranges`"
                                  f" (the checkpoint's grid is reused) or with the checkpoint's ranges, or start a new"
                                  " run.")
         elif self._bin_width is not None:
             widths = self._bin_widths(variables, ranges)
             if not all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(widths, grid["widths"])):
-                raise ValueError(f"The checkpoint's grid is {fingerprint.grid_text(grid)}; this run asks for"
+                raise fingerprint.ResumeMismatch(f"The checkpoint's grid is {fingerprint.grid_text(grid)}; this run asks for"
                                  f" bin_width={self._bin_width}. Resume without `bin_width` or with the checkpoint's"
                                  " widths, or start a new run.")
         return ranges, [int(n) for n in grid["bins"]]
@@ -692,7 +692,7 @@ class WangLandauStrategy(SamplerStrategy):
     def _restore(self, state: dict[str, Any]) -> None:
         device = self.root_device
         if ("run" in state) != (self._run is not None):
-            raise ValueError(
+            raise fingerprint.ResumeMismatch(
                 f"The checkpoint was written with fill={'visit' if 'run' in state else 'step'!r}, this strategy has"
                 f" fill={self.fill!r}: resume with the same fill (and replicas, windows)."
             )

@@ -53,6 +53,7 @@ from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcess
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
 from lightning_entropy.core import loop, round_trips
+from lightning_entropy.core.fingerprint import ResumeMismatch
 from lightning_entropy.core.landscape import Landscape
 from lightning_entropy.core.samplers import wlmc, wlmd
 from lightning_entropy.strategies.wang_landau import WangLandauStrategy
@@ -371,7 +372,7 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
 
     def load_sampler_state_dict(self, state: dict[str, Any]) -> None:
         if state and state.get("kind") != self.sampler:
-            raise ValueError(
+            raise ResumeMismatch(
                 f"The checkpoint holds a {state.get('kind')!r} sampler; this strategy is {self.sampler!r}. Resume with"
                 " the same sampler (the number of ranks and walkers may differ)."
             )
@@ -391,7 +392,7 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
 
     def _resumed_walkers(self, state: dict[str, Any]) -> torch.Tensor:
         if "run" in state:
-            raise ValueError(
+            raise ResumeMismatch(
                 "The checkpoint was written by strategy='wang_landau' with fill='visit' (windows and replicas on one"
                 " process); wang_landau_ddp samples one shared landscape with fill='step'. Resume it with"
                 " strategy='wang_landau' (and the same fill, replicas and windows), or start a new run."
