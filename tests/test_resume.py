@@ -15,7 +15,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from toy import ToyModule, toy_data, toy_datamodule
 
-from lightning_entropy import EntropyMDStrategy, WangLandauDDPStrategy, WangLandauStrategy
+from lightning_entropy import EntropyMDStrategy, WangLandauStrategy
 from lightning_entropy.core import fingerprint
 from lightning_entropy.tasks.common import TensorDataModule
 

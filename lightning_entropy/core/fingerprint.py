@@ -132,8 +132,9 @@ def grid_of(landscape) -> dict[str, Any] | None:
     """Axis names, ``[lo, hi]`` ranges, bins and bin widths of a landscape (``None`` for none)."""
     if landscape is None:
         return None
-    return {"names": list(landscape.names), "ranges": [[float(a), float(b)] for a, b in zip(landscape.lo, landscape.hi)],
-            "bins": list(landscape.shape), "widths": [float(w) for w in landscape.width]}
+    ranges = [[float(a), float(b)] for a, b in zip(landscape.lo, landscape.hi)]
+    return {"names": list(landscape.names), "ranges": ranges, "bins": list(landscape.shape),
+            "widths": [float(w) for w in landscape.width]}
 
 
 def record(*, landscape, box: Box, layout: ParameterLayout, bound: torch.Tensor, module: torch.nn.Module,
@@ -169,57 +170,57 @@ def check_model(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
     """Refuse a model whose class or parameters (names, shapes, dtypes, frozen or sampled) differ."""
     if saved == current:
         return
-    fix = (f" Resume with the module the checkpoint was sampled from (same architecture, dtype and frozen parameters),"
-           f" {_NEW_RUN}.")
-    if saved["class"] != current["class"]:
-        raise ResumeMismatch(f"The model differs from the checkpoint's: the checkpoint was sampled from a {saved['class']},"
-                         f" this run has a {current['class']}.{fix}")
-    theirs = {p[0]: p for p in saved["parameters"]}
-    mine = {p[0]: p for p in current["parameters"]}
 
-    def what(p) -> str:
+    def refuse(what: str) -> ResumeMismatch:
+        return ResumeMismatch(
+            f"The model differs from the checkpoint's: {what}. Resume with the module the checkpoint was sampled from"
+            f" (same architecture, dtype and frozen parameters), {_NEW_RUN}."
+        )
+
+    def text(p) -> str:
         return f"{p[1]} {p[2]}, {'sampled' if p[3] else 'frozen (requires_grad=False)'}"
 
+    if saved["class"] != current["class"]:
+        raise refuse(f"the checkpoint was sampled from a {saved['class']}, this run has a {current['class']}")
+    theirs = {p[0]: p for p in saved["parameters"]}
+    mine = {p[0]: p for p in current["parameters"]}
     for name in list(theirs) + [n for n in mine if n not in theirs]:
         if name not in mine:
-            raise ResumeMismatch(f"The model differs from the checkpoint's: its parameter {name} ({what(theirs[name])}) is"
-                             f" not in this run's module.{fix}")
+            raise refuse(f"its parameter {name} ({text(theirs[name])}) is not in this run's module")
         if name not in theirs:
-            raise ResumeMismatch(f"The model differs from the checkpoint's: this run's parameter {name} ({what(mine[name])})"
-                             f" is not in the checkpoint's module.{fix}")
+            raise refuse(f"this run's parameter {name} ({text(mine[name])}) is not in the checkpoint's module")
         if list(theirs[name]) != list(mine[name]):
-            raise ResumeMismatch(f"The model differs from the checkpoint's: parameter {name} is {what(theirs[name])} in the"
-                             f" checkpoint, {what(mine[name])} in this run.{fix}")
-    raise ResumeMismatch(f"The model differs from the checkpoint's: its parameters come in another order.{fix}")
+            raise refuse(f"parameter {name} is {text(theirs[name])} in the checkpoint, {text(mine[name])} in this run")
+    raise refuse("its parameters come in another order")
 
 
 def check_data(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
     """Refuse other data: per split, other shapes/dtypes, or the same shapes with other values."""
-    fix = (f" Resume with the same data (task, split, seed, preprocessing and held-out split) as the checkpoint,"
-           f" {_NEW_RUN}.")
     for split, label in (("train", "train"), ("test", "held-out")):
         theirs, mine = saved.get(split), current.get(split)
         if theirs == mine:
             continue
         if theirs is None or mine is None:
             has, lacks = ("the checkpoint", "this run") if mine is None else ("this run", "the checkpoint")
-            raise ResumeMismatch(f"The {label} data differ from the checkpoint's: {has} has a {label} split, {lacks} has"
-                             f" none.{fix}")
-        if theirs["shapes"] != mine["shapes"]:
-            raise ResumeMismatch(f"The {label} data differ from the checkpoint's: tensors [shape, dtype] {theirs['shapes']}"
-                             f" in the checkpoint, {mine['shapes']} in this run.{fix}")
-        raise ResumeMismatch(f"The {label} data differ from the checkpoint's: the same shapes and dtypes"
-                         f" ({mine['shapes']}) but other values (digest {theirs['digest'][:12]} in the checkpoint,"
-                         f" {mine['digest'][:12]} in this run).{fix}")
+            what = f"{has} has a {label} split, {lacks} has none"
+        elif theirs["shapes"] != mine["shapes"]:
+            what = f"tensors [shape, dtype] {theirs['shapes']} in the checkpoint, {mine['shapes']} in this run"
+        else:
+            what = (f"the same shapes and dtypes ({mine['shapes']}) but other values (digest {theirs['digest'][:12]} in"
+                    f" the checkpoint, {mine['digest'][:12]} in this run)")
+        raise ResumeMismatch(
+            f"The {label} data differ from the checkpoint's: {what}. Resume with the same data (task, split, seed,"
+            f" preprocessing and held-out split) as the checkpoint, {_NEW_RUN}."
+        )
 
 
 def check_box(saved_box: Mapping[str, Any], saved_half: Sequence, box: Box, half: Sequence) -> None:
     """Refuse another box rule or constant, or other resolved half-widths."""
     if dict(saved_box) != box.describe():
         raise ResumeMismatch(
-            f"The checkpoint was sampled in the box {box_text(saved_box)} ({Box.parse(dict(saved_box))}); this run's box"
-            f" is {box_text(box)} ({box}). The box is part of the entropy's definition, so a landscape cannot continue"
-            f" in another one. Resume with {box_argument(saved_box)} (the checkpoint's box), {_NEW_RUN}."
+            f"The checkpoint was sampled in the box {box_text(saved_box)} ({Box.parse(dict(saved_box))}); this run's"
+            f" box is {box_text(box)} ({box}). The box is part of the entropy's definition, so a landscape cannot"
+            f" continue in another one. Resume with {box_argument(saved_box)} (the checkpoint's box), {_NEW_RUN}."
         )
     for (name, theirs), (_, mine) in zip(saved_half, half):
         if not math.isclose(float(theirs), float(mine), rel_tol=1e-6):
@@ -259,5 +260,5 @@ def same_grid(a: Mapping[str, Any], b: Mapping[str, Any], rel: float = 1e-9) -> 
     return True
 
 
-__all__ = ["VERSION", "ResumeMismatch", "box_argument", "box_text", "check", "check_box", "check_data", "check_model", "grid_of",
-           "grid_text", "half_widths", "of_batch", "of_data", "of_model", "record", "same_grid"]
+__all__ = ["VERSION", "ResumeMismatch", "box_argument", "box_text", "check", "check_box", "check_data", "check_model",
+           "grid_of", "grid_text", "half_widths", "of_batch", "of_data", "of_model", "record", "same_grid"]

@@ -18,7 +18,9 @@ What the fit leaves behind:
   (numpy), with means and standard deviations over walkers;
 - :attr:`~EntropyMDStrategy.walker_parameters`: the walkers' flat parameters ``(W, P)``.
 
-Checkpoints carry the whole MD state (walkers, velocities, RNG, target, trace); a resumed run continues exactly.
+Checkpoints carry the whole MD state (walkers, velocities, RNG, target, trace); a resumed run continues exactly. They
+also carry the box and fingerprints of the data and model (:mod:`lightning_entropy.core.fingerprint`): a resume with
+another explicit box, model or data is refused, and ``box=None`` takes the checkpoint's fitted box.
 """
 
 from __future__ import annotations

@@ -14,7 +14,10 @@ What happens in a fit:
 3. Every Lightning step runs ``steps_per_lightning_step`` sampler steps, updates the schedule, and logs the WL
    factor, flatness, acceptance and the walkers' CV range (shown on the progress bar).
 4. Checkpoints hold the whole sampler state (walkers, velocities, RNG, landscape, schedule) through the
-   placeholder optimizer's ``state_dict``; a resumed run continues exactly as the uninterrupted one.
+   placeholder optimizer's ``state_dict``; a resumed run continues exactly as the uninterrupted one. They also hold a
+   setup record (:mod:`lightning_entropy.core.fingerprint`: grid, box, fingerprints of data and model): a resume starts
+   from the checkpoint's walkers on the checkpoint's grid (nothing is found again from the restored weights), and
+   refuses another box, model or data before any work.
 """
 
 from __future__ import annotations
@@ -385,9 +388,9 @@ class WangLandauStrategy(SamplerStrategy):
         self._round_trips = round_trips.init(self.walkers, x_range, device=device)
         self._snapshot_interval = self._interval(trainer)
         self._next_snapshot = self._snapshot_interval
-        if self._pending is not None:
+        if self._pending:  # an empty state: a checkpoint written before the walkers existed
             self._restore(self._pending)
-            self._pending = None
+        self._pending = None
 
     def _grid(self, variables, ranges) -> tuple[list[tuple[float, float]], list[int]]:
         """Checked ranges and bins of the grid: whole bins of the bin width from each range's low end."""
@@ -409,25 +412,24 @@ class WangLandauStrategy(SamplerStrategy):
             grid = {"names": list(cfg["names"]), "ranges": [list(r) for r in cfg["ranges"]], "bins": list(cfg["bins"]),
                     "widths": [(hi - lo) / n for (lo, hi), n in zip(cfg["ranges"], cfg["bins"])]}
         names = [v.name for v in variables]
-        fix = f"resume with the same variables and grid, {fingerprint._NEW_RUN}."
+        mismatch = fingerprint.ResumeMismatch
         if list(grid["names"]) != names:
-            raise fingerprint.ResumeMismatch(f"The checkpoint's grid has the axes {list(grid['names'])}; this run samples {names}:"
-                             f" {fix}")
+            raise mismatch(f"The checkpoint's grid has the axes {list(grid['names'])}; this run samples {names}: resume"
+                           f" with the same variables and grid, {fingerprint._NEW_RUN}.")
         ranges = [(float(lo), float(hi)) for lo, hi in grid["ranges"]]
         if self._ranges is not None:
             asked, bins = self._grid(variables, self._ranges)
             mine = {"names": names, "ranges": asked, "bins": bins, "widths": self._bin_widths(variables, asked)}
             if not fingerprint.same_grid(grid, mine):
-                raise fingerprint.ResumeMismatch(f"The checkpoint's grid is {fingerprint.grid_text(grid)}; this run asks for"
-                                 f" ranges={self._ranges} ({fingerprint.grid_text(mine)}). Resume without `ranges`"
-                                 f" (the checkpoint's grid is reused) or with the checkpoint's ranges, or start a new"
-                                 " run.")
+                raise mismatch(f"The checkpoint's grid is {fingerprint.grid_text(grid)}; this run asks for"
+                               f" ranges={self._ranges} ({fingerprint.grid_text(mine)}). Resume without `ranges` (the"
+                               " checkpoint's grid is reused) or with the checkpoint's ranges, or start a new run.")
         elif self._bin_width is not None:
             widths = self._bin_widths(variables, ranges)
             if not all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(widths, grid["widths"])):
-                raise fingerprint.ResumeMismatch(f"The checkpoint's grid is {fingerprint.grid_text(grid)}; this run asks for"
-                                 f" bin_width={self._bin_width}. Resume without `bin_width` or with the checkpoint's"
-                                 " widths, or start a new run.")
+                raise mismatch(f"The checkpoint's grid is {fingerprint.grid_text(grid)}; this run asks for"
+                               f" bin_width={self._bin_width}. Resume without `bin_width` or with the checkpoint's"
+                               " widths, or start a new run.")
         return ranges, [int(n) for n in grid["bins"]]
 
     def _resumed_walkers(self, state: dict[str, Any]) -> torch.Tensor:
