@@ -142,7 +142,105 @@ def test_ddp_checkpoint_resumes_on_one_rank_with_the_walkers_dealt_out(straight)
     assert strategy.landscape.walker_steps == saved["landscape"]["walker_steps"] + CHUNK * 48
 
 
+def _trained_toy_state():
+    """The toy network after 300 full-batch Adam steps: its weights (and the grid found from them) differ from the
+    weights a checkpoint restores into the module (walker 0's)."""
+    from toy import toy_data
+
+    torch.manual_seed(0)
+    model = ToyModule()
+    x, y = toy_data()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        opt.zero_grad()
+        model.loss_fn(model(x[:12]), y[:12].unsqueeze(1)).backward()
+        opt.step()
+    return model.state_dict()
+
+
+def _small(start="module", **kw):
+    return WangLandauDDPStrategy(walkers=4, box=3.0, seed=2, start=start, start_steps=30, steps_per_lightning_step=20,
+                                 observe_every=5, sync_every=1, **kw)
+
+
+def test_resume_from_a_trained_module_on_two_ranks_continues_exactly(tmp_path):
+    """start="module" from a trained module (grid ranges found from its weights): 4 Lightning steps straight against
+    2 + checkpoint + 2 on two gloo processes, bit for bit on both ranks."""
+    state = _trained_toy_state()
+
+    def fit(out, ckpt_dir=None, ckpt_path=None):
+        out.mkdir()
+        callbacks = [DumpRank(str(out))]
+        if ckpt_dir is not None:
+            callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=2, save_top_k=-1))
+        trainer = Trainer(strategy=_small(start_method="fork"), accelerator="cpu", devices=2, max_steps=4,
+                          logger=False, enable_checkpointing=ckpt_dir is not None, callbacks=callbacks,
+                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                          num_sanity_val_steps=0)
+        model = ToyModule()
+        model.load_state_dict(state)
+        trainer.fit(model, datamodule=toy_datamodule(), ckpt_path=ckpt_path)
+        return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+    straight = fit(tmp_path / "straight", ckpt_dir=tmp_path / "ckpt")
+    ckpt = next(p for p in (tmp_path / "ckpt").glob("*.ckpt") if "step=2" in p.name)
+    saved = torch.load(ckpt, weights_only=False)["optimizer_states"][0]["sampler"]
+    assert saved["setup"]["grid"]["ranges"] == saved["landscape"]["config"]["ranges"]
+    resumed = fit(tmp_path / "resumed", ckpt_path=str(ckpt))
+    for rank in range(2):
+        for key in ("bias", "visits", "obs_sum", "walker_steps"):
+            assert torch.equal(straight[rank]["landscape"][key], resumed[rank]["landscape"][key]), (rank, key)
+        assert straight[rank]["landscape"]["config"] == resumed[rank]["landscape"]["config"]  # the same grid
+        assert torch.equal(straight[rank]["theta"], resumed[rank]["theta"])
+
+
 # -- no other processes: one rank in this process (start_method="popen" starts no other process) ---------------------
+
+
+@pytest.mark.parametrize("start", ["module", "uniform", "adam", "sgd"])
+def test_one_rank_resumes_exactly_from_a_trained_module_for_every_start(tmp_path, start):
+    state = _trained_toy_state()
+
+    def fit(**kw):
+        model = ToyModule()
+        model.load_state_dict(state)
+        environ = dict(os.environ)
+        try:
+            trainer = Trainer(strategy=_small(start, start_method="popen"), accelerator="cpu", devices=1, max_steps=4,
+                              logger=False, enable_progress_bar=False, enable_model_summary=False,
+                              limit_val_batches=0, num_sanity_val_steps=0, **{k: v for k, v in kw.items()
+                                                                              if k != "ckpt_path"})
+            trainer.fit(model, datamodule=toy_datamodule(), ckpt_path=kw.get("ckpt_path"))
+        finally:
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+            os.environ.clear()
+            os.environ.update(environ)
+        return trainer.strategy
+
+    straight = fit(enable_checkpointing=True,
+                   callbacks=[ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1)])
+    resumed = fit(enable_checkpointing=False,
+                  ckpt_path=str(next(p for p in tmp_path.glob("*.ckpt") if "step=2" in p.name)))
+    assert torch.equal(straight.walker_parameters, resumed.walker_parameters)
+    assert torch.equal(straight.landscape.bias, resumed.landscape.bias)
+    assert torch.equal(straight.landscape.visits, resumed.landscape.visits)
+    for a, b in zip(straight.landscape.edges, resumed.landscape.edges):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_windowed_checkpoint_does_not_resume_on_ddp_and_says_where_it_does(tmp_path):
+    state = _trained_toy_state()
+    model = ToyModule()
+    model.load_state_dict(state)
+    single = WangLandauStrategy(walkers=4, box=3.0, fill="visit", replicas=2, windows=1, steps_per_lightning_step=5)
+    Trainer(strategy=single, accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
+            enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path).fit(model,
+                                                                                           datamodule=toy_datamodule())
+    ckpt = next(tmp_path.rglob("*.ckpt"))
+    with pytest.raises(ValueError, match=r"fill='visit'.*Resume it with strategy='wang_landau'"):
+        _fit_in_process(_small(start_method="popen"), 2, ckpt_path=str(ckpt))
+
 
 
 def _fit_in_process(strategy, max_steps, **kw):

@@ -9,6 +9,12 @@ signal``. A second signal while stopping raises at once (the checkpoint written 
 
 :class:`Checkpointing` also saves ``checkpoint.ckpt`` every ``minutes`` of sampling (atomically: temp file, then
 ``os.replace``), so a SIGKILL loses at most that interval.
+
+Processes started by the job (``trainer.devices > 1``: one per rank) sample while the job's process waits for them.
+There the job forwards the first signal to its ranks (:meth:`_Flag.delegate`), and a second one kills them and raises.
+Each rank handles signals itself from ``on_train_start`` (a signal before sampling begins raises there; later ones set
+its flag, and it ignores repeats: the job escalates), and every step the ranks decide together (one all-reduce) whether
+any of them was asked to stop or is due to checkpoint, so that they all save the same step and stop at the same step.
 """
 
 from __future__ import annotations
@@ -34,16 +40,39 @@ class Interrupted(Exception):
 
 
 class _Flag:
-    """The job's interruption state: whether sampling runs (flag mode) and the signal received, if any."""
+    """The job's interruption state: whether sampling runs (flag mode) and the signal received, if any.
 
-    def __init__(self) -> None:
+    Args:
+        rank: the flag of a process the job's launcher started (a DDP rank), not of the job's own process.
+    """
+
+    def __init__(self, *, rank: bool = False) -> None:
         self.sampling = False
         self.signum: int | None = None
         self.trainer = None
+        self.launcher = None
+        self.rank = rank
+        self.pid = os.getpid()
+
+    def delegate(self, launcher) -> None:
+        """The job's process waits while ``launcher``'s processes sample: signals go to them (see the module doc)."""
+        self.launcher = launcher
 
     def handler(self, signum, _frame) -> None:
         first = self.signum is None
+        if self.rank:  # a rank: stop with the others at a step boundary; repeats are the job's to escalate
+            if first:
+                self.signum = signum
+                if not self.sampling:
+                    raise Interrupted(signum)
+            return
         self.signum = signum
+        if getattr(self.launcher, "procs", None):  # the ranks sample: forward, then kill on a second signal
+            if first:
+                self.launcher.kill(signum)
+                return
+            self.launcher.kill(signal.SIGKILL)
+            raise Interrupted(signum)
         if self.sampling and first:
             if self.trainer is not None:  # our callback stops the Trainer; Lightning's own SIGTERM exit would exit 0
                 with contextlib.suppress(AttributeError):
@@ -98,16 +127,38 @@ class Checkpointing(Callback):
         self.interval_s = float(minutes) * 60.0
         self._last = time.monotonic()
 
+    _previous: dict | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        """In a rank the job's launcher started (``_FLAG`` is not this process's): handle SIGTERM/SIGINT here, before
+        the strategy's start phase, in place of Lightning's handler (which would call a collective from inside it)."""
+        global _FLAG
+        if trainer.world_size > 1 and (_FLAG is None or _FLAG.pid != os.getpid()):
+            _FLAG, self._previous = _Flag(rank=True), {}
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(ValueError):  # not the main thread
+                    self._previous[sig] = signal.signal(sig, _FLAG.handler)
+
+    def teardown(self, trainer, pl_module, stage: str | None = None) -> None:
+        global _FLAG
+        if self._previous is not None:
+            for sig, old in self._previous.items():
+                signal.signal(sig, old)
+            self._previous, _FLAG = None, None
+
     def on_train_batch_start(self, trainer, *args) -> None:
         if _FLAG is not None:
             _FLAG.trainer = trainer
             _FLAG.sampling = True
-            if _FLAG.signum is not None:  # heard after setup, before this step: stop before sampling more
-                trainer.should_stop = True
+            if _FLAG.signum is not None and trainer.world_size == 1:  # heard after setup, before this step: stop
+                trainer.should_stop = True  # before sampling more (ranks decide together at the step's end)
 
     def on_train_batch_end(self, trainer, *args) -> None:
         stop = _FLAG is not None and _FLAG.signum is not None
         due = self.interval_s > 0 and time.monotonic() - self._last >= self.interval_s
+        if trainer.world_size > 1:  # every rank saves the same step (a collective) and stops at the same step
+            decide = trainer.strategy.reduce_boolean_decision
+            stop, due = decide(stop, all=False), decide(due, all=False)
         if stop or due:
             save_checkpoint(trainer, self.path)
             self._last = time.monotonic()

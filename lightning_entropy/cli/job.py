@@ -53,6 +53,7 @@ from lightning_entropy.cli.interrupt import CHECKPOINT, Checkpointing, Interrupt
 from lightning_entropy.cli.rundir import claim
 from lightning_entropy.cli.tasks import Task, build_task
 from lightning_entropy.core import nonfinite
+from lightning_entropy.core.fingerprint import ResumeMismatch
 
 log = logging.getLogger("lightning_entropy.cli")
 
@@ -392,12 +393,12 @@ def run(cfg: DictConfig, out_dir: str | Path, *, echo: Callable[[str], None] = p
     """
     started = time.perf_counter()
     with _job_environment(int(cfg.trainer.threads) if "trainer" in cfg else 0):
-        if OmegaConf.select(cfg, "sampler.kind") in ENTROPY_MD_KINDS:  # the training mode has its own path
-            from lightning_entropy.cli.md_job import run_entropy_md
-
-            return run_entropy_md(cfg, Path(out_dir), echo, started)
         with contextlib.ExitStack() as stack:
             flag = stack.enter_context(interruptible())  # SIGTERM/SIGINT: keep what was sampled, then Interrupted
+            if OmegaConf.select(cfg, "sampler.kind") in ENTROPY_MD_KINDS:  # the training mode has its own path
+                from lightning_entropy.cli.md_job import run_entropy_md
+
+                return run_entropy_md(cfg, Path(out_dir), echo, started, stack=stack, flag=flag)
             return _run(cfg, Path(out_dir), echo, started, stack=stack, flag=flag)
 
 
@@ -471,7 +472,16 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
                 + [Checkpointing(out, float(cfg.trainer.get("checkpoint_minutes", 0.0)))],
                 **trainer_extras(cfg),  # any other Trainer argument given as +trainer.<name>=...
             )
-            trainer.fit(model, datamodule=task.datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+            if flag is not None and int(cfg.trainer.devices) > 1:
+                flag.delegate(trainer.strategy.launcher)  # the ranks sample: signals are forwarded to them
+            try:
+                trainer.fit(model, datamodule=task.datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+            except ResumeMismatch as err:  # another box, model, data or grid than the checkpoint's: before sampling
+                raise ConfigError(f"resume={cfg.resume}: {err}") from None
+            except Exception as err:  # a rank stopped by the signal before sampling began: nothing to keep
+                if flag is not None and flag.launcher is not None and flag.signum is not None:
+                    raise Interrupted(flag.signum) from err
+                raise
             landscape = strategy.landscape
             timings["sampler_s"] = time.perf_counter() - t
         if flag is not None and flag.signum is not None and process is not None:

@@ -28,8 +28,8 @@ def _hydra_main(cfg: DictConfig) -> None:
     except Interrupted as err:
         out = HydraConfig.get().runtime.output_dir
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("resume=", "hydra.run.dir="))]
-        print(f"lightning-entropy: {err}; what was sampled is saved in {out} (landscape.npz, summary.json,"
-              f" {CHECKPOINT} where sampling had begun). Resume with:\n  lightning-entropy {' '.join(overrides)}"
+        print(f"lightning-entropy: {err}; what was sampled is saved in {out} (summary.json with the"
+              f" landscape or MD trace, and {CHECKPOINT} where sampling had begun). Resume with:\n  lightning-entropy {' '.join(overrides)}"
               f" resume={out} hydra.run.dir={out}", file=sys.stderr)
         sys.exit(128 + err.signum)
 

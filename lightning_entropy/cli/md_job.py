@@ -13,9 +13,11 @@ Order of work (called by :func:`lightning_entropy.cli.job.run`):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,8 +28,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_entropy.cli.atomic import atomic_open
 from lightning_entropy.cli.config import ConfigError, trainer_extras, validate
+from lightning_entropy.cli.interrupt import Checkpointing, Interrupted
 from lightning_entropy.cli.rundir import claim
 from lightning_entropy.cli.tasks import build_task
+from lightning_entropy.core.fingerprint import ResumeMismatch
 
 MD_FILES = ("baseline.csv", "md_trace.csv", "md_trace.png", "summary.json")
 
@@ -113,15 +117,22 @@ def trace_figure(trace: dict[str, np.ndarray], metric: str | None, *, baseline: 
     return fig
 
 
-def run_entropy_md(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: float) -> dict[str, Any]:
-    """The ``entropy_md`` job (see the module docstring); returns the summary it writes to ``summary.json``."""
+def run_entropy_md(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: float, *,
+                   stack: contextlib.ExitStack | None = None, flag=None) -> dict[str, Any]:
+    """The ``entropy_md`` job (see the module docstring); returns the summary it writes to ``summary.json``.
+
+    With ``flag`` (from :func:`~lightning_entropy.cli.interrupt.interruptible`) a SIGTERM/SIGINT while the MD runs
+    stops it at a Lightning step, writes ``checkpoint.ckpt``, the trace and the summary (``"interrupted"``) of what was
+    sampled, and raises :class:`~lightning_entropy.cli.interrupt.Interrupted`; ``resume=<run dir>`` trains the
+    baseline again (deterministic) and continues the MD from the checkpoint."""
     import lightning.pytorch as pl
 
     from lightning_entropy import plotting
     from lightning_entropy.baseline import save_records
-    from lightning_entropy.cli.job import _baseline_settings, _jsonable, make_logger
+    from lightning_entropy.cli.job import _baseline_settings, _jsonable, make_logger, resume_checkpoint
 
     out = Path(out_dir).resolve()
+    ckpt_path = resume_checkpoint(cfg)
     validate(cfg)
     try:
         task = build_task(cfg)
@@ -130,6 +141,8 @@ def run_entropy_md(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], 
     strategy = make_md_strategy(cfg)
     logger = make_logger(cfg, out)
     lock = claim(out)  # writable, and no second run on the same directory (released when this process ends)
+    if stack is not None and lock is not None:
+        stack.callback(lock.close)
     settings = _baseline_settings(cfg)
     seed = settings["seeds"][0]
     timings: dict[str, float] = {}
@@ -145,9 +158,13 @@ def run_entropy_md(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], 
         strategy=strategy, accelerator=cfg.trainer.accelerator, devices=1, max_steps=int(cfg.trainer.max_steps),
         max_time=cfg.trainer.max_time, logger=logger, enable_checkpointing=False, enable_model_summary=False,
         enable_progress_bar=bool(cfg.trainer.progress_bar), num_sanity_val_steps=0, limit_val_batches=0,
-        log_every_n_steps=int(cfg.trainer.log_every_n_steps), default_root_dir=str(out), **trainer_extras(cfg),
+        log_every_n_steps=int(cfg.trainer.log_every_n_steps), default_root_dir=str(out),
+        callbacks=[Checkpointing(out, float(cfg.trainer.get("checkpoint_minutes", 0.0)))], **trainer_extras(cfg),
     )
-    trainer.fit(model, datamodule=task.datamodule)
+    try:
+        trainer.fit(model, datamodule=task.datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except ResumeMismatch as err:  # another box, model or data than the checkpoint's: before any MD step
+        raise ConfigError(f"resume={cfg.resume}: {err}") from None
     timings["sampler_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -200,6 +217,7 @@ def run_entropy_md(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], 
                      "seed": seed, "batch_size": task.description.get("batch_size"),
                      "records": len(recorder.records)},
         "files": list(MD_FILES),
+        "interrupted": signal.Signals(flag.signum).name if flag is not None and flag.signum else None,
     }
     timings["report_s"] = time.perf_counter() - t
     summary.update({"wall_time_s": time.perf_counter() - started, "timings": timings, "run_dir": str(out),
@@ -213,6 +231,8 @@ def run_entropy_md(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], 
         logger.save()
     for line in md_report_lines(summary):
         echo(line)
+    if flag is not None and flag.signum is not None:
+        raise Interrupted(flag.signum)  # everything sampled is written; the console script says how to resume
     return summary
 
 

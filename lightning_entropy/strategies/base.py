@@ -9,7 +9,7 @@ A subclass implements ``_prepare(trainer)`` (read the data, start the walkers; c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning
@@ -109,6 +109,21 @@ class SamplerStrategy(SingleDeviceStrategy):
                 " has no meaning for it. Remove accumulate_grad_batches (the sampler always uses the whole train set)."
             )
 
+    def load_model_state_dict(self, checkpoint: Mapping[str, Any], strict: bool = True) -> None:
+        """Before Lightning copies a checkpoint's weights into the module: a module other than the one the checkpoint
+        was sampled from (class; parameter names, shapes, dtypes, frozen or sampled) is refused, naming the
+        difference (see :mod:`lightning_entropy.core.fingerprint`)."""
+        from lightning_entropy.core import fingerprint
+        from lightning_entropy.core.walkers import ParameterLayout
+
+        states = checkpoint.get("optimizer_states") or [{}]
+        setup = (states[0].get("sampler") or {}).get("setup") if isinstance(states[0], Mapping) else None
+        saved = (setup or {}).get("fingerprint", {}).get("model")
+        module = self.lightning_module
+        if saved is not None and module is not None:
+            fingerprint.check_model(saved, fingerprint.of_model(module, ParameterLayout.of(module)))
+        super().load_model_state_dict(checkpoint, strict=strict)
+
     def setup_optimizers(self, trainer: lightning.pytorch.Trainer) -> None:
         params = [p for p in self.lightning_module.parameters() if p.requires_grad]
         self.optimizers = [SamplerOptimizer(params, self)]
@@ -148,7 +163,9 @@ class SamplerStrategy(SingleDeviceStrategy):
         """Check that ``state`` (from :meth:`sampler_state_dict`) fits this strategy, then restore it: now if the
         walkers exist, else once they do (``_prepare`` applies ``self._pending``)."""
         if state and (state.get("kind") != self.sampler_kind or state.get("walkers") != self.walkers):
-            raise ValueError(
+            from lightning_entropy.core.fingerprint import ResumeMismatch
+
+            raise ResumeMismatch(
                 f"The checkpoint holds a {state.get('kind')!r} sampler with {state.get('walkers')} walkers; this"
                 f" strategy is {self.sampler_kind!r} with {self.walkers} walkers. Resume with the same sampler and"
                 " walkers."

@@ -18,7 +18,9 @@ What the fit leaves behind:
   (numpy), with means and standard deviations over walkers;
 - :attr:`~EntropyMDStrategy.walker_parameters`: the walkers' flat parameters ``(W, P)``.
 
-Checkpoints carry the whole MD state (walkers, velocities, RNG, target, trace); a resumed run continues exactly.
+Checkpoints carry the whole MD state (walkers, velocities, RNG, target, trace); a resumed run continues exactly. They
+also carry the box and fingerprints of the data and model (:mod:`lightning_entropy.core.fingerprint`): a resume with
+another explicit box, model or data is refused, and ``box=None`` takes the checkpoint's fitted box.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import lightning
 import numpy as np
 import torch
 
-from lightning_entropy.core import loop
+from lightning_entropy.core import fingerprint, loop
 from lightning_entropy.core.box import Box
 from lightning_entropy.core.ensemble import EnsembleModule, output_kind
 from lightning_entropy.core.samplers import restrained
@@ -148,6 +150,9 @@ class EntropyMDStrategy(SamplerStrategy):
             raise ValueError(f"max_start_shift={max_start_shift!r} must be a positive number of nats.")
         self.walkers = walkers
         self.box: Box | None = Box.parse(box) if box is not None else None
+        self._box_spec = self.box  # None: fitted to the module's weights when the fit starts
+        self._setup: dict[str, Any] | None = None
+        self._module_data = None
         self.seed = int(seed)
         self._target = None if target is None else float(target)
         self.strength = float(strength)
@@ -298,9 +303,18 @@ class EntropyMDStrategy(SamplerStrategy):
         self._metric_names = tuple(_metric_name(o) for o in observables)
         dtype = next(module.parameters()).dtype
         theta_module = layout.flatten(module).to(device=device, dtype=dtype)
-        if self.box is None:
+        resume = self._pending or None  # a checkpoint's state (restored by Lightning before training starts)
+        saved = resume.get("setup") if resume is not None else None
+        if resume is not None and self._box_spec is None:  # the box fitted to the first run's module, not to walker
+            self.box = Box.parse(resume["box"])          # the checkpoint restored into the module
+        elif self._box_spec is None:
             self.box = fitting_box(layout, theta_module)
         self._bound = bound = self.box.bounds(layout, device=device, dtype=dtype)
+        self._module_data, self._setup = (module, contract.data), None
+        if resume is not None:  # before any work: the same model, data and box
+            fingerprint.check(saved, self.setup_record, box=self.box)
+            if saved is None:  # a checkpoint from before setup records still names its box
+                fingerprint.check_box(resume["box"], [], self.box, [])
         outside = int((theta_module.abs() > bound).sum())
         theta0 = torch.maximum(torch.minimum(theta_module, bound), -bound).unsqueeze(0).repeat(self.walkers, 1)
         with torch.no_grad():
@@ -399,7 +413,18 @@ class EntropyMDStrategy(SamplerStrategy):
             "start_ln_train_loss": self.start_ln_train_loss,
             "state": self._state.state_dict(),
             "last_accepted": self._last_accepted.clone(),
+            "setup": self.setup_record,
         }
+
+    @property
+    def setup_record(self) -> dict[str, Any]:
+        """What a checkpoint must match to be resumed: the box and its half-widths, and a fingerprint of the data and
+        model (see :mod:`lightning_entropy.core.fingerprint`; no grid: entropy MD has no landscape)."""
+        if self._setup is None:
+            module, data = self._module_data
+            self._setup = fingerprint.record(landscape=None, box=self.box, layout=self._layout, bound=self._bound,
+                                             module=module, data=data)
+        return self._setup
 
     @property
     def sampler_kind(self) -> str:

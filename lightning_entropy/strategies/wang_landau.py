@@ -14,7 +14,10 @@ What happens in a fit:
 3. Every Lightning step runs ``steps_per_lightning_step`` sampler steps, updates the schedule, and logs the WL
    factor, flatness, acceptance and the walkers' CV range (shown on the progress bar).
 4. Checkpoints hold the whole sampler state (walkers, velocities, RNG, landscape, schedule) through the
-   placeholder optimizer's ``state_dict``; a resumed run continues exactly as the uninterrupted one.
+   placeholder optimizer's ``state_dict``; a resumed run continues exactly as the uninterrupted one. They also hold a
+   setup record (:mod:`lightning_entropy.core.fingerprint`: grid, box, fingerprints of data and model): a resume starts
+   from the checkpoint's walkers on the checkpoint's grid (nothing is found again from the restored weights), and
+   refuses another box, model or data before any work.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from lightning_entropy.core.run import Run
 from lightning_entropy.core.windows import Windows, auto_windows
 from lightning_entropy.core.samplers import wlmc, wlmd
 from lightning_entropy.core.start import MODES, starting_positions
-from lightning_entropy.core import nonfinite
+from lightning_entropy.core import fingerprint, nonfinite
 from lightning_entropy.core.validation import check_variable_callables, validate_full_batch
 from lightning_entropy.core.variables import CollectiveVariable
 from lightning_entropy.strategies.arguments import check_arguments, check_grid, check_module_dtype, check_walker_memory
@@ -282,6 +285,8 @@ class WangLandauStrategy(SamplerStrategy):
         self._pending: dict[str, Any] | None = None
         self._evaluator: Evaluator | None = None
         self._last_accepted: torch.Tensor | None = None
+        self._setup: dict[str, Any] | None = None
+        self._module_data = None
 
     def _display_loss(self) -> torch.Tensor:
         """The walkers' mean train loss (shown by Lightning; nothing backpropagates)."""
@@ -341,22 +346,26 @@ class WangLandauStrategy(SamplerStrategy):
         dtype = next(module.parameters()).dtype
         bound = self.box.bounds(layout, device=device, dtype=dtype)
         self._bound = bound
-        gen = torch.Generator(device=device)
-        gen.manual_seed(self.seed)
-        train_only = contract.evaluator([self._resolve("train_loss", loss)], vectorize=evaluate.vectorized)
-        theta0 = starting_positions(
-            self.start, walkers=self.walkers, bound=bound, generator=gen,
-            module_theta=layout.flatten(module).to(device),
-            train_loss_gradient=lambda th: train_only.value_and_grad(th, _unit_slope)[2],
-            steps=self.start_steps, lr=self.start_lr,
-        )
-        ranges = self._ranges or self._auto_ranges(variables, evaluate, theta0, bound, gen)
-        if len(ranges) != len(variables):
-            raise ValueError(f"ranges={self._ranges!r} gives {len(ranges)} axes for the variables {names}.")
-        widths = self._bin_widths(variables, ranges)
-        check_grid(ranges, widths)
-        bins = [max(2, int(math.ceil((hi - lo) / w - 1e-9))) for (lo, hi), w in zip(ranges, widths)]
-        ranges = [(lo, lo + n * w) for (lo, _), n, w in zip(ranges, bins, widths)]
+        self._module_data = (module, contract.data)  # for the checkpoint's fingerprint (computed when first saved)
+        self._setup = None
+        resume = self._pending or None  # a checkpoint's sampler state (restored by Lightning before training starts)
+        if resume is not None:  # before any work: the same model, data and box, and the checkpoint's grid
+            saved = resume.get("setup")
+            fingerprint.check(saved, self._setup_record(None), box=self.box)
+            theta0 = self._resumed_walkers(resume).to(device=device, dtype=dtype)
+            ranges, bins = self._resumed_grid(saved, resume, variables)
+        else:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(self.seed)
+            train_only = contract.evaluator([self._resolve("train_loss", loss)], vectorize=evaluate.vectorized)
+            theta0 = starting_positions(
+                self.start, walkers=self.walkers, bound=bound, generator=gen,
+                module_theta=layout.flatten(module).to(device),
+                train_loss_gradient=lambda th: train_only.value_and_grad(th, _unit_slope)[2],
+                steps=self.start_steps, lr=self.start_lr,
+            )
+            ranges = self._ranges or self._auto_ranges(variables, evaluate, theta0, bound, gen)
+            ranges, bins = self._grid(variables, ranges)
         self._landscape = Landscape(
             ranges, bins, [v.name for v in variables], labels=[v.label for v in variables],
             kernel_sigma=self.kernel_sigma, window=self._window, wall_strength=self.wall_strength,
@@ -364,7 +373,8 @@ class WangLandauStrategy(SamplerStrategy):
             groups=self.groups, device=device, metadata=self._metadata(module, layout, variables, evaluate),
         )
         self._schedule_state = self.schedule.init(device)
-        theta0 = self._admit(theta0, evaluate, ranges)
+        if resume is None:  # resumed walkers are the checkpoint's, inside its grid
+            theta0 = self._admit(theta0, evaluate, ranges)
         self._threads = thread_policy.choose(evaluate, theta0, self.threads)
         if self.fill == "visit":
             count = (self.windows if self.windows != "auto" else
@@ -387,9 +397,58 @@ class WangLandauStrategy(SamplerStrategy):
         self._round_trips = round_trips.init(self.walkers, x_range, device=device)
         self._snapshot_interval = self._interval(trainer)
         self._next_snapshot = self._snapshot_interval
-        if self._pending is not None:
+        if self._pending:  # an empty state: a checkpoint written before the walkers existed
             self._restore(self._pending)
-            self._pending = None
+        self._pending = None
+
+    def _grid(self, variables, ranges) -> tuple[list[tuple[float, float]], list[int]]:
+        """Checked ranges and bins of the grid: whole bins of the bin width from each range's low end."""
+        if len(ranges) != len(variables):
+            raise ValueError(f"ranges={self._ranges!r} gives {len(ranges)} axes for the variables"
+                             f" {[v.name for v in variables]}.")
+        widths = self._bin_widths(variables, ranges)
+        check_grid(ranges, widths)
+        bins = [max(2, int(math.ceil((hi - lo) / w - 1e-9))) for (lo, hi), w in zip(ranges, widths)]
+        return [(lo, lo + n * w) for (lo, _), n, w in zip(ranges, bins, widths)], bins
+
+    def _resumed_grid(self, saved, resume, variables) -> tuple[list[tuple[float, float]], list[int]]:
+        """The checkpoint's grid (never found again from the restored weights, which are walker 0's); explicit
+        ``variables``, ``ranges`` or ``bin_width`` that ask for another grid are refused."""
+        grid = (saved or {}).get("grid")
+        if grid is None:  # a checkpoint from before setup records: its landscape's geometry
+            land = resume["run"]["landscape"] if "run" in resume else resume["landscape"]
+            cfg = land["config"]
+            grid = {"names": list(cfg["names"]), "ranges": [list(r) for r in cfg["ranges"]], "bins": list(cfg["bins"]),
+                    "widths": [(hi - lo) / n for (lo, hi), n in zip(cfg["ranges"], cfg["bins"])]}
+        names = [v.name for v in variables]
+        mismatch = fingerprint.ResumeMismatch
+        if list(grid["names"]) != names:
+            raise mismatch(f"The checkpoint's grid has the axes {list(grid['names'])}; this run samples {names}: resume"
+                           f" with the same variables and grid, {fingerprint._NEW_RUN}.")
+        ranges = [(float(lo), float(hi)) for lo, hi in grid["ranges"]]
+        if self._ranges is not None:
+            asked, bins = self._grid(variables, self._ranges)
+            mine = {"names": names, "ranges": asked, "bins": bins, "widths": self._bin_widths(variables, asked)}
+            if not fingerprint.same_grid(grid, mine):
+                raise mismatch(f"The checkpoint's grid is {fingerprint.grid_text(grid)}; this run asks for"
+                               f" ranges={self._ranges} ({fingerprint.grid_text(mine)}). Resume without `ranges` (the"
+                               " checkpoint's grid is reused) or with the checkpoint's ranges, or start a new run.")
+        elif self._bin_width is not None:
+            widths = self._bin_widths(variables, ranges)
+            if not all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(widths, grid["widths"])):
+                raise mismatch(f"The checkpoint's grid is {fingerprint.grid_text(grid)}; this run asks for"
+                               f" bin_width={self._bin_width}. Resume without `bin_width` or with the checkpoint's"
+                               " widths, or start a new run.")
+        return ranges, [int(n) for n in grid["bins"]]
+
+    def _resumed_walkers(self, state: dict[str, Any]) -> torch.Tensor:
+        """The checkpoint's walkers ``(W, P)``: a resume starts from them (no start phase runs again)."""
+        return (state["run"]["state"] if "run" in state else state["state"])["theta"]
+
+    def _setup_record(self, landscape) -> dict[str, Any]:
+        module, data = self._module_data
+        return fingerprint.record(landscape=landscape, box=self.box, layout=self._layout, bound=self._bound,
+                                  module=module, data=data)
 
     def _admit(self, theta0: torch.Tensor, evaluate: Evaluator, ranges) -> torch.Tensor:
         """Replace walkers that start outside the grid (or at a NaN/inf loss) by copies of walkers inside it."""
@@ -613,10 +672,12 @@ class WangLandauStrategy(SamplerStrategy):
             return dict(self._pending or {})
         if self._run is not None:
             return {"kind": self.sampler, "walkers": self.walkers, "fill": "visit", "run": self._run.state_dict(),
-                    "last_accepted": self._last_accepted.clone(), "next_snapshot": self._next_snapshot}
+                    "last_accepted": self._last_accepted.clone(), "next_snapshot": self._next_snapshot,
+                    "setup": self.setup_record}
         return {
             "kind": self.sampler,
             "walkers": self.walkers,
+            "setup": self.setup_record,
             "state": self._state.state_dict(),
             "landscape": self._landscape.state_dict(),
             "schedule": {k: v.clone() for k, v in self._schedule_state.items()},
@@ -626,13 +687,21 @@ class WangLandauStrategy(SamplerStrategy):
         }
 
     @property
+    def setup_record(self) -> dict[str, Any]:
+        """What a checkpoint must match to be resumed: the grid, the box and its half-widths, and a fingerprint of the
+        data and model (see :mod:`lightning_entropy.core.fingerprint`); computed once, when first needed."""
+        if self._setup is None:
+            self._setup = self._setup_record(self._landscape)
+        return self._setup
+
+    @property
     def sampler_kind(self) -> str:
         return self.sampler
 
     def _restore(self, state: dict[str, Any]) -> None:
         device = self.root_device
         if ("run" in state) != (self._run is not None):
-            raise ValueError(
+            raise fingerprint.ResumeMismatch(
                 f"The checkpoint was written with fill={'visit' if 'run' in state else 'step'!r}, this strategy has"
                 f" fill={self.fill!r}: resume with the same fill (and replicas, windows)."
             )

@@ -54,6 +54,7 @@ from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcess
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
 from lightning_entropy.core import loop, round_trips
+from lightning_entropy.core.fingerprint import ResumeMismatch
 from lightning_entropy.core.landscape import Landscape
 from lightning_entropy.strategies.wang_landau import STATES, WangLandauStrategy
 
@@ -347,13 +348,14 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
             "round_trips": {**parts[0]["round_trips"],
                             **{k: torch.cat([p["round_trips"][k] for p in parts]) for k in ("last_end", "crossings")}},
             "next_snapshot": self._next_snapshot,
+            "setup": self.setup_record,
             "ddp": {"ranks": len(parts), "walkers_per_rank": self.walkers, "rngs": [p["state"]["rng"] for p in parts],
                     "seed": self.base_seed, "sync_every": self.sync_every},
         }
 
     def load_sampler_state_dict(self, state: dict[str, Any]) -> None:
         if state and state.get("kind") != self.sampler:
-            raise ValueError(
+            raise ResumeMismatch(
                 f"The checkpoint holds a {state.get('kind')!r} sampler; this strategy is {self.sampler!r}. Resume with"
                 " the same sampler (the number of ranks and walkers may differ)."
             )
@@ -362,16 +364,34 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
         else:
             self._restore(state)
 
+    def _rank_walkers(self, state: dict[str, Any]) -> tuple[torch.Tensor, bool]:
+        """Indices of this rank's walkers in the checkpoint's pool, and whether the layout (ranks, walkers per rank)
+        is the checkpoint's (an exact resume) or the pool is dealt out again."""
+        ddp = state.get("ddp") or {}
+        rank, walkers = self.global_rank, self.walkers
+        if ddp.get("ranks") == self.ranks and ddp.get("walkers_per_rank") == walkers:
+            return torch.arange(rank * walkers, (rank + 1) * walkers), True
+        return deal(int(state["walkers"]), rank, walkers), False
+
+    def _resumed_walkers(self, state: dict[str, Any]) -> torch.Tensor:
+        if "run" in state:
+            raise ResumeMismatch(
+                "The checkpoint was written by strategy='wang_landau' with fill='visit' (windows and replicas on one"
+                " process); wang_landau_ddp samples one shared landscape with fill='step'. Resume it with"
+                " strategy='wang_landau' (and the same fill, replicas and windows), or start a new run."
+            )
+        index, _ = self._rank_walkers(state)
+        return state["state"]["theta"][index]
+
     def _restore(self, state: dict[str, Any]) -> None:
         device = self.root_device
         pooled, total = state["state"], int(state["walkers"])
         ddp = state.get("ddp") or {}
         rank, walkers = self.global_rank, self.walkers
-        exact = ddp.get("ranks") == self.ranks and ddp.get("walkers_per_rank") == walkers
+        index, exact = self._rank_walkers(state)
         if exact:
-            index, rng = torch.arange(rank * walkers, (rank + 1) * walkers), ddp["rngs"][rank]
+            rng = ddp["rngs"][rank]
         else:
-            index = deal(total, rank, walkers)
             gen = torch.Generator(device=device)
             gen.manual_seed(self.seed + 1 + int(pooled["step"]))
             rng = gen.get_state()
