@@ -86,8 +86,14 @@ def _fit(strategy, max_steps: int, module=None, callbacks=(), devices: int = 1):
     return trainer.strategy
 
 
+def _sampler_state(strategy) -> dict[str, Any]:
+    """The strategy's checkpointed sampler state without its ``setup`` record (grid, box, fingerprint of data and
+    model: checked on resume, not part of a trajectory)."""
+    return {k: v for k, v in strategy.sampler_state_dict().items() if k != "setup"}
+
+
 def _strategy_arrays(strategy) -> dict[str, np.ndarray]:
-    state = strategy.sampler_state_dict()
+    state = _sampler_state(strategy)
     out = flatten({k: v for k, v in state.items() if k != "landscape"}, "sampler")
     out.update(landscape_arrays(strategy.landscape))
     return out
@@ -135,7 +141,7 @@ def entropy_md() -> dict[str, np.ndarray]:
     strategy = EntropyMDStrategy(walkers=8, seed=8, strength=100.0, dt=0.01, adapt_steps=60,
                                  steps_per_lightning_step=20, observe_every=5)
     strategy = _fit(strategy, 5)
-    out = flatten(strategy.sampler_state_dict(), "sampler")
+    out = flatten(_sampler_state(strategy), "sampler")
     out.update({f"trace/{k}": v for k, v in strategy.trace.items()})
     return out
 

@@ -257,6 +257,7 @@ class Run:
             with np.errstate(divide="ignore"):
                 pieces = np.log(w.reweighted.reshape(e, -1).cpu().numpy())
             pieces = np.where(counts > 0, pieces, np.nan)
+            pieces, counts = self._fill_holes(pieces, counts, masks & (w.visits.reshape(e, -1).cpu().numpy() > 0))
         else:
             counts = None
             pieces = w.bias.reshape(e, -1).cpu().numpy()
@@ -265,6 +266,28 @@ class Run:
         out = [combine.stitch(pieces[i * k:(i + 1) * k], masks[i * k:(i + 1) * k],
                               None if counts is None else counts[i * k:(i + 1) * k]) for i in range(w.replicas)]
         return np.stack(out).reshape(w.replicas, *g.shape)
+
+    HOLE_WEIGHT = 1e-3  # visits a hole's WL value counts as when windows are joined: only where nothing else is
+
+    def _fill_holes(self, pieces: np.ndarray, counts: np.ndarray, reached: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Production estimates ``(E, n)`` with the bins a window reached while filling but not in production (its
+        walkers were elsewhere in the window when the bias froze) given the window's frozen bias, shifted onto the
+        production estimate (visit-weighted mean difference); they weigh :attr:`HOLE_WEIGHT` visits, so a window's
+        constant still ties to its neighbours through them when its production left the overlap empty, which would
+        otherwise cut the replica's grid there. Their error shows in the replicas' spread, and the production
+        histogram's flatness (the verdict) still says the bias was not flat there."""
+        bias = self.windows.bias.reshape(pieces.shape[0], -1).cpu().numpy()
+        pieces, counts = pieces.copy(), counts.astype(np.float64).copy()
+        for e in range(pieces.shape[0]):
+            seen = counts[e] > 0
+            holes = reached[e] & ~seen
+            if not seen.any() or not holes.any():
+                continue
+            shift = np.sum(counts[e][seen] * (pieces[e][seen] - bias[e][seen])) / np.sum(counts[e][seen])
+            pieces[e][holes] = bias[e][holes] + shift
+            counts[e][holes] = self.HOLE_WEIGHT
+        return pieces, counts
 
     def rhat(self) -> np.ndarray:
         """``(nx,)`` R-hat of the x-marginal S per x bin (worst window covering the bin), replicas as chains and

@@ -52,16 +52,20 @@ def auto_windows(walkers_per_replica: int, bins: int) -> int:
 
 def start_bounds(bins: int, windows: int, overlap: float, starts: np.ndarray, min_core: int = 4
                  ) -> list[tuple[int, int]] | None:
-    """``[lo, hi)`` x-bin bounds with one window per equal share of the starting walkers: the cores between the
-    starts' quantiles ``k / windows`` hold each window's own walkers (the lowest share goes to the lowest window, see
-    :meth:`Windows.assign`), and each window reaches ``overlap`` of its neighbours' cores. ``starts`` are the walkers'
-    starting x in bin units. None when the starts are too bunched for cores of ``min_core`` bins (one start mode, a
+    """``[lo, hi)`` x-bin bounds placed on the starting walkers: core edges halfway between the starts' quantiles
+    ``k / windows`` (the lowest share of the starts goes to the lowest window, see :meth:`Windows.assign`) and even
+    edges ``k * bins / windows``; each window reaches ``overlap`` of its neighbours' cores. ``starts`` are the walkers'
+    starting x in bin units. None when the starts span fewer than ``windows * min_core`` bins (one start mode, a
     module's weights): then :func:`window_bounds` places the windows evenly."""
     if windows == 1:
         return [(0, bins)]
     ranked = np.sort(np.clip(np.asarray(starts, dtype=np.float64), 0, bins))
     n = len(ranked)
-    edges = [0] + [int(round(ranked[min(n - 1, (k * n) // windows)])) for k in range(1, windows)] + [bins]
+    if ranked[-1] - ranked[0] < windows * min_core:
+        return None
+    # halfway between the starts' quantiles and even edges: every window holds starts, none grows much wider
+    edges = [0] + [int(round(0.5 * (ranked[min(n - 1, (k * n) // windows)] + k * bins / windows)))
+                   for k in range(1, windows)] + [bins]
     for k in range(1, windows + 1):  # cores of at least min_core bins, from the bottom up
         edges[k] = max(edges[k], edges[k - 1] + min_core)
     if edges[windows] > bins:
@@ -108,9 +112,12 @@ class Windows:
         pull: slope (nats per CV unit) of the linear potential that brings a walker into its window; default (None)
             the parameter count ``P`` set by the run, twice the entropic slope ``P/2`` of ``ln L`` near a quadratic
             minimum, so that a walker above its window can descend into it.
-        placement: ``"starts"``: at :meth:`assign`, each window's core holds an equal share of the starting walkers
-            (its own), so every walker starts inside its window; even windows where the starts are too bunched.
-            ``"even"``: equal windows over the grid.
+        placement: ``"starts"`` (default): at :meth:`assign`, window edges halfway between the starting walkers'
+            quantiles (an equal share of the starts per window) and even edges, so that every window holds starts
+            and none grows much wider than the rest (even windows where the starts are too bunched, e.g. at the
+            module's weights). ``"even"``: equal windows over the grid. Measured (one run each): toy 1-D, uniform
+            starts, 15,000 steps: 0.042 nats RMS (pure quantiles 0.041-0.05, even 0.054); 48-parameter quadratic,
+            Adam starts, 30,000 steps: 0.117 (pure quantiles 0.41, even 0.13).
         device: the walkers' device.
     """
 
@@ -403,7 +410,11 @@ class Windows:
                 **{k: getattr(self, k).clone() for k in self._TENSORS}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        mine, theirs = self.config(), state["config"]
+        theirs = state["config"]
+        if self.placement == "starts" and theirs.get("placement") == "starts" and "bounds" in theirs:
+            # the bounds came from the run's starting walkers: they are the checkpoint's state, not a setting
+            self._set_bounds([tuple(b) for b in theirs["bounds"]])
+        mine = self.config()
         if mine != theirs:
             diff = {k: (theirs.get(k), mine[k]) for k in mine if theirs.get(k) != mine[k]}
             raise ValueError(f"The checkpoint's windows differ from this run's (checkpoint, run): {diff}. Resume with"
