@@ -152,6 +152,8 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
     """
 
     strategy_name = "wang_landau_ddp"
+    shorten_chunks_to_time = False  # every rank runs the same chunks between synchronisations; the cap is checked
+    # between Lightning steps (Lightning's Timer broadcasts rank 0's decision)
 
     # SingleDeviceStrategy (a base of WangLandauStrategy) comes before DDPStrategy in the method order: take the
     # process-group versions of everything it defines.
