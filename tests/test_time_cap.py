@@ -104,11 +104,12 @@ def test_step_clock_shortens_only_what_does_not_fit():
 
 
 def test_forecast_says_when_the_cap_ends_the_run_first():
-    text, cut = forecast(0.5, 1000, 100.0, 64)
-    assert cut and "200" in text and "1,000" in text and "max_time" in text
-    text, cut = forecast(0.01, 1000, 100.0, 64)
-    assert not cut and "within" in text
-    assert forecast(None, 1000, 100.0, 64) == ("", False)
+    text, share = forecast(0.5, 1000, 100.0, 64)
+    assert share == pytest.approx(0.2) and "200 more steps" in text and "1,000" in text and "max_time" in text
+    text, share = forecast(0.01, 1000, 100.0, 64)
+    assert share >= 1 and "within" in text and "estimated" not in text
+    assert "estimated from the start phase" in forecast(0.01, 1000, 100.0, 64, measured=False)[0]
+    assert forecast(None, 1000, 100.0, 64)[0] == ""
 
 
 # -- the job --------------------------------------------------------------------------------------------------------
@@ -144,3 +145,23 @@ def test_a_run_within_its_steps_says_max_steps(tmp_path):
     assert not summary["start_phase"]["shortened_by_time"] and not summary["baseline"]["stopped_by_time"]
     assert not any("time cap" in line and "stopped" in line for line in lines)
 
+
+
+def test_a_step_that_cannot_fit_is_not_started_and_the_run_says_max_time():
+    """Once sampling has begun, a Lightning step whose single sampler step would already pass the cap runs none and
+    ends the fit (a step of a large model would otherwise overrun the cap by its whole length)."""
+    from lightning.pytorch.callbacks import Callback
+
+    from lightning_entropy.cli.deadline import stopped_by
+
+    class Slower(Callback):  # from the second Lightning step on, a sampler step "costs" 10,000 s
+        def on_train_batch_end(self, trainer, *args):
+            trainer.strategy._clock._per_step = 1e4
+
+    strategy = WangLandauStrategy(walkers=8, start="uniform", steps_per_lightning_step=5)
+    trainer = Trainer(strategy=strategy, max_steps=50, max_time={"seconds": 60}, accelerator="cpu", logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      callbacks=[Slower()])
+    trainer.fit(SpiralClassifier(), datamodule=SpiralDataModule())
+    assert strategy.sampler_steps == 5 and trainer.global_step == 2  # the second Lightning step ran no sampler step
+    assert strategy.stopped_by_time and stopped_by(trainer) == "max_time"

@@ -50,7 +50,7 @@ from lightning_entropy.cli.config import (
     trainer_extras,
     validate,
 )
-from lightning_entropy.cli.deadline import Deadline, stopped_by
+from lightning_entropy.cli.deadline import BASELINE_LEAD_S, Deadline, stopped_by
 from lightning_entropy.cli.interrupt import CHECKPOINT, Checkpointing, Interrupted, interruptible
 from lightning_entropy.cli.rundir import claim
 from lightning_entropy.cli.runlog import to_log_files
@@ -397,19 +397,20 @@ def _final_per_seed(records: list[dict[str, float]], metric: str) -> list[dict[s
 
 
 def run(cfg: DictConfig, out_dir: str | Path, *, echo: Callable[[str], None] = print,
-        overrides: list[str] | None = None) -> dict[str, Any]:
+        overrides: list[str] | None = None, started: float | None = None) -> dict[str, Any]:
     """Run the main job for a composed configuration and write its files into ``out_dir``; returns the summary.
 
     Everything that can fail on a bad value (task, model, strategy, logger) is built before any training. torch's
     thread count (``trainer.threads``) and Lightning's log levels are restored when the job returns. The whole job
     (start phase, sampler, baseline, report) keeps within ``trainer.max_time`` (:mod:`lightning_entropy.cli.deadline`).
     ``overrides`` name the run for the loggers (default: the running Hydra job's command-line overrides).
+    ``started`` (``time.monotonic()``; default: now) is when the job's time cap starts counting.
 
     Raises:
         ConfigError: a value that cannot work (raised before any training; nothing is written).
     """
-    started = time.perf_counter()
-    deadline = Deadline.of(OmegaConf.select(cfg, "trainer.max_time"))
+    deadline = Deadline.of(OmegaConf.select(cfg, "trainer.max_time"), started)
+    started = time.perf_counter()  # the job's wall time (summary.json's wall_time_s) counts from here
     name = naming.run_name(overrides if overrides is not None else naming.command_line_overrides())
     with _job_environment(int(cfg.trainer.threads) if "trainer" in cfg else 0):
         if OmegaConf.select(cfg, "sampler.kind") in ENTROPY_MD_KINDS:  # the training mode has its own path
@@ -458,7 +459,8 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
     kind = cfg.sampler.kind
     settings = _baseline_settings(cfg)
     want_baseline = kind in OPTIMIZER_KINDS or bool(cfg.baseline.enabled)
-    timings: dict[str, float] = {}
+    # startup_s: from the cap's start (the command's start) to here: imports, composition, building
+    timings: dict[str, float] = {"startup_s": time.monotonic() - deadline.started}
     upload.log_config(logger, OmegaConf.to_container(cfg, resolve=True))  # every setting, for every logger
     if strategy is not None and deadline.cap is not None:
         echo(f"lightning-entropy: {task.name}, {type(model).__name__}; time cap trainer.max_time="
@@ -469,7 +471,7 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
     process: subprocess.Popen | None = None
     records: list[dict[str, float]] = []
     if want_baseline and strategy is not None and cfg.baseline.parallel:
-        process = _start_baseline_process(cfg, settings, out, deadline.wall_clock())
+        process = _start_baseline_process(cfg, settings, out, deadline.wall_clock(BASELINE_LEAD_S))
     elif want_baseline:
         t = time.perf_counter()
         share = deadline.share(1.0 if strategy is None else 0.5)  # before the sampler: at most half of the cap
@@ -481,12 +483,15 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
         landscape = None
         if strategy is not None:
             t = time.perf_counter()
+            sampler_cap = deadline.trainer_max_time()  # what is left of the job's cap
+            if sampler_cap is not None:
+                timings["sampler_cap_s"] = sampler_cap.total_seconds()
             trainer = pl.Trainer(
                 strategy=strategy,
                 accelerator=cfg.trainer.accelerator,
                 devices=int(cfg.trainer.devices),
                 max_steps=int(cfg.trainer.max_steps),
-                max_time=deadline.trainer_max_time(),  # what is left of the job's cap
+                max_time=sampler_cap,
                 logger=logger,
                 enable_checkpointing=False,
                 enable_model_summary=False,

@@ -14,12 +14,14 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from lightning_entropy.cli.config import ConfigError, register_configs
+from lightning_entropy.cli.deadline import process_age
 from lightning_entropy.cli.interrupt import CHECKPOINT, Interrupted
 from lightning_entropy.cli.job import run
 
@@ -50,8 +52,11 @@ def _importable_here() -> None:
 @hydra.main(version_base=None, config_path="pkg://lightning_entropy.conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> float:
     _importable_here()
+    hydra_cfg = HydraConfig.get()
+    single = hydra_cfg.mode is None or hydra_cfg.mode.name != "MULTIRUN"
+    started = time.monotonic() - process_age() if single else None  # a single run counts from the process start
     try:
-        return objective(run(cfg, HydraConfig.get().runtime.output_dir))
+        return objective(run(cfg, hydra_cfg.runtime.output_dir, started=started))
     except ConfigError as err:
         print(f"lightning-entropy: configuration error: {err}", file=sys.stderr)
         sys.exit(2)

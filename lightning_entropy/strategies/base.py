@@ -15,6 +15,7 @@ SamplerSteps`): the sampler reads the whole train set once, so no minibatch is f
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from lightning_entropy.strategies import budget
 from lightning_entropy.strategies.data import SamplerSteps
+from lightning_entropy.strategies.notices import inform
 
 
 class SamplerOptimizer(torch.optim.Optimizer):
@@ -63,6 +65,8 @@ class SamplerStrategy(SingleDeviceStrategy):
     steps_per_lightning_step: int = 1
     #: shorten a Lightning step's chunk when it would run past ``max_time`` (off where ranks must stay in step)
     shorten_chunks_to_time: bool = True
+    #: the fit ended because not even one more sampler step fitted in ``max_time``
+    stopped_by_time: bool = False
 
     def __init__(self, *, device: torch.device | str | None = None, accelerator=None, checkpoint_io=None,
                  precision_plugin=None) -> None:
@@ -144,12 +148,36 @@ class SamplerStrategy(SingleDeviceStrategy):
         """Runs a chunk of sampler steps (fewer when they would run past ``max_time``); returns a loss for display
         (nothing backpropagates)."""
         steps = self.steps_per_lightning_step
+        trainer = self.lightning_module.trainer
         if self.shorten_chunks_to_time:
-            steps = self._clock.steps_for(steps, budget.remaining(self.lightning_module.trainer))
+            # at least one step in all (a landscape needs one); after that, none if even one would pass the cap
+            steps = self._clock.steps_for(steps, budget.remaining(trainer), minimum=0 if self.sampler_steps else 1)
+            if steps == 0:
+                self.stopped_by_time = trainer.should_stop = True  # Lightning ends the fit after this step
+                return self._display_loss()
         started = time.perf_counter()
         self.run_chunk(steps)
         self._clock.record(steps, time.perf_counter() - started)
+        if self._clock.chunks == 2:  # measured on a warm chunk: how long the rest will take
+            self.say_forecast(trainer, measured=True)
         return self._display_loss()
+
+    def say_forecast(self, trainer: lightning.pytorch.Trainer, *, measured: bool) -> None:
+        """Say how long the sampling will take (after the second chunk, measured), and warn when ``max_time`` ends
+        it before ``max_steps``. Before sampling, from an estimate, only a clear shortfall (under half of the steps)
+        is said, as a warning."""
+        chunk = self.steps_per_lightning_step
+        steps = budget.planned_steps(trainer, chunk)
+        if steps is not None and measured:
+            steps = max(0, steps - chunk)  # the Lightning step that just ran is not yet counted as done
+        text, share = budget.forecast(self._clock.per_step, steps, budget.remaining(trainer),
+                                      int(getattr(self, "walkers", 1)), measured=measured)
+        if not text or trainer.global_rank != 0:
+            return
+        if share < (1.0 if measured else 0.5):
+            warnings.warn(text, stacklevel=2)
+        elif measured:
+            inform(text)
 
     @property
     def sampler_steps(self) -> int:

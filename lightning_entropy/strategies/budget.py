@@ -64,13 +64,13 @@ class StepClock:
         per = seconds / steps
         self._per_step = per if self.chunks <= 2 else 0.7 * self._per_step + 0.3 * per
 
-    def steps_for(self, requested: int, left: float | None) -> int:
-        """Sampler steps of the next chunk: ``requested``, or fewer (at least one) when they would run past the
-        ``left`` seconds of the cap."""
+    def steps_for(self, requested: int, left: float | None, minimum: int = 1) -> int:
+        """Sampler steps of the next chunk: ``requested``, or fewer (at least ``minimum``) when they would run past
+        the ``left`` seconds of the cap."""
         per = self.per_step
         if left is None or per is None or requested * per <= left:
             return requested
-        return max(1, min(requested, int(left / per)))
+        return max(minimum, min(requested, int(max(0.0, left) / per)))
 
     def estimate(self, steps: int) -> float | None:
         """Seconds ``steps`` sampler steps would take (``None`` when nothing is known)."""
@@ -90,22 +90,26 @@ def planned_steps(trainer: Any, chunk: int, done: int = 0) -> int | None:
     return max(0, int(total) - int(trainer.global_step)) * chunk + done
 
 
-def forecast(per_step: float | None, steps: int | None, left: float | None, walkers: int) -> tuple[str, bool]:
-    """One sentence on how long the sampling will take, and whether the time cap ends it before ``steps``."""
+def forecast(per_step: float | None, steps: int | None, left: float | None, walkers: int, *,
+             measured: bool = True) -> tuple[str, float]:
+    """One sentence on how long the ``steps`` sampler steps left will take, and the share of them the time cap
+    allows (``inf`` without a cap). ``measured``: ``per_step`` comes from chunks run, not from an estimate."""
     if per_step is None:
-        return "", False
-    cost = f"about {per_step:.3g} s per sampler step of {walkers} walkers"
+        return "", math.inf
+    how = "" if measured else " (estimated from the start phase)"
+    cost = f"Sampling{how}: about {per_step:.3g} s per sampler step of {walkers} walkers"
     if left is None:
         if steps is None:
-            return f"Sampling: {cost}.", False
-        return f"Sampling: {cost}; {steps:,} steps take about {_clock(per_step * steps)}.", False
-    reach = int(left / per_step) if per_step > 0 else steps
+            return f"{cost}.", math.inf
+        return f"{cost}; the {steps:,} steps left take about {_clock(per_step * steps)}.", math.inf
+    reach = int(max(0.0, left) / per_step) if per_step > 0 else (steps or 0)
     if steps is not None and reach >= steps:
-        return (f"Sampling: {cost}; {steps:,} steps take about {_clock(per_step * steps)}, within the"
-                f" {_clock(left)} left of max_time.", False)
+        return (f"{cost}; the {steps:,} steps left take about {_clock(per_step * steps)}, within the"
+                f" {_clock(left)} left of max_time.", reach / max(steps, 1))
     limit = f"of the {steps:,} that max_steps allows " if steps is not None else ""
-    return (f"Sampling: {cost}; the {_clock(left)} left of max_time allow about {reach:,} steps {limit}(the run"
-            " stops at the cap). For more steps raise max_time, or use fewer walkers or a smaller model.", True)
+    return (f"{cost}; the {_clock(left)} left of max_time allow about {reach:,} more steps {limit}(the run stops at"
+            " the cap). For more steps raise max_time, or use fewer walkers or a smaller model.",
+            reach / max(steps, 1) if steps is not None else 0.0)
 
 
 def _clock(seconds: float) -> str:

@@ -44,13 +44,17 @@ from lightning_entropy.core import nonfinite
 from lightning_entropy.core.validation import check_variable_callables, validate_full_batch
 from lightning_entropy.core.variables import CollectiveVariable
 from lightning_entropy.strategies import budget
-from lightning_entropy.strategies.notices import inform
 from lightning_entropy.strategies.scalars import log_step
 from lightning_entropy.strategies.arguments import check_arguments, check_grid, check_module_dtype, check_walker_memory
 from lightning_entropy.strategies.base import SamplerOptimizer, SamplerStrategy
 from lightning_entropy.strategies.contract import inspect_module
 
 __all__ = ["SamplerOptimizer", "WangLandauStrategy"]
+
+
+#: Random box points evaluated to find the grid ranges (with the starting walkers), and, under a time cap, the least
+#: of them and the largest share of the time left they may take.
+RANGE_PROBE, RANGE_PROBE_MIN, RANGE_PROBE_SHARE = 256, 8, 0.05
 
 
 def _unit_slope(cv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -358,7 +362,9 @@ class WangLandauStrategy(SamplerStrategy):
         with thread_policy.using(self._threads):
             theta0 = self._start(trainer, theta_module, bound, gen,
                                  lambda th: train_only.value_and_grad(th, _unit_slope)[2])
-            ranges = self._ranges or self._auto_ranges(variables, evaluate, theta0, bound, gen)
+            cv0 = self._start_values(evaluate, theta0)  # the starting walkers' CVs, timed once
+            ranges = self._ranges or self._auto_ranges(variables, evaluate, theta0, bound, gen, start_values=cv0,
+                                                       time_left=budget.remaining(trainer))
         if len(ranges) != len(variables):
             raise ValueError(f"ranges={self._ranges!r} gives {len(ranges)} axes for the variables {names}.")
         widths = self._bin_widths(variables, ranges)
@@ -374,7 +380,7 @@ class WangLandauStrategy(SamplerStrategy):
         self._landscape.metadata["start_phase"] = self.start_report.describe()
         self._schedule_state = self.schedule.init(device)
         with thread_policy.using(self._threads):
-            theta0 = self._admit(theta0, evaluate, ranges)
+            theta0 = self._admit(theta0, cv0, ranges)
         if self.fill == "visit":
             count = (self.windows if self.windows != "auto" else
                      auto_windows(self.walkers // self.replicas, self._landscape.shape[0]))
@@ -399,7 +405,7 @@ class WangLandauStrategy(SamplerStrategy):
         if self._pending is not None:
             self._restore(self._pending)
             self._pending = None
-        self._announce_forecast(trainer)
+        self.say_forecast(trainer, measured=False)  # a clear shortfall is said before sampling starts
 
     def _metric_names(self, contract) -> tuple:
         """The variables, with ``"test_metric"`` replaced by the module's own held-out metric (test accuracy for a
@@ -439,24 +445,24 @@ class WangLandauStrategy(SamplerStrategy):
             self._clock = budget.StepClock(prior=2.0 * report.seconds_per_step)
         return theta0
 
-    def _announce_forecast(self, trainer) -> None:
-        """Say before sampling how long it will take, and warn when ``max_time`` will end it before ``max_steps``."""
-        per_step = self._clock.per_step
-        text, cut = budget.forecast(per_step, budget.planned_steps(trainer, self.steps_per_lightning_step),
-                                    budget.remaining(trainer), self.walkers)
-        if cut:
-            warnings.warn(text, stacklevel=2)
-        elif text:
-            inform(text)
-
-    def _admit(self, theta0: torch.Tensor, evaluate: Evaluator, ranges) -> torch.Tensor:
-        """Replace walkers that start outside the grid (or at a NaN/inf loss) by copies of walkers inside it."""
+    def _start_values(self, evaluate: Evaluator, theta0: torch.Tensor) -> torch.Tensor:
+        """The CVs of the starting walkers (one evaluation, without gradient), and its cost per walker
+        (``self._probe_seconds``; also the sampler step's estimate when no optimiser start measured one)."""
         started = time.perf_counter()
         with torch.no_grad():
             cv = evaluate(theta0).values
-        inside = self._landscape.inside(cv)  # a host read: the evaluation has finished
+        cv = cv.detach()
+        torch.isfinite(cv).all().item()  # a host read: the evaluation has finished
+        seconds = time.perf_counter() - started
+        self._probe_seconds = seconds / max(1, len(theta0))
         if self._clock.per_step is None:  # no optimiser start: a step costs a few forward passes (and a backward)
-            self._clock = budget.StepClock(prior=4.0 * (time.perf_counter() - started))
+            self._clock = budget.StepClock(prior=4.0 * seconds)
+        return cv
+
+    def _admit(self, theta0: torch.Tensor, cv: torch.Tensor, ranges) -> torch.Tensor:
+        """Replace walkers that start outside the grid (or at a NaN/inf loss) by copies of walkers inside it (``cv``:
+        their CVs)."""
+        inside = self._landscape.inside(cv)
         if bool(inside.all()):
             return theta0
         if not bool(inside.any()):
@@ -475,10 +481,28 @@ class WangLandauStrategy(SamplerStrategy):
         theta0[bad] = theta0[good[torch.arange(len(bad), device=good.device) % len(good)]]
         return theta0
 
-    def _auto_ranges(self, variables, evaluate, theta0, bound, gen) -> list[tuple[float, float]]:
+    def _auto_ranges(self, variables, evaluate, theta0, bound, gen, *, start_values: torch.Tensor | None = None,
+                     time_left: float | None = None) -> list[tuple[float, float]]:
+        """Grid ranges from the starting walkers and :data:`RANGE_PROBE` random box points. With a time cap, a probe
+        that would take more than :data:`RANGE_PROBE_SHARE` of the time left uses fewer points (at least
+        :data:`RANGE_PROBE_MIN`), with a warning."""
+        points = RANGE_PROBE
+        per_point = getattr(self, "_probe_seconds", None)
+        if time_left is not None and per_point and start_values is not None:
+            affordable = int(RANGE_PROBE_SHARE * max(0.0, time_left) / per_point)
+            points = max(RANGE_PROBE_MIN, min(RANGE_PROBE, affordable))
         with torch.no_grad():
-            probe = torch.cat([theta0, uniform(256, bound, gen)])
-            values = torch.cat([evaluate(probe[i : i + 64]).values for i in range(0, len(probe), 64)])
+            if points == RANGE_PROBE:  # the usual probe, evaluated exactly as always
+                probe = torch.cat([theta0, uniform(RANGE_PROBE, bound, gen)])
+                values = torch.cat([evaluate(probe[i : i + 64]).values for i in range(0, len(probe), 64)])
+            else:
+                warnings.warn(
+                    f"The grid's ranges come from {points} random box points instead of {RANGE_PROBE}: evaluating"
+                    f" {RANGE_PROBE} would take about {RANGE_PROBE * per_point:.0f} s of the {time_left:.0f} s left of"
+                    " max_time. Give `ranges` (sampler.ranges) to skip the probe.", stacklevel=2)
+                probe = uniform(points, bound, gen)
+                values = torch.cat([start_values] + [evaluate(probe[i : i + 8]).values
+                                                     for i in range(0, len(probe), 8)])
         ranges = []
         for k, cv in enumerate(variables):
             col = values[:, k][torch.isfinite(values[:, k])]

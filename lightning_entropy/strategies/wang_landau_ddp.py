@@ -249,9 +249,9 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
         self._shared_schedule = RankShare(self.schedule, self.ranks)
         self._base = self._accumulators()
 
-    def _auto_ranges(self, variables, evaluate, theta0, bound, gen) -> list[tuple[float, float]]:
+    def _auto_ranges(self, variables, evaluate, theta0, bound, gen, **kwargs) -> list[tuple[float, float]]:
         """The union of the ranks' automatic ranges, so that every rank builds the same grid."""
-        ranges = super()._auto_ranges(variables, evaluate, theta0, bound, gen)
+        ranges = super()._auto_ranges(variables, evaluate, theta0, bound, gen, **kwargs)
         if not self._distributed:
             return ranges
         lo = torch.tensor([r[0] for r in ranges], dtype=torch.float64, device=self.root_device)
