@@ -7,12 +7,16 @@ the *whole* train set and the *whole* held-out set (the datamodule's ``val_datal
     (seed, epoch, ln L_train, test metric, and every other held-out metric that applies)
 
 where the losses and accuracies are computed with the very functions that define the sampler's collective variables
-(:mod:`lightning_entropy.core.variables`), with the loss found on the module the same way the sampler finds it. A
-baseline and a landscape built from the same datamodule and model class therefore share data split, model and metric
-by construction.
+(:mod:`lightning_entropy.core.variables`), with the loss found on the module exactly as the sampler finds it (the
+module contract, :func:`lightning_entropy.strategies.contract.inspect_module`: a ``loss_fn``/``criterion``
+attribute, or the standard loss ``training_step`` computes of ``forward``, or else ``training_step`` itself), on the
+data the fit uses (a datamodule, the module's loaders or the loaders given to ``fit``). A baseline and a landscape
+built from the same data and model class therefore share data split, model and metric by construction.
 
-Test metric (``metric="auto"``): hard accuracy for classifiers (the module has a ``loss_fn`` that is a
-``CrossEntropyLoss`` or ``BCEWithLogitsLoss``), ``ln`` of the held-out loss otherwise. Classifier records also hold
+Test metric (``metric="auto"``): hard accuracy for classifiers (a cross-entropy or BCE-with-logits loss, as an
+attribute or inline in ``training_step``), ``ln`` of the held-out loss otherwise. A module without a standard loss is
+evaluated through its own ``training_step`` (ln L_train) and ``validation_step`` (ln of the loss it returns; NaN if
+it returns none), with its ``self.log`` calls captured. Classifier records also hold
 ``smooth_test_accuracy`` (the differentiable accuracy a Wang-Landau MD landscape uses as its y axis) and
 ``ln_test_loss``, so the curve drawn over a landscape can use the landscape's own y metric.
 
@@ -27,10 +31,12 @@ all records; it is what ``lightning-entropy`` runs (in a second process, beside 
 from __future__ import annotations
 
 import csv
-import os
 import math
+import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +46,6 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightning_entropy.core.variables import hard_accuracy, loss_fn, smooth_accuracy
-from lightning_entropy.strategies.data import detect_loss
 
 #: Columns of every record, in CSV order (metrics a task does not have are NaN).
 COLUMNS = (
@@ -56,20 +61,6 @@ COLUMNS = (
 CLASSIFIER_LOSSES = ("cross_entropy", "binary_cross_entropy")
 
 
-def _full_batch(loader: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """All batches of ``loader`` (one loader or a list of them) joined into one ``(inputs, targets)`` pair."""
-    loaders = loader if isinstance(loader, (list, tuple)) else [loader]
-    batches = [b for dl in loaders for b in dl]
-    if not batches:
-        raise ValueError(f"The {what} dataloader yielded no batches; the baseline recorder needs the whole {what} set.")
-    if not all(isinstance(b, (tuple, list)) and len(b) >= 2 for b in batches):
-        raise ValueError(
-            f"The {what} batches are {type(batches[0]).__name__}, not (inputs, targets) pairs; BaselineRecorder"
-            " needs pairs."
-        )
-    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
-
-
 class BaselineRecorder(Callback):
     """Record ``(ln L_train, test metric)`` of an optimiser run at the end of every training epoch.
 
@@ -79,12 +70,13 @@ class BaselineRecorder(Callback):
             ``"smooth_test_accuracy"`` or ``"ln_test_loss"``: which column is ``test_metric``.
         accuracy_slope: slope ``k`` of the smoothed accuracy (use the sampler's ``accuracy_slope``).
         heldout: ``"val"`` (the datamodule's ``val_dataloader``, as the sampler's default) or ``"test"``.
-        loss: ``"auto"`` (the module's ``loss_fn``/``criterion``, as the sampler) or a loss name or callable.
+        loss: ``"auto"`` (found as the sampler finds it: attribute, inline standard loss, else ``training_step``),
+            a loss name or callable, or ``None`` (``training_step`` itself).
         every_n_epochs: record every this many epochs (1: every epoch).
 
-    The data are read once, at ``on_fit_start``, from the Trainer's datamodule (or the module's own dataloaders)
-    and kept as full batches on the module's device. Records are kept as tensors during the run (no host
-    synchronisation per epoch) and turned into Python floats by :attr:`records`.
+    The data are read once, at ``on_train_start``, from the loaders of the fit (as the sampler reads them) and kept
+    as full batches on the module's device. Records are kept as tensors during the run (no host synchronisation per
+    epoch) and turned into Python floats by :attr:`records`.
     """
 
     def __init__(
@@ -114,31 +106,38 @@ class BaselineRecorder(Callback):
         self.every_n_epochs = every_n_epochs
         self._rows: list[torch.Tensor] = []
         self._epochs: list[int] = []
-        self._data: tuple[torch.Tensor, ...] | None = None
+        self._data: tuple[torch.Tensor | None, ...] | None = None
+        self._steps: tuple[Any, Any] | None = None  # (evaluator, layout) of a module without a standard loss
         self._loss: Callable | None = None
         self._classifier = False
 
     # -- Lightning hooks -----------------------------------------------------------------------------------------
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        kind = detect_loss(pl_module, self.loss)
-        if kind is None:
-            raise ValueError(
-                f"BaselineRecorder needs the loss the sampler uses, but {type(pl_module).__name__} has no `loss_fn`"
-                " (or `criterion`) attribute. Give the module e.g. `self.loss_fn = nn.CrossEntropyLoss()`, or pass"
-                " loss='cross_entropy' / 'mse' to the recorder."
-            )
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from lightning_entropy.strategies.contract import inspect_module  # late: the strategies import Lightning
+
+        was_training = pl_module.training
+        try:
+            contract = inspect_module(trainer, pl_module, loss=self.loss, heldout=self.heldout,
+                                      device=pl_module.device)
+        finally:
+            pl_module.train(was_training)  # the contract evaluates in eval mode; the optimiser trains as it was
+        kind = contract.loss
         self._classifier = isinstance(kind, str) and kind in CLASSIFIER_LOSSES
         if self.metric in ("hard_test_accuracy", "smooth_test_accuracy") and not self._classifier:
-            raise ValueError(f"metric={self.metric!r} is an accuracy, but the module's loss is {kind!r} (not a classifier).")
+            what = repr(kind) if kind is not None else "the loss training_step returns (no standard loss of forward)"
+            raise ValueError(f"metric={self.metric!r} is an accuracy, but the module's loss is {what} (not a"
+                             " classifier's cross-entropy). Use metric='ln_test_loss' or 'auto'.")
+        if kind is None:  # the step path: the module's own training_step / validation_step, for one walker
+            names = ["train_loss"] + (["test_loss"] if contract.data.has_heldout and contract.returns_loss("test")
+                                      else [])
+            self._steps = (contract.evaluator([contract.resolve(n) for n in names], vectorize=False),
+                           contract.layout)
+            return
         self._loss = loss_fn(kind)
-        source = trainer.datamodule if trainer.datamodule is not None else pl_module
-        train_loader = source.train_dataloader()
-        held_loader = source.val_dataloader() if self.heldout == "val" else source.test_dataloader()
-        device = pl_module.device
-        x, y = (t.to(device) for t in _full_batch(train_loader, "train"))
-        xt, yt = (t.to(device) for t in _full_batch(held_loader, self.heldout))
-        self._data = (x, y, xt, yt)
+        x, y = contract.data.train
+        held = contract.data.test
+        self._data = (x, y) + (tuple(held) if held is not None else (None, None))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch + 1  # epochs completed
@@ -151,24 +150,36 @@ class BaselineRecorder(Callback):
 
     @torch.no_grad()
     def evaluate(self, module: torch.nn.Module) -> torch.Tensor:
-        """``[ln L_train, hard acc, smooth acc, ln L_test]`` of ``module`` now (accuracies NaN for non-classifiers)."""
-        if self._data is None:
-            raise RuntimeError("BaselineRecorder.evaluate runs after on_fit_start has read the data.")
-        x, y, xt, yt = self._data
+        """``[ln L_train, hard acc, smooth acc, ln L_test]`` of ``module`` now (accuracies NaN for non-classifiers;
+        ln L_test NaN without a held-out set or, on the step path, when ``validation_step`` returns no loss)."""
+        if self._data is None and self._steps is None:
+            raise RuntimeError("BaselineRecorder.evaluate runs after on_train_start has read the data.")
         was_training = module.training
         module.eval()
         try:
-            out, out_t = module(x), module(xt)
+            if self._steps is not None:
+                return self._evaluate_steps(module)
+            x, y, xt, yt = self._data
+            out = module(x)
+            out_t = module(xt) if xt is not None else None
         finally:
             module.train(was_training)
         ln_train = torch.log(self._loss(out, y))
-        ln_test = torch.log(self._loss(out_t, yt))
-        if self._classifier:
+        nan = torch.full_like(ln_train, float("nan"))
+        ln_test = torch.log(self._loss(out_t, yt)) if out_t is not None else nan
+        if self._classifier and out_t is not None:
             hard = hard_accuracy(out_t, yt)
             smooth = smooth_accuracy(self.accuracy_slope)(out_t, yt)
         else:
-            hard = smooth = torch.full_like(ln_test, float("nan"))
+            hard = smooth = nan
         return torch.stack([ln_train, hard, smooth, ln_test]).detach().to(torch.float64)
+
+    def _evaluate_steps(self, module: torch.nn.Module) -> torch.Tensor:
+        evaluator, layout = self._steps
+        values = evaluator(layout.flatten(module).unsqueeze(0)).values[0].detach().to(torch.float64)
+        nan = torch.full((), float("nan"), dtype=torch.float64, device=values.device)
+        ln_test = values[1] if values.numel() > 1 else nan
+        return torch.stack([values[0], nan, nan, ln_test])
 
     @property
     def test_metric(self) -> str:
@@ -371,6 +382,7 @@ def train_baselines(
     heldout: str = "val",
     accelerator: str = "cpu",
     threads: int | None = None,
+    max_time: float | None = None,
 ) -> list[dict[str, float]]:
     """Train one model per seed and return the records of all of them (see :class:`BaselineRecorder`).
 
@@ -384,21 +396,30 @@ def train_baselines(
             ``accuracy_slope`` and ``heldout``).
         accelerator: the Lightning accelerator of the runs.
         threads: ``torch.set_num_threads`` during the runs (``None`` leaves it); restored afterwards.
+        max_time: seconds for all runs together (``None``: no cap). Each seed gets an equal share of what is left
+            when it starts and stops at its share (Lightning's ``max_time``) with the epochs it reached; the records'
+            ``epoch`` column shows how far each run got.
     """
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
+    deadline = time.monotonic() + max_time if max_time is not None else None
     try:
         return _train(build, seeds, epochs, optimizer, lr, momentum, metric, accuracy_slope, every_n_epochs, heldout,
-                      accelerator)
+                      accelerator, deadline)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _train(build, seeds, epochs, optimizer, lr, momentum, metric, accuracy_slope, every_n_epochs, heldout,
-           accelerator) -> list[dict[str, float]]:
+           accelerator, deadline: float | None = None) -> list[dict[str, float]]:
     records: list[dict[str, float]] = []
-    for seed in seeds:
+    for i, seed in enumerate(seeds):
+        share = None
+        if deadline is not None:
+            share = (deadline - time.monotonic()) / (len(seeds) - i)
+            if share <= 0:
+                break  # the time is up: the remaining seeds have no records
         pl.seed_everything(int(seed), verbose=False)
         datamodule, module = build(int(seed))
         module.configure_optimizers = _optimizer_factory(module, optimizer, lr, momentum)
@@ -407,7 +428,7 @@ def _train(build, seeds, epochs, optimizer, lr, momentum, metric, accuracy_slope
         trainer = pl.Trainer(
             max_epochs=int(epochs), accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-            callbacks=[recorder],
+            callbacks=[recorder], max_time=timedelta(seconds=share) if share is not None else None,
         )
         trainer.fit(module, datamodule=datamodule)
         datamodule.trainer = None  # the caller's data module keeps no reference to this run (e.g. for pickling)

@@ -277,3 +277,22 @@ def test_cli_rejects_bad_values_before_training(tmp_path, override, key):
     with pytest.raises(ConfigError, match=key):
         run(compose_config(["sampler=entropy_md", override]), tmp_path, echo=lambda _: None)
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_the_progress_bar_shows_the_heldout_metric_not_its_mean_with_the_train_loss(trained):
+    """md/heldout is the walkers' mean held-out accuracy at the latest observation (it once averaged a row of ln
+    L_train with the accuracy: -0.211 on the bar while the accuracy was 0.905)."""
+    strategy = _fit(_md(), _model(trained), max_steps=2)
+    shown = float(strategy.lightning_module.trainer.progress_bar_metrics["md/heldout"])
+    assert shown == pytest.approx(float(strategy.trace["hard_test_accuracy_mean"][-1]), abs=1e-6)
+    assert 0.0 <= shown <= 1.0
+
+
+def test_latest_heldout_reads_the_last_row_of_a_chunk_of_observations():
+    from lightning_entropy.strategies.entropy_md import latest_heldout
+
+    ln_train = torch.full((3, 1, 4), -2.0)
+    accuracy = torch.arange(12, dtype=torch.float32).reshape(3, 1, 4) / 12  # per observation, per walker
+    chunk = torch.cat([ln_train, accuracy], dim=1)  # (n, 1 + k, W)
+    assert float(latest_heldout([chunk])) == pytest.approx(float(accuracy[-1].mean()))
+    assert float(latest_heldout([chunk[0]])) == pytest.approx(float(accuracy[0].mean()))  # a single (1 + k, W) row

@@ -164,7 +164,7 @@ class LitBatchNorm(LitClassifier):
 
 def test_loaders_passed_to_fit_logging_steps_and_inline_cross_entropy_sample_vectorized(monkeypatch):
     said = []
-    monkeypatch.setattr(contract_module, "rank_zero_info", said.append)
+    monkeypatch.setattr(contract_module, "inform", said.append)  # the setup message
     model = LitClassifier()
     train, val = _loaders(batch_size=16)  # minibatches: the sampler joins them into the full sets
     trainer = _trainer(_wl(), max_steps=4)  # 4 minibatches: one epoch, so Lightning's own validation runs too
@@ -243,7 +243,7 @@ def test_inline_binary_cross_entropy_in_a_dict_returning_step_gets_the_accuracy_
 
 def test_batchnorm_and_dropout_run_in_eval_mode_through_vmap(monkeypatch):
     said = []
-    monkeypatch.setattr(contract_module, "rank_zero_info", said.append)
+    monkeypatch.setattr(contract_module, "inform", said.append)  # the setup message
     model = LitBatchNorm()
     train, val = _loaders()
     trainer = _trainer(_wl(), num_sanity_val_steps=0)
@@ -329,7 +329,7 @@ def _frozen_model() -> LitClassifier:
 @pytest.mark.parametrize("vectorize", ["auto", False])
 def test_frozen_parameters_stay_fixed_and_are_not_sampled(vectorize, monkeypatch):
     said = []
-    monkeypatch.setattr(contract_module, "rank_zero_info", said.append)
+    monkeypatch.setattr(contract_module, "inform", said.append)  # the setup message
     model = _frozen_model()
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     train, val = _loaders()

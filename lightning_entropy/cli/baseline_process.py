@@ -1,8 +1,10 @@
 """The baseline process that ``lightning-entropy`` starts beside the sampler (``baseline.parallel=true``).
 
 Reads one JSON object from stdin: ``{"config": <the run's configuration>, "settings": <train_baselines kwargs>,
-"threads": int, "output": <CSV path>}``; rebuilds the task from the same configuration (hence the same data split
-and model class as the sampler), trains one model per seed and writes the records with
+"threads": int, "output": <CSV path>, "deadline": <time.time() to stop at, or null>, "sys_path": [...]}``; puts the
+job's ``sys_path`` entries on its own (a ``model._target_`` of one's own imports here as in the job), rebuilds the task
+from the same configuration (hence the same data split and model class as the sampler), trains one model per seed
+until the deadline and writes the records with
 :func:`lightning_entropy.baseline.save_records`. Run as ``python -m lightning_entropy.cli.baseline_process``.
 """
 
@@ -42,8 +44,13 @@ def die_with_parent(parent: int | None) -> None:
 
 
 def main() -> None:
+    import time
+
     request = json.load(sys.stdin)
     die_with_parent(request.get("parent"))
+    for entry in reversed(request.get("sys_path") or []):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
     from omegaconf import OmegaConf
 
     from lightning_entropy.baseline import save_records, train_baselines
@@ -52,8 +59,11 @@ def main() -> None:
 
     _quiet_lightning()
     task = build_task(OmegaConf.create(request["config"]))
+    deadline = request.get("deadline")
     records = train_baselines(lambda seed: (task.datamodule, task.make_model(seed)),
-                              threads=request.get("threads") or None, **request["settings"])
+                              threads=request.get("threads") or None,
+                              max_time=max(0.0, deadline - time.time()) if deadline is not None else None,
+                              **request["settings"])
     save_records(records, request["output"])
 
 

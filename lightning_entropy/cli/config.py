@@ -16,6 +16,13 @@ Groups (``key=option`` on the command line):
   reports the baseline only).
 - ``logger``: ``none``, ``csv`` (Lightning's CSVLogger in the run directory) or ``wandb`` (offline by default).
 - ``trainer``: ``default`` (Lightning Trainer limits and threads).
+- ``tuning`` (chosen by itself: ``${task}_${sampler}``, optional): a task's sampler sizes for a CPU, e.g. fewer
+  walkers and start steps for the MNIST CNN, so that its defaults finish within the time cap.
+
+Your own model and data (lightning-hydra-template style): ``model._target_=pkg.MyModule`` and
+``datamodule._target_=pkg.MyData`` build them with Hydra's ``instantiate``; keys added to the node
+(``+model.hidden=32``) are constructor arguments (:mod:`lightning_entropy.cli.instantiate`). Every built-in task
+names its own classes the same way.
 """
 
 from __future__ import annotations
@@ -97,15 +104,30 @@ TRANSFORMER_TASKS = ("char_lm", "modular_arithmetic")
 class ModelConfig:
     """The network: ``depth`` hidden layers of ``width`` units (spiral: ``2 -> width x depth -> 2``, ReLU).
 
+    ``_target_`` is the LightningModule class (each task's yaml names its own). Another class
+    (``model._target_=pkg.MyModule``) is built with Hydra's ``instantiate``: the keys added to this node
+    (``+model.hidden=32``) are its constructor's arguments, and ``width``/``depth``/``heads`` reach it only if its
+    constructor takes arguments of those names.
+
     MNIST: ``width`` is the CNN's channel count and ``depth`` must be 5 (its fixed conv layers). Transformers
     (char_lm, modular_arithmetic): ``width`` is the model width, ``depth`` the number of blocks and ``heads`` the
     attention heads (it must divide ``width``; ``null`` on the other tasks). cifar_catdog: ``width`` is the first
     stage's channels (6: widths 6-12-24-48) and ``depth`` the residual blocks per stage.
     """
 
+    _target_: Optional[str] = None
     width: int = 6
     depth: int = 3
     heads: Optional[int] = None
+
+
+@dataclass
+class DataModuleConfig:
+    """The LightningDataModule class (``_target_``; each task's yaml names its own, built from ``task.*``). Another
+    class (``datamodule._target_=pkg.MyData``, with ``model._target_`` too) is built with Hydra's ``instantiate``:
+    the keys added to this node (``+datamodule.batch_size=64``) are its constructor's arguments."""
+
+    _target_: Optional[str] = None
 
 
 @dataclass
@@ -156,6 +178,7 @@ class WangLandauConfig(SamplerConfig):
     start: str = "adam"
     start_steps: int = 1000
     start_lr: float = 1e-2
+    start_budget: float = 0.25  # with trainer.max_time: the largest share of the time the start runs may take
     observables: Optional[List[str]] = None
     observe_every: int = 10
     heldout: str = "val"
@@ -252,7 +275,9 @@ class TrainerConfig:
 
     Attributes:
         max_steps: Lightning steps; each runs ``sampler.steps_per_lightning_step`` sampler steps on every walker.
-        max_time: wall-clock cap ``"DD:HH:MM:SS"`` (``null``: none); the run stops after the current Lightning step.
+        max_time: the job's wall-clock cap ``"DD:HH:MM:SS"`` (``null``: none), counted from the job's start: the
+            start phase, the sampler and the baseline beside it stop in time for the report to be written within
+            it. A Lightning step runs fewer sampler steps when all of them would pass the cap.
         accelerator: ``cpu``, ``gpu``, ``auto``, ...
         threads: ``torch.set_num_threads`` for the main process (``0``: leave torch's default). On a small shared
             CPU one thread per process avoids oversubscription, which can slow small networks down many times.
@@ -292,6 +317,7 @@ class Config:
 
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    datamodule: DataModuleConfig = field(default_factory=DataModuleConfig)
     sampler: SamplerConfig = MISSING
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -354,7 +380,7 @@ def _pairs(cfg: DictConfig, key: str, *, allow_none: bool = False) -> None:
                           f" [[-6.0, -0.5], [0.0, 1.0]].")
 
 
-def _unknown_keys(node: Any, schema: type, prefix: str) -> None:
+def _unknown_keys(node: Any, schema: type, prefix: str, open_nodes: tuple[str, ...] = ()) -> None:
     """Keys added around the schema (``+model.widht=3`` is accepted by Hydra's append syntax) are errors too."""
     import dataclasses
 
@@ -365,6 +391,8 @@ def _unknown_keys(node: Any, schema: type, prefix: str) -> None:
     if dataclasses.is_dataclass(node_type) and issubclass(node_type, schema):
         fields = {f.name: f for f in dataclasses.fields(node_type)}
     for key in node.keys():
+        if key not in fields and prefix in open_nodes:
+            continue  # an argument of a class of one's own (checked against its constructor when it is built)
         if key not in fields:
             raise ConfigError(f"{prefix}{key}: unknown key (known keys of {prefix.rstrip('.') or 'the config'}:"
                               f" {', '.join(fields)}).")
@@ -372,7 +400,7 @@ def _unknown_keys(node: Any, schema: type, prefix: str) -> None:
         if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
             child_type = OmegaConf.get_type(child)
             if dataclasses.is_dataclass(child_type):
-                _unknown_keys(child, child_type, f"{prefix}{key}.")
+                _unknown_keys(child, child_type, f"{prefix}{key}.", open_nodes)
 
 
 #: Trainer arguments the job sets itself, and the key that controls each where there is one.
@@ -420,9 +448,11 @@ def validate(cfg: DictConfig) -> None:
     Raises:
         ConfigError: with the dotted key (``model.width``) in the message.
     """
-    from lightning_entropy.cli.tasks import TASKS  # late import: the registry imports the task modules
+    from lightning_entropy.cli.tasks import TASKS, builtin_datamodule, builtin_model  # late: the registry imports
+    # the task modules
 
-    _unknown_keys(cfg, Config, "")
+    own = (() if builtin_model(cfg) else ("model.",)) + (() if builtin_datamodule(cfg) else ("datamodule.",))
+    _unknown_keys(cfg, Config, "", own)
     if cfg.task.path == REQUIRED:
         raise ConfigError(f"task.path: this preset needs a data file that is not bundled with the package"
                           f" ({cfg.task.name} task); give it on the command line, e.g."
@@ -439,6 +469,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"task.noise={cfg.task.noise!r}: must be a finite number >= 0.")
     _positive_int(cfg, "model.width")
     _positive_int(cfg, "model.depth")
+    for key in ("model._target_", "datamodule._target_"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not (isinstance(value, str) and value.strip() and "." in value):
+            raise ConfigError(f"{key}={value!r}: give the import path of a class, e.g. {key}=my_package.MyModule.")
     if cfg.task.train_fraction is not None:
         value = cfg.task.train_fraction
         if not (math.isfinite(value) and 0 < value < 1):
@@ -455,7 +489,7 @@ def validate(cfg: DictConfig) -> None:
             Box.parse(value)
         except (ValueError, TypeError) as err:
             raise ConfigError(f"task.box={value!r}: {err}") from None
-    if cfg.model.heads is not None:
+    if cfg.model.heads is not None and builtin_model(cfg):  # a model of one's own may take heads as it likes
         if cfg.task.name not in TRANSFORMER_TASKS:
             raise ConfigError(f"model.heads={cfg.model.heads!r}: only the transformer tasks"
                               f" ({', '.join(TRANSFORMER_TASKS)}) have attention heads; use model.heads=null.")
@@ -476,6 +510,7 @@ def validate(cfg: DictConfig) -> None:
             _positive_int(cfg, f"sampler.{key}")
         for key in ("dt", "start_lr", "step_size", "accuracy_slope"):
             _positive_float(cfg, f"sampler.{key}")
+        _positive_float(cfg, "sampler.start_budget", upper=1.0)
         if cfg.sampler.range_margin is not None:
             _positive_float(cfg, "sampler.range_margin")
         _positive_float(cfg, "sampler.friction", upper=1.0)

@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_entropy.callbacks import LandscapeLogger
+from lightning_entropy.callbacks import LandscapeLogger, SamplerProgressBar
+from lightning_entropy.cli import naming, upload
 from lightning_entropy.cli.atomic import atomic_open
 from lightning_entropy.cli.config import (
     DEFAULT_BOX,
@@ -49,8 +50,10 @@ from lightning_entropy.cli.config import (
     trainer_extras,
     validate,
 )
+from lightning_entropy.cli.deadline import BASELINE_LEAD_S, Deadline, stopped_by
 from lightning_entropy.cli.interrupt import CHECKPOINT, Checkpointing, Interrupted, interruptible
 from lightning_entropy.cli.rundir import claim
+from lightning_entropy.cli.runlog import to_log_files
 from lightning_entropy.cli.tasks import Task, build_task
 from lightning_entropy.core import nonfinite
 from lightning_entropy.core.fingerprint import ResumeMismatch
@@ -109,12 +112,12 @@ def _filter_warnings() -> None:
 # -- building (everything that can fail on a bad value, before any work) --------------------------------------------
 
 
-def make_strategy(cfg: DictConfig, *, classifier: bool = True):
+def make_strategy(cfg: DictConfig, *, classifier: bool | None = True):
     """The :class:`~lightning_entropy.WangLandauStrategy` of ``cfg.sampler`` (``wang_landau`` / ``wang_landau_mc``),
     or its DDP form :class:`~lightning_entropy.WangLandauDDPStrategy` when ``trainer.devices > 1``.
 
     ``test_metric`` in ``sampler.variables`` names the task's held-out metric: ``test_accuracy`` for a classifier,
-    ``test_loss`` otherwise. Any other name goes to the strategy unchanged (an accuracy on a regression task is an
+    ``test_loss`` otherwise (``classifier=None``, a model of one's own: the strategy finds it from the module). Any other name goes to the strategy unchanged (an accuracy on a regression task is an
     error there). The box is ``sampler.box``, else the task's ``task.box``, else the sampler kind's default.
     """
     from lightning_entropy.strategies.wang_landau import WangLandauStrategy
@@ -123,7 +126,7 @@ def make_strategy(cfg: DictConfig, *, classifier: bool = True):
     s = cfg.sampler
     devices = int(cfg.trainer.get("devices", 1)) if "trainer" in cfg else 1
     cls, extra = (WangLandauDDPStrategy, {"sync_every": s.sync_every}) if devices > 1 else (WangLandauStrategy, {})
-    task_metric = "test_accuracy" if classifier else "test_loss"
+    task_metric = "test_metric" if classifier is None else "test_accuracy" if classifier else "test_loss"
     variables = tuple(task_metric if v == "test_metric" else v for v in s.variables)
     plain = lambda v: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v  # noqa: E731
     n_axes = len(s.variables)
@@ -168,6 +171,7 @@ def make_strategy(cfg: DictConfig, *, classifier: bool = True):
             start=s.start,
             start_steps=s.start_steps,
             start_lr=s.start_lr,
+            start_budget=s.start_budget,
             observables=plain(s.observables),
             observe_every=s.observe_every,
             heldout=s.heldout,
@@ -190,27 +194,31 @@ def box_rule(cfg: DictConfig) -> Any:
     return DEFAULT_BOX[cfg.sampler.kind]
 
 
-def make_logger(cfg: DictConfig, out_dir: Path):
-    """The Lightning logger of ``cfg.logger`` (``False`` for ``none``)."""
+def make_logger(cfg: DictConfig, out_dir: Path, name: str | None = None):
+    """The Lightning logger of ``cfg.logger`` (``False`` for ``none``). Its run name is ``logger.name``, else
+    ``name`` (the overrides, :func:`lightning_entropy.cli.naming.run_name`): the W&B run name, the version
+    directory of CSV and TensorBoard logs."""
     kind = cfg.logger.kind
     save_dir = cfg.logger.save_dir or str(out_dir)
     if kind == "none":
         return False
+    name = cfg.logger.name or name
+    version = naming.path_safe(name) if name else None
     if kind == "csv":
         from lightning.pytorch.loggers import CSVLogger
 
-        return CSVLogger(save_dir=save_dir, name="logs")
+        return CSVLogger(save_dir=save_dir, name="logs", version=version)
     if kind == "tensorboard":
         from lightning.pytorch.loggers import TensorBoardLogger
 
         try:
-            return TensorBoardLogger(save_dir=save_dir, name="tensorboard")
+            return TensorBoardLogger(save_dir=save_dir, name="tensorboard", version=version)
         except ModuleNotFoundError as err:
             raise ConfigError("logger=tensorboard needs the tensorboard or tensorboardX package: pip install"
                               " 'lightning-entropy[tensorboard]' (or use logger=csv / logger=wandb).") from err
     from lightning.pytorch.loggers import WandbLogger
 
-    return WandbLogger(project=cfg.logger.project, name=cfg.logger.name, save_dir=save_dir, mode=cfg.logger.mode,
+    return WandbLogger(project=cfg.logger.project, name=name, save_dir=save_dir, mode=cfg.logger.mode,
                        group=_sweep_group())
 
 
@@ -227,17 +235,19 @@ def _sweep_group() -> str | None:
     return f"{hydra_cfg.job.name}:{hydra_cfg.sweep.dir}"
 
 
-def _build(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+def _build(cfg: DictConfig, out_dir: Path, name: str | None = None) -> dict[str, Any]:
     validate(cfg)
     try:
         task = build_task(cfg)
         model = task.make_model(cfg.sampler.seed if "seed" in cfg.sampler else 0)
+    except ConfigError:
+        raise
     except (ValueError, OSError, ImportError) as err:  # bad values, missing files, no network, no downloader
         raise ConfigError(f"task/model: {err}") from err
     built: dict[str, Any] = {"task": task, "model": model}
     if cfg.sampler.kind not in OPTIMIZER_KINDS:
         built["strategy"] = make_strategy(cfg, classifier=task.classifier)
-    built["logger"] = make_logger(cfg, out_dir)
+    built["logger"] = make_logger(cfg, out_dir, name)
     return built
 
 
@@ -260,24 +270,29 @@ def _baseline_settings(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def _train_baseline(task: Task, settings: dict[str, Any], threads: int | None) -> list[dict[str, float]]:
+def _train_baseline(task: Task, settings: dict[str, Any], threads: int | None,
+                    max_time: float | None = None) -> list[dict[str, float]]:
     from lightning_entropy.baseline import train_baselines
 
-    return train_baselines(lambda seed: (task.datamodule, task.make_model(seed)), threads=threads, **settings)
+    return train_baselines(lambda seed: (task.datamodule, task.make_model(seed)), threads=threads,
+                           max_time=max_time, **settings)
 
 
-def _start_baseline_process(cfg: DictConfig, settings: dict[str, Any], out: Path) -> subprocess.Popen:
+def _start_baseline_process(cfg: DictConfig, settings: dict[str, Any], out: Path,
+                            deadline: float | None = None) -> subprocess.Popen:
     """Start ``python -m lightning_entropy.cli.baseline_process`` on the same configuration (same split and model).
 
     Its output goes to ``baseline.log`` in the run directory (removed when it succeeds); its records to
-    ``baseline.csv``.
+    ``baseline.csv``. It stops at ``deadline`` (``time.time()``) and imports from this process's ``sys.path`` (a
+    ``model._target_`` of one's own is found there too).
     """
     threads = int(cfg.baseline.threads)
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     request = {"config": OmegaConf.to_container(cfg, resolve=True), "settings": settings, "threads": threads,
-               "output": str(out / "baseline.csv"), "parent": os.getpid()}
+               "output": str(out / "baseline.csv"), "parent": os.getpid(), "deadline": deadline,
+               "sys_path": [p for p in sys.path if p]}
     log_file = open(out / "baseline.log", "w")  # noqa: SIM115 - closed by _finish_baseline_process
     try:
         process = subprocess.Popen([sys.executable, "-m", "lightning_entropy.cli.baseline_process"],
@@ -382,24 +397,31 @@ def _final_per_seed(records: list[dict[str, float]], metric: str) -> list[dict[s
 # -- the job -------------------------------------------------------------------------------------------------------------
 
 
-def run(cfg: DictConfig, out_dir: str | Path, *, echo: Callable[[str], None] = print) -> dict[str, Any]:
+def run(cfg: DictConfig, out_dir: str | Path, *, echo: Callable[[str], None] = print,
+        overrides: list[str] | None = None, started: float | None = None) -> dict[str, Any]:
     """Run the main job for a composed configuration and write its files into ``out_dir``; returns the summary.
 
     Everything that can fail on a bad value (task, model, strategy, logger) is built before any training. torch's
-    thread count (``trainer.threads``) and Lightning's log levels are restored when the job returns.
+    thread count (``trainer.threads``) and Lightning's log levels are restored when the job returns. The whole job
+    (start phase, sampler, baseline, report) keeps within ``trainer.max_time`` (:mod:`lightning_entropy.cli.deadline`).
+    ``overrides`` name the run for the loggers (default: the running Hydra job's command-line overrides).
+    ``started`` (``time.monotonic()``; default: now) is when the job's time cap starts counting.
 
     Raises:
         ConfigError: a value that cannot work (raised before any training; nothing is written).
     """
-    started = time.perf_counter()
+    deadline = Deadline.of(OmegaConf.select(cfg, "trainer.max_time"), started)
+    started = time.perf_counter()  # the job's wall time (summary.json's wall_time_s) counts from here
+    name = naming.run_name(overrides if overrides is not None else naming.command_line_overrides())
     with _job_environment(int(cfg.trainer.threads) if "trainer" in cfg else 0):
         with contextlib.ExitStack() as stack:
             flag = stack.enter_context(interruptible())  # SIGTERM/SIGINT: keep what was sampled, then Interrupted
             if OmegaConf.select(cfg, "sampler.kind") in ENTROPY_MD_KINDS:  # the training mode has its own path
                 from lightning_entropy.cli.md_job import run_entropy_md
 
-                return run_entropy_md(cfg, Path(out_dir), echo, started, stack=stack, flag=flag)
-            return _run(cfg, Path(out_dir), echo, started, stack=stack, flag=flag)
+                return run_entropy_md(cfg, Path(out_dir), echo, started, stack=stack, flag=flag, deadline=deadline,
+                                      name=name)
+            return _run(cfg, Path(out_dir), echo, started, stack=stack, flag=flag, deadline=deadline, name=name)
 
 
 def resume_checkpoint(cfg: DictConfig) -> Path | None:
@@ -419,7 +441,9 @@ def resume_checkpoint(cfg: DictConfig) -> Path | None:
 
 
 def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: float, *,
-         stack: contextlib.ExitStack | None = None, flag=None) -> dict[str, Any]:
+         stack: contextlib.ExitStack | None = None, flag=None, deadline: Deadline | None = None,
+         name: str | None = None) -> dict[str, Any]:
+    run_name = name
     import lightning.pytorch as pl
 
     from lightning_entropy import analysis, plotting
@@ -427,7 +451,8 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
 
     out = out_dir.resolve()
     ckpt_path = resume_checkpoint(cfg)
-    built = _build(cfg, out)
+    deadline = deadline or Deadline.of(cfg.trainer.max_time)
+    built = _build(cfg, out, name)
     lock = claim(out)  # writable, and no second run on the same directory; before any sampling
     if stack is not None and lock is not None:
         stack.callback(lock.close)
@@ -436,16 +461,23 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
     kind = cfg.sampler.kind
     settings = _baseline_settings(cfg)
     want_baseline = kind in OPTIMIZER_KINDS or bool(cfg.baseline.enabled)
-    timings: dict[str, float] = {}
+    # startup_s: from the cap's start (the command's start) to here: imports, composition, building
+    timings: dict[str, float] = {"startup_s": time.monotonic() - deadline.started}
+    upload.log_config(logger, OmegaConf.to_container(cfg, resolve=True))  # every setting, for every logger
+    if strategy is not None and deadline.cap is not None:
+        echo(f"lightning-entropy: {task.name}, {type(model).__name__}; time cap trainer.max_time="
+             f"{cfg.trainer.max_time} for the whole job (start phase, sampler, baseline; the report is written within"
+             " it)")
 
     # 2. the baseline: in a second process beside the sampler, or here
     process: subprocess.Popen | None = None
     records: list[dict[str, float]] = []
     if want_baseline and strategy is not None and cfg.baseline.parallel:
-        process = _start_baseline_process(cfg, settings, out)
+        process = _start_baseline_process(cfg, settings, out, deadline.wall_clock(BASELINE_LEAD_S))
     elif want_baseline:
         t = time.perf_counter()
-        records = _train_baseline(task, settings, int(cfg.baseline.threads) or None)
+        share = deadline.share(1.0 if strategy is None else 0.5)  # before the sampler: at most half of the cap
+        records = _train_baseline(task, settings, int(cfg.baseline.threads) or None, share)
         timings["baseline_s"] = time.perf_counter() - t
 
     try:
@@ -453,12 +485,15 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
         landscape = None
         if strategy is not None:
             t = time.perf_counter()
+            sampler_cap = deadline.trainer_max_time()  # what is left of the job's cap
+            if sampler_cap is not None:
+                timings["sampler_cap_s"] = sampler_cap.total_seconds()
             trainer = pl.Trainer(
                 strategy=strategy,
                 accelerator=cfg.trainer.accelerator,
                 devices=int(cfg.trainer.devices),
                 max_steps=int(cfg.trainer.max_steps),
-                max_time=cfg.trainer.max_time,
+                max_time=sampler_cap,
                 logger=logger,
                 enable_checkpointing=False,
                 enable_model_summary=False,
@@ -469,7 +504,8 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
                 default_root_dir=str(out),
                 # the heatmap at four moments of the run and at the end; curves and the npz at the end
                 callbacks=([LandscapeLogger(every_n_steps=max(1, int(cfg.trainer.max_steps) // 4))] if logger else [])
-                + [Checkpointing(out, float(cfg.trainer.get("checkpoint_minutes", 0.0)))],
+                + [Checkpointing(out, float(cfg.trainer.get("checkpoint_minutes", 0.0)))]
+                + ([SamplerProgressBar()] if cfg.trainer.progress_bar else []),  # one bar over sampler steps
                 **trainer_extras(cfg),  # any other Trainer argument given as +trainer.<name>=...
             )
             if flag is not None and int(cfg.trainer.devices) > 1:
@@ -484,6 +520,8 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
                 raise
             landscape = strategy.landscape
             timings["sampler_s"] = time.perf_counter() - t
+            stopped = stopped_by(trainer, interrupted=flag is not None and flag.signum is not None)
+            lightning_steps = int(trainer.global_step)
         if flag is not None and flag.signum is not None and process is not None:
             process.kill()  # interrupted: the baseline is re-trained on resume; keep the landscape now
             process.wait()
@@ -498,6 +536,8 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
 
     # 4. the report
     t = time.perf_counter()
+    if strategy is None:
+        stopped, lightning_steps = None, None
     files: list[str] = []
     parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer_name = SAMPLER_NAMES.get(settings["optimizer"], settings["optimizer"])
@@ -594,6 +634,10 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
             "schedule": meta.get("schedule"),
             "integrator": meta.get("integrator"),
             "start": meta.get("start"),
+            "start_phase": meta.get("start_phase"),  # optimiser steps asked for and run (fewer at the time cap)
+            "stopped_by": stopped,  # max_steps, max_time (the job's time cap), max_epochs or interrupted
+            "lightning_steps": lightning_steps,
+            "max_steps": int(cfg.trainer.max_steps),
             "landscape": {
                 "bins": list(landscape.shape),
                 "ranges": [[float(e[0]), float(e[-1])] for e in landscape.edges],
@@ -618,17 +662,21 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
                 "baseline_count": curve.count, "visits": np.zeros(nbins), "in_window": np.ones(nbins),
             })
             files.append("curves.csv")
-        batches = len(task.datamodule.train_dataloader())  # optimiser steps per epoch (1: full batch)
-        summary.update({"box": None, "steps": int(settings["epochs"]) * batches, "walkers": None,
-                        "walker_steps": None, "flatness": None})
+        batches = _batches_per_epoch(task.datamodule)  # optimiser steps per epoch (1: full batch)
+        summary.update({"box": None, "steps": int(settings["epochs"]) * batches if batches else None,
+                        "walkers": None, "walker_steps": None, "flatness": None})
     if want_baseline:
         metric_col = column if landscape is not None and column is not None else _record_metric(records)
+        final = _final_per_seed(records, metric_col) if records else []
         summary["baseline"] = {
             **{k: settings[k] for k in ("optimizer", "lr", "momentum", "seeds", "epochs", "every_n_epochs")},
             "batch_size": task.description.get("batch_size"),
             "records": len(records),
             "metric": metric_col,
-            "final": _final_per_seed(records, metric_col) if records else [],
+            "final": final,
+            # the time cap ended a run before its epochs (or left a seed without any)
+            "stopped_by_time": len(final) < len(settings["seeds"]) or any(
+                f["epoch"] < int(settings["epochs"]) for f in final),
         }
     timings["report_s"] = time.perf_counter() - t
     files.append("summary.json")
@@ -639,15 +687,20 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
         "files": files,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "wandb_group": _sweep_group() if cfg.logger.kind == "wandb" else None,  # one group per sweep
+        "run_name": run_name,
+        "time_cap_s": deadline.cap,
         "interrupted": signal.Signals(flag.signum).name if flag is not None and flag.signum else None,
     })
     steps_per_call = int(cfg.sampler.get("steps_per_lightning_step", 1))
     summary = _jsonable(summary)
     with atomic_open(out / "summary.json", "w") as fh:
         json.dump(summary, fh, indent=2)
-    _log_final(logger, summary, out, step=int(summary.get("steps") or 0) // max(steps_per_call, 1))
-    for line in report_lines(summary):
+    _log_final(logger, summary, out, step=lightning_steps if lightning_steps is not None else
+               int(summary.get("steps") or 0) // max(steps_per_call, 1))
+    lines = report_lines(summary)
+    for line in lines:
         echo(line)
+    to_log_files(lines)  # and into the job's log file (Hydra's main.log)
     if flag is not None and flag.signum is not None:
         raise Interrupted(flag.signum)  # everything sampled is written; the console script says how to resume
     return summary
@@ -672,6 +725,14 @@ def _record_metric(records: list[dict[str, float]]) -> str:
     return "ln_test_loss"
 
 
+def _batches_per_epoch(datamodule) -> int | None:
+    """Optimiser steps per epoch of the data module's train loader (``None`` when it has no length before setup)."""
+    try:
+        return len(datamodule.train_dataloader())
+    except Exception:  # noqa: BLE001 - a data module of one's own may need setup() first, or be unsized
+        return None
+
+
 def _visited_range(x: np.ndarray, visits: np.ndarray) -> list[float] | None:
     idx = np.flatnonzero(visits > 0)
     return [float(x[idx[0]]), float(x[idx[-1]])] if idx.size else None
@@ -691,10 +752,31 @@ def _log_final(logger: Any, summary: dict[str, Any], out: Path, *, step: int) ->
         logger.log_metrics({f"report/{k}" if "/" not in k else k: v for k, v in metrics.items()}, step=step)
         if hasattr(logger, "log_image") and (out / "landscape.png").exists():
             logger.log_image(key="landscape", images=[str(out / "landscape.png")])
+        upload.upload_files(logger, out, summary.get("files") or (), summary)  # W&B: the run's files
         logger.save()
         logger.finalize("success")  # closes and flushes writers that the Trainer had closed and this call reopened
+        upload.close(logger)  # W&B: the next job of a sweep gets its own run
     except Exception as err:  # noqa: BLE001 - a logger problem must not lose the files already written
         log.warning("could not log the final report to %s: %s", type(logger).__name__, err)
+
+
+def stop_lines(summary: dict[str, Any]) -> list[str]:
+    """What the time cap cut short: the start phase, the sampler (``stopped_by: max_time``), the baseline."""
+    cap = summary.get("config", {}).get("trainer", {}).get("max_time")
+    lines = []
+    start = summary.get("start_phase") or {}
+    if start.get("shortened_by_time"):
+        lines.append(f"  start phase shortened by the time cap: {start['steps_run']} of {start['steps_requested']}"
+                     f" {summary.get('start')} steps")
+    if summary.get("stopped_by") == "max_time":
+        lines.append(f"  stopped by the time cap trainer.max_time={cap} after {summary['steps']:,} sampler steps"
+                     f" ({summary['lightning_steps']} of trainer.max_steps={summary['max_steps']} Lightning steps);"
+                     " raise trainer.max_time for more")
+    base = summary.get("baseline")
+    if base and base.get("stopped_by_time"):
+        reached = ", ".join(f"{f['epoch']}" for f in base["final"]) or "none"
+        lines.append(f"  baseline stopped by the time cap: epochs reached per seed {reached} of {base['epochs']}")
+    return lines
 
 
 def _span(pair: list[float] | None) -> str:
@@ -729,6 +811,7 @@ def report_lines(summary: dict[str, Any]) -> list[str]:
     if conv:
         verdict = "converged" if conv["converged"] else "NOT converged: " + "; ".join(conv["reasons"])
         lines.append(f"  convergence: {verdict}")
+    lines += stop_lines(summary)
     lines.append(f"  wall time {summary['wall_time_s']:.1f} s; files: {', '.join(summary['files'])}")
     lines.append(f"  run directory: {summary['run_dir']}")
     return lines

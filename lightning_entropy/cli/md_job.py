@@ -26,10 +26,13 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_entropy.cli import upload
 from lightning_entropy.cli.atomic import atomic_open
+from lightning_entropy.cli.deadline import Deadline, stopped_by
 from lightning_entropy.cli.config import ConfigError, trainer_extras, validate
 from lightning_entropy.cli.interrupt import Checkpointing, Interrupted
 from lightning_entropy.cli.rundir import claim
+from lightning_entropy.cli.runlog import to_log_files
 from lightning_entropy.cli.tasks import build_task
 from lightning_entropy.core.fingerprint import ResumeMismatch
 
@@ -53,8 +56,11 @@ def make_md_strategy(cfg: DictConfig):
         raise ConfigError(f"sampler: {err}") from err
 
 
-def _train_start(task, settings: dict[str, Any], seed: int, accelerator: str):
-    """One baseline run (recorded every ``every_n_epochs``); returns the trained module and its recorder."""
+def _train_start(task, settings: dict[str, Any], seed: int, accelerator: str, max_time: float | None = None):
+    """One baseline run (recorded every ``every_n_epochs``, stopped after ``max_time`` seconds); returns the trained
+    module and its recorder."""
+    from datetime import timedelta
+
     import lightning.pytorch as pl
 
     from lightning_entropy.baseline import BaselineRecorder, _optimizer_factory
@@ -66,7 +72,9 @@ def _train_start(task, settings: dict[str, Any], seed: int, accelerator: str):
                                 every_n_epochs=settings["every_n_epochs"])
     pl.Trainer(max_epochs=settings["epochs"], accelerator=accelerator, devices=1, logger=False,
                enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-               num_sanity_val_steps=0, limit_val_batches=0, callbacks=[recorder]).fit(model, datamodule=task.datamodule)
+               num_sanity_val_steps=0, limit_val_batches=0, callbacks=[recorder],
+               max_time=timedelta(seconds=max_time) if max_time is not None else None).fit(model,
+                                                                                            datamodule=task.datamodule)
     return model, recorder
 
 
@@ -118,8 +126,10 @@ def trace_figure(trace: dict[str, np.ndarray], metric: str | None, *, baseline: 
 
 
 def run_entropy_md(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: float, *,
-                   stack: contextlib.ExitStack | None = None, flag=None) -> dict[str, Any]:
-    """The ``entropy_md`` job (see the module docstring); returns the summary it writes to ``summary.json``.
+                   stack: contextlib.ExitStack | None = None, flag=None, deadline: Deadline | None = None,
+                   name: str | None = None) -> dict[str, Any]:
+    """The ``entropy_md`` job (see the module docstring); returns the summary it writes to ``summary.json``. The
+    baseline takes at most half of the time cap, MD the rest.
 
     With ``flag`` (from :func:`~lightning_entropy.cli.interrupt.interruptible`) a SIGTERM/SIGINT while the MD runs
     stops it at a Lightning step, writes ``checkpoint.ckpt``, the trace and the summary (``"interrupted"``) of what was
@@ -129,17 +139,22 @@ def run_entropy_md(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], 
 
     from lightning_entropy import plotting
     from lightning_entropy.baseline import save_records
+    from lightning_entropy.callbacks import SamplerProgressBar
     from lightning_entropy.cli.job import _baseline_settings, _jsonable, make_logger, resume_checkpoint
 
     out = Path(out_dir).resolve()
     ckpt_path = resume_checkpoint(cfg)
+    deadline = deadline or Deadline.of(cfg.trainer.max_time)
     validate(cfg)
     try:
         task = build_task(cfg)
+    except ConfigError:
+        raise
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(f"task/model: {err}") from err
     strategy = make_md_strategy(cfg)
-    logger = make_logger(cfg, out)
+    logger = make_logger(cfg, out, name)
+    upload.log_config(logger, OmegaConf.to_container(cfg, resolve=True))
     lock = claim(out)  # writable, and no second run on the same directory (released when this process ends)
     if stack is not None and lock is not None:
         stack.callback(lock.close)
@@ -148,7 +163,7 @@ def run_entropy_md(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], 
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    model, recorder = _train_start(task, settings, seed, str(cfg.trainer.accelerator))
+    model, recorder = _train_start(task, settings, seed, str(cfg.trainer.accelerator), deadline.share(0.5))
     metric = recorder.test_metric
     baseline = _evaluate(recorder, model, metric)
     timings["baseline_s"] = time.perf_counter() - t
@@ -156,16 +171,18 @@ def run_entropy_md(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], 
     t = time.perf_counter()
     trainer = pl.Trainer(
         strategy=strategy, accelerator=cfg.trainer.accelerator, devices=1, max_steps=int(cfg.trainer.max_steps),
-        max_time=cfg.trainer.max_time, logger=logger, enable_checkpointing=False, enable_model_summary=False,
+        max_time=deadline.trainer_max_time(), logger=logger, enable_checkpointing=False, enable_model_summary=False,
         enable_progress_bar=bool(cfg.trainer.progress_bar), num_sanity_val_steps=0, limit_val_batches=0,
         log_every_n_steps=int(cfg.trainer.log_every_n_steps), default_root_dir=str(out),
-        callbacks=[Checkpointing(out, float(cfg.trainer.get("checkpoint_minutes", 0.0)))], **trainer_extras(cfg),
+        callbacks=[Checkpointing(out, float(cfg.trainer.get("checkpoint_minutes", 0.0)))]
+        + ([SamplerProgressBar()] if cfg.trainer.progress_bar else []), **trainer_extras(cfg),
     )
     try:
         trainer.fit(model, datamodule=task.datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except ResumeMismatch as err:  # another box, model or data than the checkpoint's: before any MD step
         raise ConfigError(f"resume={cfg.resume}: {err}") from None
     timings["sampler_s"] = time.perf_counter() - t
+    stopped = stopped_by(trainer)
 
     t = time.perf_counter()
     returned = _evaluate(recorder, model, metric)  # the module holds the selected walker
@@ -213,24 +230,33 @@ def run_entropy_md(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], 
         "dt": strategy.dt,
         "acceptance": strategy.acceptance,
         "test_labels_in_dynamics": False,
+        "stopped_by": stopped,
+        "lightning_steps": int(trainer.global_step),
+        "max_steps": int(cfg.trainer.max_steps),
         "baseline": {**{k: settings[k] for k in ("optimizer", "lr", "momentum", "epochs", "every_n_epochs")},
                      "seed": seed, "batch_size": task.description.get("batch_size"),
-                     "records": len(recorder.records)},
+                     "records": len(recorder.records),
+                     "stopped_by_time": bool(recorder.records) and recorder.records[-1]["epoch"] < settings["epochs"],
+                     "final": [{"seed": seed, "epoch": recorder.records[-1]["epoch"]}] if recorder.records else []},
         "files": list(MD_FILES),
         "interrupted": signal.Signals(flag.signum).name if flag is not None and flag.signum else None,
     }
     timings["report_s"] = time.perf_counter() - t
     summary.update({"wall_time_s": time.perf_counter() - started, "timings": timings, "run_dir": str(out),
-                    "config": OmegaConf.to_container(cfg, resolve=True)})
+                    "run_name": name, "time_cap_s": deadline.cap, "config": OmegaConf.to_container(cfg, resolve=True)})
     summary = _jsonable(summary)
     with atomic_open(out / "summary.json", "w") as fh:
         json.dump(summary, fh, indent=2)
     if logger:
         logger.log_metrics({"report/baseline_test_metric": baseline["test_metric"],
-                            "report/test_metric": result["test_metric"]}, step=int(cfg.trainer.max_steps))
+                            "report/test_metric": result["test_metric"]}, step=int(trainer.global_step))
+        upload.upload_files(logger, out, summary["files"], summary)
         logger.save()
-    for line in md_report_lines(summary):
+        upload.close(logger)
+    lines = md_report_lines(summary)
+    for line in lines:
         echo(line)
+    to_log_files(lines)
     if flag is not None and flag.signum is not None:
         raise Interrupted(flag.signum)  # everything sampled is written; the console script says how to resume
     return summary
@@ -238,6 +264,7 @@ def run_entropy_md(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], 
 
 def md_report_lines(summary: dict[str, Any]) -> list[str]:
     """A short human summary of an ``entropy_md`` run."""
+    from lightning_entropy.cli.job import stop_lines  # late: job.py imports this module
     m = summary["metric"]
 
     def num(v: Any) -> str:
@@ -252,6 +279,7 @@ def md_report_lines(summary: dict[str, Any]) -> list[str]:
         f" {num(summary['ln_train_loss'])} (restraint width {summary['restraint_width']:.3g});"
         f" walkers' mean {num(summary['walkers_mean']['test_metric'])},"
         f" ensemble {num(summary['ensemble']['test_metric'])}",
+        *stop_lines(summary),
         f"  wall time {summary['wall_time_s']:.1f} s; files: {', '.join(summary['files'])}",
         f"  run directory: {summary['run_dir']}",
     ]

@@ -2,6 +2,11 @@
 
 A builder returns one datamodule (the split shared by the sampler and the baseline) and a factory of fresh models
 (``seed -> LightningModule``), so that every baseline seed and the sampler use the same model class and size.
+
+Every task's yaml names its classes as ``model._target_`` and ``datamodule._target_`` (:data:`TARGETS`); the
+builder knows what the classes need beyond ``task.*``/``model.*`` (a model sized by its data, checks of the sizes).
+Another ``_target_`` replaces the task's class (:mod:`lightning_entropy.cli.instantiate`): ``model._target_`` alone
+samples one's own model on the task's data; with ``datamodule._target_`` on one's own data.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 
 @dataclass
@@ -30,7 +35,7 @@ class Task:
     datamodule: pl.LightningDataModule
     make_model: Callable[[int], pl.LightningModule]
     description: dict[str, Any]
-    classifier: bool = True
+    classifier: bool | None = True  # None: a module of one's own; the strategy finds its held-out metric
 
 
 def spiral(cfg: DictConfig) -> Task:
@@ -172,6 +177,36 @@ def cifar_catdog(cfg: DictConfig) -> Task:
     })
 
 
+_T = "lightning_entropy.tasks."
+#: The classes each built-in task builds: ``(model._target_, datamodule._target_)``, as its yaml names them.
+TARGETS: dict[str, tuple[str, str]] = {
+    "spiral": (_T + "spiral.SpiralClassifier", _T + "spiral.SpiralDataModule"),
+    "spiral_regression": (_T + "spiral_regression.SpiralRegressor", _T + "spiral_regression.SpiralRegressionDataModule"),
+    "tabular": (_T + "tabular.TabularRegressor", _T + "tabular.TabularDataModule"),
+    "mnist": (_T + "mnist.MNISTClassifier", _T + "mnist.MNISTDataModule"),
+    "embeddings": (_T + "embeddings.EmbeddingRegressor", _T + "embeddings.EmbeddingsDataModule"),
+    "char_lm": (_T + "char_lm.CharLanguageModel", _T + "char_lm.CharDataModule"),
+    "modular_arithmetic": (_T + "modular_arithmetic.ModularArithmeticTransformer",
+                           _T + "modular_arithmetic.ModularArithmeticDataModule"),
+    "cifar_catdog": (_T + "cifar_catdog.CIFARCatDogClassifier", _T + "cifar_catdog.CIFARCatDogDataModule"),
+}
+
+
+def _builtin(cfg: DictConfig, node: str, index: int) -> bool:
+    target = OmegaConf.select(cfg, f"{node}._target_")
+    return target is None or target == TARGETS.get(cfg.task.name, (None, None))[index]
+
+
+def builtin_model(cfg: DictConfig) -> bool:
+    """Whether ``model._target_`` is the task's own model (or unset)."""
+    return _builtin(cfg, "model", 0)
+
+
+def builtin_datamodule(cfg: DictConfig) -> bool:
+    """Whether ``datamodule._target_`` is the task's own data module (or unset)."""
+    return _builtin(cfg, "datamodule", 1)
+
+
 TASKS: dict[str, Callable[[DictConfig], Task]] = {
     "spiral": spiral,
     "spiral_regression": spiral_regression,
@@ -185,9 +220,14 @@ TASKS: dict[str, Callable[[DictConfig], Task]] = {
 
 
 def build_task(cfg: DictConfig) -> Task:
-    """The task named by ``cfg.task.name``."""
+    """The task named by ``cfg.task.name``, with ``model._target_``/``datamodule._target_`` of one's own in place
+    of the task's classes."""
     try:
         builder = TASKS[cfg.task.name]
     except KeyError:
         raise ValueError(f"task.name={cfg.task.name!r}: known tasks are {sorted(TASKS)}.") from None
-    return builder(cfg)
+    if builtin_model(cfg) and builtin_datamodule(cfg):
+        return builder(cfg)
+    from lightning_entropy.cli.instantiate import instantiated_task
+
+    return instantiated_task(cfg, builder)

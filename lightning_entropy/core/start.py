@@ -4,17 +4,58 @@ Starting some walkers in the trained region means a study of low train loss does
 whole loss range first (ALGORITHM.md section 9). The optimiser runs are vectorized: one ``torch.optim`` optimiser on
 the stacked ``(W, P)`` tensor is W independent runs, because every walker's loss depends on its own row only.
 Walker ``w`` stops after ``round(steps * (w + 1) / W)`` steps, so the walkers spread over train-loss levels.
+
+A time budget (:func:`start_walkers`, ``time_budget``: the seconds the caller can spare, e.g. a share of the
+Trainer's ``max_time``) bounds the optimiser runs: after a few steps their cost per step is measured (one host
+synchronisation), and when all ``steps`` would not fit, the runs are shortened to the steps that do (the stopping
+points are spread over the shorter run, so the walkers still start at many train-loss levels); the report says so.
 """
 
 from __future__ import annotations
 
+import math
+import time
 import warnings
+from dataclasses import dataclass
 
 import torch
 
 from lightning_entropy.core.box import uniform
 
 MODES = ("module", "uniform", "adam", "sgd")
+
+
+#: Optimiser steps timed before a time budget decides whether the runs fit (their cost per step is then known).
+PROBE_STEPS = 3
+
+
+@dataclass
+class StartReport:
+    """What the start phase did.
+
+    Attributes:
+        mode: the start mode.
+        requested: optimiser steps asked for (``0`` for ``module``/``uniform``).
+        ran: optimiser steps run (fewer than ``requested`` when the time budget shortened them).
+        seconds: wall time of the optimiser runs.
+        seconds_per_step: measured cost of one optimiser step of all walkers (``nan`` without optimiser runs).
+        budget: the time budget in seconds (``None``: none).
+    """
+
+    mode: str
+    requested: int = 0
+    ran: int = 0
+    seconds: float = 0.0
+    seconds_per_step: float = math.nan
+    budget: float | None = None
+
+    @property
+    def shortened(self) -> bool:
+        return self.ran < self.requested
+
+    def describe(self) -> dict:
+        return {"mode": self.mode, "steps_requested": self.requested, "steps_run": self.ran,
+                "seconds": self.seconds, "shortened_by_time": self.shortened}
 
 
 def starting_positions(
@@ -40,6 +81,30 @@ def starting_positions(
         steps: optimiser steps of the longest run (``adam``/``sgd``).
         lr: optimiser learning rate (parameter units per step).
     """
+    return start_walkers(mode, walkers=walkers, bound=bound, generator=generator, module_theta=module_theta,
+                         train_loss_gradient=train_loss_gradient, steps=steps, lr=lr)[0]
+
+
+def start_walkers(
+    mode: str,
+    *,
+    walkers: int,
+    bound: torch.Tensor,
+    generator: torch.Generator,
+    module_theta: torch.Tensor,
+    train_loss_gradient=None,
+    steps: int = 300,
+    lr: float = 1e-2,
+    time_budget: float | None = None,
+) -> tuple[torch.Tensor, StartReport]:
+    """:func:`starting_positions` with a time budget: ``(theta (W, P), report)``.
+
+    ``time_budget`` (seconds, ``None``: none) bounds the optimiser runs of ``adam``/``sgd``: after
+    :data:`PROBE_STEPS` steps the cost per step is measured; if the remaining steps would not fit, the run is
+    shortened to the steps that do (at least the steps already run), and the walkers' stopping steps are spread over
+    the shorter run. A run that still overruns (a machine that got busier) stops at the budget. Without a budget the
+    result is exactly that of :func:`starting_positions`.
+    """
     if mode not in MODES:
         raise ValueError(f"start={mode!r} is not a start mode; use one of {MODES}.")
     if mode == "module":
@@ -51,23 +116,48 @@ def starting_positions(
                 " its walls. Choose a larger box or start='uniform' to avoid moving them.",
                 stacklevel=3,
             )
-        return torch.maximum(torch.minimum(theta, bound), -bound)
+        return torch.maximum(torch.minimum(theta, bound), -bound), StartReport(mode)
     theta = uniform(walkers, bound, generator)
     if mode == "uniform":
-        return theta
+        return theta, StartReport(mode)
     if train_loss_gradient is None:
         raise ValueError(f"start={mode!r} needs the train loss gradient.")
     if steps < 1 or lr <= 0:
         raise ValueError(f"start={mode!r}: start_steps={steps} must be >= 1 and start_lr={lr} > 0.")
-    stop = torch.round(steps * torch.arange(1, walkers + 1, device=bound.device) / walkers).long()
+    if time_budget is not None and not time_budget > 0:
+        time_budget = 0.0
+    report = StartReport(mode, requested=int(steps), budget=time_budget)
+    order = torch.arange(1, walkers + 1, device=bound.device)
+    stop = torch.round(steps * order / walkers).long()
     leaf = theta.clone().requires_grad_(True)
     opt = torch.optim.Adam([leaf], lr=lr) if mode == "adam" else torch.optim.SGD([leaf], lr=lr, momentum=0.9)
     out = theta.clone()
-    for s in range(1, steps + 1):
+    total, started, s = int(steps), time.perf_counter(), 0
+    while s < total:
+        s += 1
         leaf.grad = torch.nan_to_num(train_loss_gradient(leaf.detach()))
         opt.step()
         with torch.no_grad():
             leaf.copy_(torch.maximum(torch.minimum(leaf, bound), -bound))
-            done = (stop == s).unsqueeze(1)
-            out = torch.where(done, leaf, out)
-    return out.detach()
+            out = torch.where((stop == s).unsqueeze(1), leaf, out)
+        if time_budget is None or s >= total:
+            continue
+        elapsed = time.perf_counter() - started
+        if elapsed > time_budget:  # over the budget (a slow first step, or a machine that got busier): stop here
+            total = s
+            out = torch.where((stop >= s).unsqueeze(1), leaf.detach(), out)
+        elif s == PROBE_STEPS:  # the cost per step is known: do the remaining steps fit?
+            float(leaf.detach()[0, 0])  # one synchronisation, so the host clock measures the device's work
+            per_step = (time.perf_counter() - started) / s
+            report.seconds_per_step = per_step
+            fit = max(s, int(time_budget / per_step)) if per_step > 0 else total
+            if fit < total:
+                total = fit
+                shorter = torch.round(total * order / walkers).long()
+                stop = torch.where(shorter == 0, shorter, torch.clamp(shorter, min=s))  # 0: never moves
+                out = torch.where((stop == s).unsqueeze(1), leaf.detach(), out)  # their (shorter) run has ended
+    report.ran = total
+    report.seconds = time.perf_counter() - started
+    if math.isnan(report.seconds_per_step) and total:
+        report.seconds_per_step = report.seconds / total
+    return out.detach(), report

@@ -4,11 +4,18 @@ Lightning step to the sampler.
 
 A subclass implements ``_prepare(trainer)`` (read the data, start the walkers; called at ``on_train_start``),
 ``run_chunk(steps)`` (run ``steps`` sampler steps, copy a walker into the module, log), ``_display_loss()`` (the value
-``training_step`` returns), ``sampler_state_dict()`` and ``load_sampler_state_dict(state)``.
+``training_step`` returns), ``sampler_steps``, ``sampler_state_dict()`` and ``load_sampler_state_dict(state)``.
+
+The fit loop iterates a placeholder in place of the train loader (:class:`~lightning_entropy.strategies.data.
+SamplerSteps`): the sampler reads the whole train set once, so no minibatch is fetched per Lightning step. With a
+``max_time`` cap a Lightning step runs fewer sampler steps when all of them would run past it
+(:mod:`lightning_entropy.strategies.budget`).
 """
 
 from __future__ import annotations
 
+import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,6 +23,10 @@ import lightning
 import torch
 from lightning.pytorch.plugins.precision import DoublePrecision, Precision
 from lightning.pytorch.strategies import SingleDeviceStrategy
+
+from lightning_entropy.strategies import budget
+from lightning_entropy.strategies.data import SamplerSteps
+from lightning_entropy.strategies.notices import inform
 
 
 class SamplerOptimizer(torch.optim.Optimizer):
@@ -52,6 +63,10 @@ class SamplerStrategy(SingleDeviceStrategy):
     """
 
     steps_per_lightning_step: int = 1
+    #: shorten a Lightning step's chunk when it would run past ``max_time`` (off where ranks must stay in step)
+    shorten_chunks_to_time: bool = True
+    #: the fit ended because not even one more sampler step fitted in ``max_time``
+    stopped_by_time: bool = False
 
     def __init__(self, *, device: torch.device | str | None = None, accelerator=None, checkpoint_io=None,
                  precision_plugin=None) -> None:
@@ -59,6 +74,7 @@ class SamplerStrategy(SingleDeviceStrategy):
                                       precision_plugin=precision_plugin)
         self._device = torch.device(device) if device is not None else None
         self.parallel_devices: list[torch.device] | None = None  # the Trainer fills this from its accelerator
+        self._clock = budget.StepClock()
 
     def _init_lightning_strategy(self, *, device, accelerator, checkpoint_io, precision_plugin) -> None:
         """Initialise the Lightning strategy base (one device here; the DDP subclass initialises a process group)."""
@@ -132,10 +148,57 @@ class SamplerStrategy(SingleDeviceStrategy):
     def on_train_start(self) -> None:
         self._prepare(self.lightning_module.trainer)
 
+    def process_dataloader(self, dataloader: object) -> object:
+        """The train loader becomes :class:`SamplerSteps` (one placeholder per Lightning step, no batch fetched);
+        the sampler reads the loader itself, once. Other loaders (Lightning's own validation) are left as they are."""
+        from lightning.pytorch.trainer.states import RunningStage
+
+        trainer = getattr(self.lightning_module, "_trainer", None) if self.lightning_module is not None else None
+        if trainer is not None and trainer.state.stage == RunningStage.TRAINING and not isinstance(dataloader,
+                                                                                                      SamplerSteps):
+            return SamplerSteps(dataloader)
+        return dataloader
+
     def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """Runs a chunk of sampler steps; returns a loss for display (nothing backpropagates)."""
-        self.run_chunk(self.steps_per_lightning_step)
+        """Runs a chunk of sampler steps (fewer when they would run past ``max_time``); returns a loss for display
+        (nothing backpropagates)."""
+        steps = self.steps_per_lightning_step
+        trainer = self.lightning_module.trainer
+        if self.shorten_chunks_to_time:
+            # at least one step in all (a landscape needs one); after that, none if even one would pass the cap
+            steps = self._clock.steps_for(steps, budget.remaining(trainer), minimum=0 if self.sampler_steps else 1)
+            if steps == 0:
+                self.stopped_by_time = trainer.should_stop = True  # Lightning ends the fit after this step
+                return self._display_loss()
+        started = time.perf_counter()
+        self.run_chunk(steps)
+        self._clock.record(steps, time.perf_counter() - started)
+        if self._clock.chunks == 2:  # measured on a warm chunk: how long the rest will take
+            self.say_forecast(trainer, measured=True)
         return self._display_loss()
+
+    def say_forecast(self, trainer: lightning.pytorch.Trainer, *, measured: bool) -> None:
+        """Say how long the sampling will take (after the second chunk, measured), and warn when ``max_time`` ends
+        it before ``max_steps``. Before sampling, from an estimate, only a clear shortfall (under half of the steps)
+        is said, as a warning."""
+        chunk = self.steps_per_lightning_step
+        steps = budget.planned_steps(trainer, chunk)
+        if steps is not None and measured:
+            steps = max(0, steps - chunk)  # the Lightning step that just ran is not yet counted as done
+        text, share = budget.forecast(self._clock.per_step, steps, budget.remaining(trainer),
+                                      int(getattr(self, "walkers", 1)), measured=measured)
+        if not text or trainer.global_rank != 0:
+            return
+        if share < (1.0 if measured else 0.5):
+            warnings.warn(text, stacklevel=2)
+        elif measured:
+            inform(text)
+
+    @property
+    def sampler_steps(self) -> int:
+        """Sampler steps run so far (each Lightning step runs ``steps_per_lightning_step`` of them, or fewer at the
+        time cap)."""
+        return 0
 
     def backward(self, closure_loss: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         return closure_loss  # nothing to backpropagate: the sampler computed its own forces

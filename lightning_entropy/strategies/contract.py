@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 from torch.func import functional_call
@@ -40,6 +40,7 @@ from lightning_entropy.core.step_hooks import LOGGED, RETURNED, StepCall
 from lightning_entropy.core.variables import LOSS_KINDS, CollectiveVariable, loss_fn
 from lightning_entropy.core.walkers import ParameterLayout
 from lightning_entropy.strategies.data import pair, read_split, samples
+from lightning_entropy.strategies.notices import inform
 
 LOSS_ATTRIBUTES = ("loss_fn", "criterion", "loss_function")
 _LOSS_WORDS = {"cross_entropy": "cross-entropy", "binary_cross_entropy": "binary cross-entropy (logits)",
@@ -266,7 +267,7 @@ class ModuleContract:
 
     def announce(self, evaluator: Evaluator | None = None) -> None:
         """Say once, on rank zero, what :meth:`describe` says."""
-        rank_zero_info(self.describe(evaluator))
+        inform(self.describe(evaluator))
 
 
 def _inline_loss(module: nn.Module, batch: Any, train: _Probe) -> str | None:

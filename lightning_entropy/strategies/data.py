@@ -4,17 +4,50 @@ The loaders are the ones the fit uses, from wherever Lightning accepts them: ``t
 val_dataloaders)``, a datamodule, or the module's ``*_dataloader`` methods. They are read through the Trainer's public
 properties (``trainer.train_dataloader``, ``trainer.val_dataloaders``, set by the fit loop before ``on_train_start``),
 then through the datamodule's or module's hooks; every batch of every loader is concatenated into one full batch.
+The fit loop itself iterates :class:`SamplerSteps` in place of the train loader (``process_dataloader`` of the
+strategies), which yields placeholders without touching the loader.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 _PUBLIC = {"train": "train_dataloader", "val": "val_dataloaders", "test": "test_dataloaders"}
+
+
+class SamplerSteps:
+    """What the fit loop iterates in place of the train loader while a sampler runs: the Lightning step index, as many
+    per epoch as the loader has batches (so ``max_epochs`` and ``estimated_stepping_batches`` keep their meaning;
+    without a length: forever). The sampler reads the whole loader once (:func:`read_split`); fetching and collating
+    a minibatch per Lightning step only to drop it would be wasted work. ``loader`` is the loader it stands for."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)  # TypeError for an unsized loader, as Lightning expects
+
+    def __iter__(self) -> Iterator[int]:
+        try:
+            return iter(range(len(self.loader)))
+        except TypeError:
+            return itertools.count()
+
+
+def _unwrap(loaders: Any) -> Any:
+    """The loaders behind :class:`SamplerSteps` placeholders (in lists, tuples and dicts as Lightning keeps them)."""
+    if isinstance(loaders, SamplerSteps):
+        return loaders.loader
+    if isinstance(loaders, (list, tuple)):
+        return type(loaders)(_unwrap(dl) for dl in loaders)
+    if isinstance(loaders, Mapping):
+        return {k: _unwrap(dl) for k, dl in loaders.items()}
+    return loaders
 
 
 def _concat(batches: list[Any]) -> Any:
@@ -80,7 +113,7 @@ def dataloaders(trainer: Any, kind: str) -> tuple[Any, str]:
     ``val_dataloaders`` with ``limit_val_batches=0`` or no ``validation_step``) are only held by the loop's data
     source, which has no public accessor: it is read last, and skipped if a Lightning version lacks it.
     """
-    loaders = getattr(trainer, _PUBLIC[kind], None)
+    loaders = _unwrap(getattr(trainer, _PUBLIC[kind], None))
     if loaders is not None:
         return loaders, f"trainer.{_PUBLIC[kind]}"
     for owner, what in ((trainer.datamodule, "datamodule"), (trainer.lightning_module, "module")):

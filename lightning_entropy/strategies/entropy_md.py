@@ -41,6 +41,7 @@ from lightning_entropy.core.samplers import restrained
 from lightning_entropy.core.samplers.wlmd import MDConfig
 from lightning_entropy.core.variables import loss_fn
 from lightning_entropy.core.walkers import ParameterLayout
+from lightning_entropy.strategies.scalars import log_step
 from lightning_entropy.strategies.base import SamplerStrategy
 from lightning_entropy.strategies.contract import inspect_module
 
@@ -376,6 +377,10 @@ class EntropyMDStrategy(SamplerStrategy):
     def _display_loss(self) -> torch.Tensor:
         return self._state.md.cv[:, 0].exp().mean()
 
+    @property
+    def sampler_steps(self) -> int:
+        return int(self._state.md.step) if self._state is not None else 0
+
     def _log_progress(self, steps: int) -> torch.Tensor:
         state = self._state
         md = state.md
@@ -391,12 +396,8 @@ class EntropyMDStrategy(SamplerStrategy):
             "md/dt": torch.tensor(self.dt),
         }
         if self._metric_names and state.observed:
-            metrics["md/heldout"] = state.observed[-1][1].mean()  # the latest observation
-        module = self.lightning_module
-        if module is not None and getattr(module, "_current_fx_name", None) == "training_step":
-            for name, value in metrics.items():
-                module.log(name, value.float(), prog_bar=name in ("md/ln_train_loss", "md/heldout", "md/acceptance"),
-                           on_step=True, on_epoch=False, batch_size=1)
+            metrics["md/heldout"] = latest_heldout(state.observed)
+        log_step(self.lightning_module, metrics, ("md/ln_train_loss", "md/heldout", "md/acceptance"))
         return accepted
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
@@ -446,4 +447,13 @@ class EntropyMDStrategy(SamplerStrategy):
         self._last_accepted = state["last_accepted"].to(device)
 
 
-__all__ = ["SELECT", "EntropyMDStrategy"]
+def latest_heldout(observed: list[torch.Tensor]) -> torch.Tensor:
+    """The walkers' mean held-out metric at the latest observation. ``observed`` holds ``(1 + k, W)`` rows (ln
+    L_train, then the ``k`` observables) or ``(n, 1 + k, W)`` chunks of them."""
+    last = observed[-1]
+    if last.dim() == 3:
+        last = last[-1]
+    return last[1].mean()
+
+
+__all__ = ["SELECT", "EntropyMDStrategy", "latest_heldout"]

@@ -23,6 +23,7 @@ What happens in a fit:
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,10 +42,12 @@ from lightning_entropy.core.landscape import Landscape
 from lightning_entropy.core.run import Run
 from lightning_entropy.core.windows import Windows, auto_windows
 from lightning_entropy.core.samplers import wlmc, wlmd
-from lightning_entropy.core.start import MODES, starting_positions
+from lightning_entropy.core.start import MODES, start_walkers
 from lightning_entropy.core import fingerprint, nonfinite
 from lightning_entropy.core.validation import check_variable_callables, validate_full_batch
 from lightning_entropy.core.variables import CollectiveVariable
+from lightning_entropy.strategies import budget
+from lightning_entropy.strategies.scalars import log_step
 from lightning_entropy.strategies.arguments import check_arguments, check_grid, check_module_dtype, check_walker_memory
 from lightning_entropy.strategies.base import SamplerOptimizer, SamplerStrategy
 from lightning_entropy.strategies.contract import inspect_module
@@ -53,6 +56,11 @@ __all__ = ["SamplerOptimizer", "WangLandauStrategy"]
 
 #: The sampler state of each ``sampler`` name, for checkpoints read where no sampler was built.
 STATES = {"md": wlmd.MDState, "mc": wlmc.MCState}
+
+
+#: Random box points evaluated to find the grid ranges (with the starting walkers), and, under a time cap, the least
+#: of them and the largest share of the time left they may take.
+RANGE_PROBE, RANGE_PROBE_MIN, RANGE_PROBE_SHARE = 256, 8, 0.05
 
 
 def _unit_slope(cv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +74,7 @@ class WangLandauStrategy(SamplerStrategy):
     Args:
         sampler: ``"md"`` (Wang-Landau molecular dynamics) or ``"mc"`` (single-parameter Monte Carlo).
         variables: one or two CV names or callables (see ``lightning_entropy.core.variables``). The x axis is
-            ``ln L_train``. Default: ``("train_loss", "test_accuracy")`` for classifiers, ``("train_loss",
+            ``ln L_train``. ``"test_metric"`` names the module's own held-out metric (as the default picks it). Default: ``("train_loss", "test_accuracy")`` for classifiers, ``("train_loss",
             "test_loss")`` otherwise, ``("train_loss",)`` without a held-out set.
         walkers: number of walkers sampled together (vectorized), all depositing into one landscape.
         box: a positive float (every parameter in ``[-b, b]``), a rule name (``"fan_out"``, ``"fan_out:3"``,
@@ -113,6 +121,9 @@ class WangLandauStrategy(SamplerStrategy):
         steps_per_lightning_step: sampler steps run per Lightning step (Lightning's bookkeeping stays small).
         start: ``"module"`` (the module's weights), ``"uniform"`` (random box points), ``"adam"``/``"sgd"`` (short
             optimiser runs, one per walker, of ``start_steps`` steps at ``start_lr``, stopped at spread lengths).
+        start_budget: with a Trainer ``max_time``, the largest fraction of the time left when the walkers start that
+            the optimiser runs of ``start="adam"``/``"sgd"`` may take; longer runs are shortened to fit (with a
+            warning, and ``landscape.metadata["start_phase"]`` says so). ``1``: the whole cap.
         observables: names recorded per bin without bias; default: the held-out metric for a 1-D walk.
         observe_every: record observables every this many sampler steps.
         loss: ``"auto"`` (the module's ``loss_fn``/``criterion``, or the standard loss ``training_step`` computes of
@@ -166,6 +177,7 @@ class WangLandauStrategy(SamplerStrategy):
         start: str = "module",
         start_steps: int = 300,
         start_lr: float = 1e-2,
+        start_budget: float = 0.25,
         observables: Sequence[str] | None = None,
         observe_every: int = 10,
         loss: Any = "auto",
@@ -202,6 +214,8 @@ class WangLandauStrategy(SamplerStrategy):
         check_arguments(walkers=walkers, ranges=ranges, window=window, variables=variables, groups=groups)
         if start not in MODES:
             raise ValueError(f"start={start!r} is not a start mode; use one of {MODES}.")
+        if not (isinstance(start_budget, (int, float)) and 0 < start_budget <= 1):
+            raise ValueError(f"start_budget={start_budget!r}: a fraction of the time cap in (0, 1], e.g. 0.25.")
         if range_margin is not None and not (math.isfinite(range_margin) and range_margin > 0):
             raise ValueError(f"range_margin={range_margin!r} must be a positive number of CV units (or None).")
         if fill is None:  # an explicit schedule is the reference study's per-step semantics
@@ -259,6 +273,8 @@ class WangLandauStrategy(SamplerStrategy):
         self.start = start
         self.start_steps = int(start_steps)
         self.start_lr = float(start_lr)
+        self.start_budget = float(start_budget)
+        self.start_report = None  # what the start phase did (lightning_entropy.core.start.StartReport)
         self._observables = tuple(observables) if observables is not None else None
         self.observe_every = observe_every
         self._loss = loss
@@ -287,6 +303,10 @@ class WangLandauStrategy(SamplerStrategy):
         self._last_accepted: torch.Tensor | None = None
         self._setup: dict[str, Any] | None = None
         self._module_data = None
+
+    @property
+    def sampler_steps(self) -> int:
+        return int(self._state.step) if self._state is not None else 0
 
     def _display_loss(self) -> torch.Tensor:
         """The walkers' mean train loss (shown by Lightning; nothing backpropagates)."""
@@ -334,7 +354,7 @@ class WangLandauStrategy(SamplerStrategy):
         check_variable_callables(self._variables, module, contract.data)
         check_module_dtype(module)
         check_walker_memory(self.walkers, layout.numel, next(module.parameters()).dtype, device)
-        names = self._variables or contract.default_variables()
+        names = self._metric_names(contract)
         variables = [self._resolve(v, loss) for v in names]
         obs_names = self._observables
         if obs_names is None:
@@ -348,23 +368,28 @@ class WangLandauStrategy(SamplerStrategy):
         self._bound = bound
         self._module_data = (module, contract.data)  # for the checkpoint's fingerprint (computed when first saved)
         self._setup = None
+        theta_module = layout.flatten(module).to(device)
+        # the chunks' intra-op threads (from the FLOP of one walker's step), also for the start phase and the probes
+        self._threads = thread_policy.choose(evaluate, theta_module.unsqueeze(0).expand(self.walkers, -1),
+                                             self.threads)
         resume = self._pending or None  # a checkpoint's sampler state (restored by Lightning before training starts)
         if resume is not None:  # before any work: the same model, data and box, and the checkpoint's grid
             saved = resume.get("setup")
             fingerprint.check(saved, self._setup_record(None), box=self.box)
             theta0 = self._resumed_walkers(resume).to(device=device, dtype=dtype)
+            with thread_policy.using(self._threads):
+                cv0 = self._start_values(evaluate, theta0)
             ranges, bins = self._resumed_grid(saved, resume, variables)
         else:
             gen = torch.Generator(device=device)
             gen.manual_seed(self.seed)
             train_only = contract.evaluator([self._resolve("train_loss", loss)], vectorize=evaluate.vectorized)
-            theta0 = starting_positions(
-                self.start, walkers=self.walkers, bound=bound, generator=gen,
-                module_theta=layout.flatten(module).to(device),
-                train_loss_gradient=lambda th: train_only.value_and_grad(th, _unit_slope)[2],
-                steps=self.start_steps, lr=self.start_lr,
-            )
-            ranges = self._ranges or self._auto_ranges(variables, evaluate, theta0, bound, gen)
+            with thread_policy.using(self._threads):
+                theta0 = self._start(trainer, theta_module, bound, gen,
+                                     lambda th: train_only.value_and_grad(th, _unit_slope)[2])
+                cv0 = self._start_values(evaluate, theta0)  # the starting walkers' CVs, timed once
+                ranges = self._ranges or self._auto_ranges(variables, evaluate, theta0, bound, gen, start_values=cv0,
+                                                           time_left=budget.remaining(trainer))
             ranges, bins = self._grid(variables, ranges)
         self._landscape = Landscape(
             ranges, bins, [v.name for v in variables], labels=[v.label for v in variables],
@@ -372,10 +397,12 @@ class WangLandauStrategy(SamplerStrategy):
             observables=[o.name if o.name != "test_accuracy" else "hard_test_accuracy" for o in observables],
             groups=self.groups, device=device, metadata=self._metadata(module, layout, variables, evaluate),
         )
+        if self.start_report is not None:  # a resumed run keeps its landscape's record of the start phase
+            self._landscape.metadata["start_phase"] = self.start_report.describe()
         self._schedule_state = self.schedule.init(device)
         if resume is None:  # resumed walkers are the checkpoint's, inside its grid
-            theta0 = self._admit(theta0, evaluate, ranges)
-        self._threads = thread_policy.choose(evaluate, theta0, self.threads)
+            with thread_policy.using(self._threads):
+                theta0 = self._admit(theta0, cv0, ranges)
         if self.fill == "visit":
             count = (self.windows if self.windows != "auto" else
                      auto_windows(self.walkers // self.replicas, self._landscape.shape[0]))
@@ -400,6 +427,7 @@ class WangLandauStrategy(SamplerStrategy):
         if self._pending:  # an empty state: a checkpoint written before the walkers existed
             self._restore(self._pending)
         self._pending = None
+        self.say_forecast(trainer, measured=False)  # a clear shortfall is said before sampling starts
 
     def _grid(self, variables, ranges) -> tuple[list[tuple[float, float]], list[int]]:
         """Checked ranges and bins of the grid: whole bins of the bin width from each range's low end."""
@@ -450,10 +478,61 @@ class WangLandauStrategy(SamplerStrategy):
         return fingerprint.record(landscape=landscape, box=self.box, layout=self._layout, bound=self._bound,
                                   module=module, data=data)
 
-    def _admit(self, theta0: torch.Tensor, evaluate: Evaluator, ranges) -> torch.Tensor:
-        """Replace walkers that start outside the grid (or at a NaN/inf loss) by copies of walkers inside it."""
+    def _metric_names(self, contract) -> tuple:
+        """The variables, with ``"test_metric"`` replaced by the module's own held-out metric (test accuracy for a
+        classifier, ln test loss otherwise: the second of :meth:`ModuleContract.default_variables`)."""
+        default = contract.default_variables()
+        if self._variables is None:
+            return default
+        if "test_metric" not in self._variables:
+            return self._variables
+        if len(default) < 2:
+            raise ValueError(
+                f"variables={self._variables!r}: 'test_metric' is the held-out metric, but there is none (no"
+                f" {'val' if self.heldout == 'val' else 'test'} data, or a validation_step that returns no loss and"
+                " logs no value). Sample variables=('train_loss',), or give the module held-out data."
+            )
+        return tuple(default[1] if v == "test_metric" else v for v in self._variables)
+
+    def _start(self, trainer, module_theta: torch.Tensor, bound: torch.Tensor, gen: torch.Generator,
+               gradient) -> torch.Tensor:
+        """The walkers' starting points; optimiser starts take at most ``start_budget`` of the time left of
+        ``max_time`` (shortened with a warning when they would take more)."""
+        left = budget.remaining(trainer)
+        allowed = None if left is None else max(0.0, left) * self.start_budget
+        theta0, report = start_walkers(self.start, walkers=self.walkers, bound=bound, generator=gen,
+                                       module_theta=module_theta, train_loss_gradient=gradient,
+                                       steps=self.start_steps, lr=self.start_lr, time_budget=allowed)
+        self.start_report = report
+        if report.shortened:
+            warnings.warn(
+                f"start={self.start!r}: {report.requested} optimiser steps of {self.walkers} walkers would take about"
+                f" {report.requested * report.seconds_per_step:.0f} s, more than start_budget={self.start_budget:g} of"
+                f" the {left:.0f} s left of max_time; they ran {report.ran} steps ({report.seconds:.0f} s). Raise"
+                " max_time or start_budget, or lower start_steps or walkers, for the full start.",
+                stacklevel=2,
+            )
+        if report.requested:  # an optimiser step of all walkers on the train set: about half a sampler step
+            self._clock = budget.StepClock(prior=2.0 * report.seconds_per_step)
+        return theta0
+
+    def _start_values(self, evaluate: Evaluator, theta0: torch.Tensor) -> torch.Tensor:
+        """The CVs of the starting walkers (one evaluation, without gradient), and its cost per walker
+        (``self._probe_seconds``; also the sampler step's estimate when no optimiser start measured one)."""
+        started = time.perf_counter()
         with torch.no_grad():
             cv = evaluate(theta0).values
+        cv = cv.detach()
+        torch.isfinite(cv).all().item()  # a host read: the evaluation has finished
+        seconds = time.perf_counter() - started
+        self._probe_seconds = seconds / max(1, len(theta0))
+        if self._clock.per_step is None:  # no optimiser start: a step costs a few forward passes (and a backward)
+            self._clock = budget.StepClock(prior=4.0 * seconds)
+        return cv
+
+    def _admit(self, theta0: torch.Tensor, cv: torch.Tensor, ranges) -> torch.Tensor:
+        """Replace walkers that start outside the grid (or at a NaN/inf loss) by copies of walkers inside it (``cv``:
+        their CVs)."""
         inside = self._landscape.inside(cv)
         if bool(inside.all()):
             return theta0
@@ -473,10 +552,28 @@ class WangLandauStrategy(SamplerStrategy):
         theta0[bad] = theta0[good[torch.arange(len(bad), device=good.device) % len(good)]]
         return theta0
 
-    def _auto_ranges(self, variables, evaluate, theta0, bound, gen) -> list[tuple[float, float]]:
+    def _auto_ranges(self, variables, evaluate, theta0, bound, gen, *, start_values: torch.Tensor | None = None,
+                     time_left: float | None = None) -> list[tuple[float, float]]:
+        """Grid ranges from the starting walkers and :data:`RANGE_PROBE` random box points. With a time cap, a probe
+        that would take more than :data:`RANGE_PROBE_SHARE` of the time left uses fewer points (at least
+        :data:`RANGE_PROBE_MIN`), with a warning."""
+        points = RANGE_PROBE
+        per_point = getattr(self, "_probe_seconds", None)
+        if time_left is not None and per_point and start_values is not None:
+            affordable = int(RANGE_PROBE_SHARE * max(0.0, time_left) / per_point)
+            points = max(RANGE_PROBE_MIN, min(RANGE_PROBE, affordable))
         with torch.no_grad():
-            probe = torch.cat([theta0, uniform(256, bound, gen)])
-            values = torch.cat([evaluate(probe[i : i + 64]).values for i in range(0, len(probe), 64)])
+            if points == RANGE_PROBE:  # the usual probe, evaluated exactly as always
+                probe = torch.cat([theta0, uniform(RANGE_PROBE, bound, gen)])
+                values = torch.cat([evaluate(probe[i : i + 64]).values for i in range(0, len(probe), 64)])
+            else:
+                warnings.warn(
+                    f"The grid's ranges come from {points} random box points instead of {RANGE_PROBE}: evaluating"
+                    f" {RANGE_PROBE} would take about {RANGE_PROBE * per_point:.0f} s of the {time_left:.0f} s left of"
+                    " max_time. Give `ranges` (sampler.ranges) to skip the probe.", stacklevel=2)
+                probe = uniform(points, bound, gen)
+                values = torch.cat([start_values] + [evaluate(probe[i : i + 8]).values
+                                                     for i in range(0, len(probe), 8)])
         ranges = []
         for k, cv in enumerate(variables):
             col = values[:, k][torch.isfinite(values[:, k])]
@@ -660,10 +757,7 @@ class WangLandauStrategy(SamplerStrategy):
         if info is not None:
             metrics["wl/exchange_acceptance"] = torch.tensor(info["exchange_acceptance"])
             metrics["wl/production"] = torch.tensor(float(self._run.frozen))
-        module = self.lightning_module
-        if module is not None and getattr(module, "_current_fx_name", None) == "training_step":
-            for name, value in metrics.items():
-                module.log(name, value, prog_bar=name in prog, on_step=True, on_epoch=False, batch_size=1)
+        log_step(self.lightning_module, metrics, prog)
 
     # -- checkpoints ---------------------------------------------------------------------------------------------------
 

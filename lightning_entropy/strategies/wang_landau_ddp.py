@@ -151,6 +151,8 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
     """
 
     strategy_name = "wang_landau_ddp"
+    shorten_chunks_to_time = False  # every rank runs the same chunks between synchronisations; the cap is checked
+    # between Lightning steps (Lightning's Timer broadcasts rank 0's decision)
 
     # SingleDeviceStrategy (a base of WangLandauStrategy) comes before DDPStrategy in the method order: take the
     # process-group versions of everything it defines.
@@ -246,9 +248,9 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
         self._shared_schedule = RankShare(self.schedule, self.ranks)
         self._base = self._landscape.accumulator_vector()
 
-    def _auto_ranges(self, variables, evaluate, theta0, bound, gen) -> list[tuple[float, float]]:
+    def _auto_ranges(self, variables, evaluate, theta0, bound, gen, **kwargs) -> list[tuple[float, float]]:
         """The union of the ranks' automatic ranges, so that every rank builds the same grid."""
-        ranges = super()._auto_ranges(variables, evaluate, theta0, bound, gen)
+        ranges = super()._auto_ranges(variables, evaluate, theta0, bound, gen, **kwargs)
         if not self._distributed:
             return ranges
         lo = torch.tensor([r[0] for r in ranges], dtype=torch.float64, device=self.root_device)
