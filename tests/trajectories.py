@@ -46,7 +46,8 @@ def environment() -> dict[str, str]:
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:
     """Every tensor and number below ``obj`` (dicts, lists, dataclass-like states) as a numpy array by path.
-    Strings and ``None`` are left out (names, not trajectories)."""
+    Strings and ``None`` are left out (names, not trajectories), and so are ``metadata`` records (settings and
+    timings of the run)."""
     out: dict[str, np.ndarray] = {}
     if isinstance(obj, torch.Tensor):
         out[prefix] = obj.detach().cpu().numpy().copy()
@@ -56,6 +57,8 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:
         out[prefix] = np.asarray(obj)
     elif isinstance(obj, dict):
         for k, v in obj.items():
+            if k == "metadata":  # what a landscape says of its run (settings, timings), not its trajectory
+                continue
             out.update(flatten(v, f"{prefix}/{k}" if prefix else str(k)))
     elif isinstance(obj, list | tuple):
         for i, v in enumerate(obj):
