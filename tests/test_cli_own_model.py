@@ -47,6 +47,14 @@ def test_own_module_and_data_get_the_landscape_the_baseline_and_the_report(tmp_p
         assert (tmp_path / name).is_file(), name
 
 
+def test_a_value_the_module_logs_is_an_axis_and_the_report_says_why_there_is_no_advantage(tmp_path):
+    lines = []
+    summary = run(compose_config([*OWN, *TINY, "sampler.variables=[train_loss,val_acc]"]), tmp_path, echo=lines.append)
+    assert summary["variables"] == ["ln_train_loss", "val_acc"]  # validation_step's self.log("val_acc", ...)
+    assert summary["mean_advantage"] is None and "'val_acc' has no baseline counterpart" in summary["no_advantage"]
+    assert any(line.startswith("  no advantage: the landscape's held-out axis 'val_acc'") for line in lines)
+
+
 def test_own_model_on_a_built_in_tasks_data(tmp_path):
     summary = run(compose_config(["model._target_=lit_docs.LitClassifier", *TINY]), tmp_path, echo=lambda _: None)
     assert summary["task"] == "spiral" and summary["data"]["n_train"] == 40  # the spiral task's split
@@ -115,3 +123,29 @@ def test_the_objective_for_sweepers_is_the_mean_advantage():
     assert objective({"mean_advantage": 0.25}) == 0.25
     assert objective({"mean_advantage": None, "test_metric_gain": -0.1}) == -0.1
     assert math.isnan(objective({"mean_advantage": None}))
+
+
+def test_the_task_function_returns_the_objective_to_the_sweeper(tmp_path, monkeypatch):
+    """What Hydra's launcher hands a sweeper (Optuna, Ax): the task function's return value, the summary's
+    mean advantage."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from lightning_entropy.cli.config import register_configs
+
+    main_module = sys.modules["lightning_entropy.cli.main"]
+    register_configs()
+    with initialize_config_module(config_module="lightning_entropy.conf", version_base=None):
+        cfg = compose(config_name="config", overrides=[*OWN, *TINY], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # restored after the test
+    HydraConfig.instance().set_config(cfg)
+    monkeypatch.chdir(tmp_path)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    value = main_module._hydra_main.__wrapped__(cfg)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert value == objective(summary) or (math.isnan(value) and summary["mean_advantage"] is None)
+    assert isinstance(value, float)

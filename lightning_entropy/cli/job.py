@@ -574,6 +574,12 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
         primary = "max_s" if "max_s" in reads else ("label_free" if "label_free" in reads else None)
         in_window = analysis.inside_window(landscape)
         advantages = {}
+        no_advantage = None  # why there is no advantage although the baseline ran
+        if records and column is None:
+            axis = landscape.names[1] if landscape.ndim == 2 else (landscape.observable_names or ["none"])[0]
+            no_advantage = (f"the landscape's held-out axis {axis!r} has no baseline counterpart (the baseline records"
+                            " ln L_test and, with a classifier's loss, the accuracy); sample"
+                            " sampler.variables=[train_loss,test_metric] for an advantage")
         if curve is not None and column is not None:
             better = "accuracy" in column
             advantages = {name: analysis.advantage(r, curve, higher_is_better=better, in_window=in_window)
@@ -647,6 +653,7 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
             "advantage": main.summary() if main is not None else None,
             "mean_advantage": main.mean_advantage if main is not None else None,
             "advantage_by_readout": {k: v.summary() for k, v in advantages.items()},
+            "no_advantage": no_advantage,
         })
     else:
         curve = pool(records, metric="test_metric") if records else None
@@ -807,6 +814,8 @@ def report_lines(summary: dict[str, Any]) -> list[str]:
                          f" over {adv['bins']} ln L_train bins in {_span(adv['ln_train_loss_range'])}{moved})")
         else:
             lines.append(f"  advantage of the {names.get(key, key)}: no bin covered by both curves")
+    if summary.get("no_advantage"):
+        lines.append(f"  no advantage: {summary['no_advantage']}")
     conv = summary.get("convergence")
     if conv:
         verdict = "converged" if conv["converged"] else "NOT converged: " + "; ".join(conv["reasons"])

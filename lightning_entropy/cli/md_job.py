@@ -187,7 +187,11 @@ def run_entropy_md(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], 
     t = time.perf_counter()
     returned = _evaluate(recorder, model, metric)  # the module holds the selected walker
     trace = strategy.trace
-    ensemble = strategy.ensemble_metrics()
+    try:
+        ensemble = strategy.ensemble_metrics()
+    except ValueError as err:  # a module sampled through its own training_step: no averaged prediction to score
+        ensemble = {"ln_train_loss": math.nan}
+        echo(f"lightning-entropy: no ensemble figures: {err}")
     ensemble_row = {"ln_train_loss": ensemble["ln_train_loss"], "test_metric": ensemble.get(metric, math.nan)}
     walkers_mean = {"ln_train_loss": float(trace["ln_train_loss_mean"][-1]),
                     "test_metric": float(trace[f"{metric}_mean"][-1]) if metric in trace else math.nan}
