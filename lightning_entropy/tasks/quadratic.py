@@ -35,10 +35,12 @@ def quadratic_data(parameters: int = 48, *, a_min: float = 1.0, a_max: float = 4
 class QuadraticModule(NetModule):
     """The linear model of :func:`quadratic_data` (sample it in the box ``1.0``: every parameter in ``[-1, 1]``)."""
 
-    def __init__(self, parameters: int = 48, lr: float = 1e-2) -> None:
+    def __init__(self, parameters: int = 48, lr: float = 1e-2, seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = nn.Sequential(nn.Linear(parameters, 1, bias=False))
+        with torch.random.fork_rng(devices=[]):  # the same weights every time (start="module" starts from them)
+            torch.manual_seed(seed)
+            self.net = nn.Sequential(nn.Linear(parameters, 1, bias=False))
         self.loss_fn = nn.MSELoss()
 
 
