@@ -165,3 +165,25 @@ def test_a_step_that_cannot_fit_is_not_started_and_the_run_says_max_time():
     trainer.fit(SpiralClassifier(), datamodule=SpiralDataModule())
     assert strategy.sampler_steps == 5 and trainer.global_step == 2  # the second Lightning step ran no sampler step
     assert strategy.stopped_by_time and stopped_by(trainer) == "max_time"
+
+
+@pytest.mark.parametrize("command", [True, False])
+def test_the_command_counts_its_cap_from_its_process_start_a_caller_from_the_call(tmp_path, monkeypatch, command):
+    """The console script's imports and composition count against trainer.max_time; a program that calls main()
+    (a test session, a notebook) long after it started does not lose its cap to its own age."""
+    import sys
+
+    main_module = sys.modules["lightning_entropy.cli.main"]
+    monkeypatch.setattr(main_module, "process_age", lambda: 3.0 if command else 10_000.0)
+    monkeypatch.setattr(main_module, "_is_command", lambda: command)
+    out = tmp_path / "run"
+    argv = ["trainer.max_steps=1", "trainer.progress_bar=false", "trainer.threads=0", "sampler.walkers=8",
+            "sampler.start_steps=2", "sampler.steps_per_lightning_step=2", "baseline.enabled=false",
+            f"hydra.run.dir={out}", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    monkeypatch.setattr(sys, "argv", ["lightning-entropy", *argv])
+    monkeypatch.chdir(tmp_path)
+    main_module.main()
+    summary = __import__("json").loads((out / "summary.json").read_text())
+    startup = summary["timings"]["startup_s"]
+    assert (startup >= 3.0) if command else (startup < 1000.0)
+    assert summary["stopped_by"] == "max_steps"

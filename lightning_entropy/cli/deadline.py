@@ -1,11 +1,11 @@
 """The job's time cap (``trainer.max_time``), counted from the job's start and shared by everything in it.
 
 The sampler's Trainer gets what is left when it starts, less a reserve for the report (figures, tables, the summary)
-so that the job, not only the sampler, ends within the cap. The console script counts from the start of its process
-(:func:`process_age`: the imports and Hydra's composition take several seconds), a job of a multirun from its own
-start, :func:`lightning_entropy.cli.run` called from Python from the call. The baseline beside it (a second process) stops at the
-same moment; a baseline that runs before the sampler in this process (``baseline.parallel=false``) takes at most
-half of what is left.
+so that the job, not only the sampler, ends within the cap. The ``lightning-entropy`` command counts from the start
+of its process (:func:`process_age`: the imports and Hydra's composition take several seconds); a job of a multirun,
+a program that calls ``main()`` (tests, notebooks) and :func:`lightning_entropy.cli.run` count from the job's start.
+The baseline beside the sampler (a second process) stops just before it; a baseline that runs before the sampler in
+this process (``baseline.parallel=false``) takes at most half of what is left.
 """
 
 from __future__ import annotations

@@ -117,8 +117,9 @@ def make_strategy(cfg: DictConfig, *, classifier: bool | None = True):
     or its DDP form :class:`~lightning_entropy.WangLandauDDPStrategy` when ``trainer.devices > 1``.
 
     ``test_metric`` in ``sampler.variables`` names the task's held-out metric: ``test_accuracy`` for a classifier,
-    ``test_loss`` otherwise (``classifier=None``, a model of one's own: the strategy finds it from the module). Any other name goes to the strategy unchanged (an accuracy on a regression task is an
-    error there). The box is ``sampler.box``, else the task's ``task.box``, else the sampler kind's default.
+    ``test_loss`` otherwise (``classifier=None``, a model of one's own: the strategy finds it from the module). Any
+    other name goes to the strategy unchanged (an accuracy on a regression task is an error there). The box is
+    ``sampler.box``, else the task's ``task.box``, else the sampler kind's default.
     """
     from lightning_entropy.strategies.wang_landau import WangLandauStrategy
     from lightning_entropy.strategies.wang_landau_ddp import WangLandauDDPStrategy

@@ -54,7 +54,7 @@ def _hydra_main(cfg: DictConfig) -> float:
     _importable_here()
     hydra_cfg = HydraConfig.get()
     single = hydra_cfg.mode is None or hydra_cfg.mode.name != "MULTIRUN"
-    started = time.monotonic() - process_age() if single else None  # a single run counts from the process start
+    started = _command_started if single else None  # a single run of the command counts from its process start
     try:
         return objective(run(cfg, hydra_cfg.runtime.output_dir, started=started))
     except ConfigError as err:
@@ -69,6 +69,18 @@ def _hydra_main(cfg: DictConfig) -> float:
         sys.exit(128 + err.signum)
 
 
+_command_started: float | None = None  # time.monotonic() when the command's process started (None: not a command)
+
+
+def _is_command() -> bool:
+    """Whether this process is the ``lightning-entropy`` command (its console script or ``python -m
+    lightning_entropy.cli``), not a program that calls :func:`main` (tests, notebooks)."""
+    path = str(getattr(sys.modules.get("__main__"), "__file__", "") or "")
+    return path.endswith(("lightning-entropy", os.path.join("lightning_entropy", "cli", "__main__.py")))
+
+
 def main() -> None:
     """Entry point of ``lightning-entropy [overrides...]`` (arguments are read from ``sys.argv`` by Hydra)."""
+    global _command_started
+    _command_started = time.monotonic() - process_age() if _is_command() else None
     _hydra_main()

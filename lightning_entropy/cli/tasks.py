@@ -181,7 +181,8 @@ _T = "lightning_entropy.tasks."
 #: The classes each built-in task builds: ``(model._target_, datamodule._target_)``, as its yaml names them.
 TARGETS: dict[str, tuple[str, str]] = {
     "spiral": (_T + "spiral.SpiralClassifier", _T + "spiral.SpiralDataModule"),
-    "spiral_regression": (_T + "spiral_regression.SpiralRegressor", _T + "spiral_regression.SpiralRegressionDataModule"),
+    "spiral_regression": (_T + "spiral_regression.SpiralRegressor",
+                          _T + "spiral_regression.SpiralRegressionDataModule"),
     "tabular": (_T + "tabular.TabularRegressor", _T + "tabular.TabularDataModule"),
     "mnist": (_T + "mnist.MNISTClassifier", _T + "mnist.MNISTDataModule"),
     "embeddings": (_T + "embeddings.EmbeddingRegressor", _T + "embeddings.EmbeddingsDataModule"),

@@ -74,8 +74,9 @@ class WangLandauStrategy(SamplerStrategy):
     Args:
         sampler: ``"md"`` (Wang-Landau molecular dynamics) or ``"mc"`` (single-parameter Monte Carlo).
         variables: one or two CV names or callables (see ``lightning_entropy.core.variables``). The x axis is
-            ``ln L_train``. ``"test_metric"`` names the module's own held-out metric (as the default picks it). Default: ``("train_loss", "test_accuracy")`` for classifiers, ``("train_loss",
-            "test_loss")`` otherwise, ``("train_loss",)`` without a held-out set.
+            ``ln L_train``. ``"test_metric"`` names the module's own held-out metric (as the default picks it).
+            Default: ``("train_loss", "test_accuracy")`` for classifiers, ``("train_loss", "test_loss")``
+            otherwise, ``("train_loss",)`` without a held-out set.
         walkers: number of walkers sampled together (vectorized), all depositing into one landscape.
         box: a positive float (every parameter in ``[-b, b]``), a rule name (``"fan_out"``, ``"fan_out:3"``,
             ``"first_hidden"``) or a :class:`~lightning_entropy.Box`.
