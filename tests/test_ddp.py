@@ -13,7 +13,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.strategies import SingleDeviceStrategy, StrategyRegistry
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy, StrategyRegistry
 from toy import RANGES, ToyModule, rms_error, toy_datamodule
 
 from lightning_entropy import FlatnessOneOverT, WangLandauDDPStrategy, WangLandauStrategy
@@ -293,10 +293,13 @@ def test_registered_and_not_a_single_device_strategy():
     strategy = trainer.strategy
     assert isinstance(strategy, WangLandauDDPStrategy) and strategy.num_processes == 2
     assert strategy._start_method == "spawn" and strategy.launcher is not None
-    # every method SingleDeviceStrategy defines is taken from DDPStrategy instead (rank 1 is not "global zero")
+    # every method SingleDeviceStrategy defines is taken from DDPStrategy instead (rank 1 is not "global zero"):
+    # composed from DDPStrategy, not a single-device strategy with methods pointed back by hand
+    assert not issubclass(WangLandauDDPStrategy, SingleDeviceStrategy)
     for name, value in vars(SingleDeviceStrategy).items():
-        if not name.startswith("__") and name != "register_strategies":
-            assert vars(WangLandauDDPStrategy).get(name) is not None, name
+        if not name.startswith("__") and name not in ("register_strategies", "strategy_name", "_abc_impl"):
+            assert getattr(WangLandauDDPStrategy, name) is getattr(DDPStrategy, name), name
+            assert name not in vars(WangLandauDDPStrategy), name
     strategy.configure_ddp()  # never wraps the module in DistributedDataParallel
     assert strategy.model is None
 

@@ -29,7 +29,7 @@ from lightning_entropy.core.walkers import ParameterLayout
 #: Bumped when the record's layout changes; a checkpoint without a record (older versions) is resumed unchecked.
 VERSION = 1
 
-_NEW_RUN = "or start a new run (without ckpt_path / resume)"
+NEW_RUN = "or start a new run (without ckpt_path / resume)"
 
 
 class ResumeMismatch(ValueError):
@@ -174,7 +174,7 @@ def check_model(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
     def refuse(what: str) -> ResumeMismatch:
         return ResumeMismatch(
             f"The model differs from the checkpoint's: {what}. Resume with the module the checkpoint was sampled from"
-            f" (same architecture, dtype and frozen parameters), {_NEW_RUN}."
+            f" (same architecture, dtype and frozen parameters), {NEW_RUN}."
         )
 
     def text(p) -> str:
@@ -210,7 +210,7 @@ def check_data(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
                     f" the checkpoint, {mine['digest'][:12]} in this run)")
         raise ResumeMismatch(
             f"The {label} data differ from the checkpoint's: {what}. Resume with the same data (task, split, seed,"
-            f" preprocessing and held-out split) as the checkpoint, {_NEW_RUN}."
+            f" preprocessing and held-out split) as the checkpoint, {NEW_RUN}."
         )
 
 
@@ -220,13 +220,13 @@ def check_box(saved_box: Mapping[str, Any], saved_half: Sequence, box: Box, half
         raise ResumeMismatch(
             f"The checkpoint was sampled in the box {box_text(saved_box)} ({Box.parse(dict(saved_box))}); this run's"
             f" box is {box_text(box)} ({box}). The box is part of the entropy's definition, so a landscape cannot"
-            f" continue in another one. Resume with {box_argument(saved_box)} (the checkpoint's box), {_NEW_RUN}."
+            f" continue in another one. Resume with {box_argument(saved_box)} (the checkpoint's box), {NEW_RUN}."
         )
     for (name, theirs), (_, mine) in zip(saved_half, half):
         if not math.isclose(float(theirs), float(mine), rel_tol=1e-6):
             raise ResumeMismatch(
                 f"The box's half-width of {name} is {float(theirs):.6g} in the checkpoint and {float(mine):.6g} in this"
-                f" run (same rule {box_text(box)}). Resume with the module the checkpoint was sampled from, {_NEW_RUN}."
+                f" run (same rule {box_text(box)}). Resume with the module the checkpoint was sampled from, {NEW_RUN}."
             )
 
 

@@ -1,7 +1,7 @@
 """Checks of the Wang-Landau strategies' arguments, each ending in a ``ValueError`` that names the value and the fix.
 
 Called before any work: :func:`check_arguments` from the constructor (ranges, window, variables, groups), and
-:func:`check_grid`, :func:`check_walker_memory` and :func:`check_module_dtype` from setup once the grid and the
+:func:`check_grid` (from :mod:`lightning_entropy.core.setup`), :func:`check_walker_memory` and :func:`check_module_dtype` from setup once the grid and the
 parameter count are known (before the landscape and the walkers are allocated).
 """
 
@@ -13,8 +13,8 @@ from typing import Any, Sequence
 
 import torch
 
-#: Most bins a landscape may have (all axes together): 10**7 bins are ~0.5 GB of float64 arrays (S, H, slopes...).
-MAX_TOTAL_BINS = 10_000_000
+from lightning_entropy.core.setup import MAX_TOTAL_BINS, check_grid  # noqa: F401 - the grid's checks live in the core
+
 #: Bytes per walker per parameter and dtype byte, beyond the parameters themselves: velocities, gradients, proposals
 #: and the vmap'ed forward/backward temporaries (a conservative factor for the memory estimate).
 MEMORY_FACTOR = 8
@@ -74,27 +74,6 @@ def check_arguments(*, walkers: int, ranges=None, window=None, variables=None, g
     check_window(window)
     check_variables(variables)
     check_groups(groups, walkers)
-
-
-def check_grid(ranges: Sequence[tuple[float, float]], widths: Sequence[float]) -> None:
-    """Refuse a grid whose total bin count exceeds :data:`MAX_TOTAL_BINS` before it is allocated.
-
-    ``widths``: bin width per axis in CV units.
-    """
-    counts = []
-    for (lo, hi), w in zip(ranges, widths):
-        w = float(w)
-        if not (math.isfinite(w) and w > 0):
-            raise ValueError(f"bin_width={list(widths)!r}: every width must be a positive finite number.")
-        counts.append(max(2, math.ceil((hi - lo) / w - 1e-9)))
-    total = math.prod(counts)
-    if total > MAX_TOTAL_BINS:
-        suggested = [float((hi - lo) / max(2, int(MAX_TOTAL_BINS ** (1 / len(counts))))) for lo, hi in ranges]
-        raise ValueError(
-            f"bin_width={list(widths)!r} over ranges {list(ranges)!r} gives {counts} bins ({total:.3g} in all), more "
-            f"than the cap of {MAX_TOTAL_BINS:.0e}: the landscape would not fit in memory. Use a coarser bin_width, "
-            f"e.g. at least {[round(s, 6) for s in suggested]}."
-        )
 
 
 def available_memory_bytes() -> int | None:

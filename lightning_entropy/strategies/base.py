@@ -1,10 +1,13 @@
-"""What every sampler strategy shares: the device, the settings that cannot work with a sampler, the placeholder
-optimizer whose ``state_dict`` carries the sampler state through checkpoints, and the Lightning hooks that hand each
-Lightning step to the sampler.
+"""What every sampler strategy shares, as a mixin over any Lightning strategy (one device or DDP): the settings that
+cannot work with a sampler, the placeholder optimizer whose ``state_dict`` carries the sampler state through
+checkpoints, the train loader's placeholder, and the Lightning hooks that hand each Lightning step to the sampler.
 
-A subclass implements ``_prepare(trainer)`` (read the data, start the walkers; called at ``on_train_start``),
-``run_chunk(steps)`` (run ``steps`` sampler steps, copy a walker into the module, log), ``_display_loss()`` (the value
-``training_step`` returns), ``sampler_steps``, ``sampler_state_dict()`` and ``load_sampler_state_dict(state)``.
+:class:`SamplerMixin` is combined with a Lightning strategy: :class:`SamplerStrategy` (one device, ``SingleDevice
+Strategy``) or ``DDPStrategy`` (:mod:`lightning_entropy.strategies.wang_landau_ddp`). A strategy calls
+:meth:`SamplerMixin._init_sampling` from its constructor and implements ``_prepare(trainer)`` (read the data, start the
+walkers; called at ``on_train_start``), ``run_chunk(steps)`` (run ``steps`` sampler steps, copy a walker into the
+module, log), ``_sampler_state()``, ``sampler_kind`` and ``_restore(state)``; its walker state has ``theta``, ``cv``
+and ``step``.
 
 The fit loop iterates a placeholder in place of the train loader (:class:`~lightning_entropy.strategies.data.
 SamplerSteps`): the sampler reads the whole train set once, so no minibatch is fetched per Lightning step. With a
@@ -55,11 +58,12 @@ class SamplerOptimizer(torch.optim.Optimizer):
         self._strategy.load_sampler_state_dict(state_dict["sampler"])
 
 
-class SamplerStrategy(SingleDeviceStrategy):
-    """Base of the strategies that replace the optimizer with a sampler (one device; see the module docstring).
+class SamplerMixin:
+    """The sampler side of a Lightning strategy (see the module docstring); combine it with a Lightning strategy class.
 
-    Args:
-        device: the device; default the Trainer's accelerator device.
+    Attributes every sampler strategy has (set by :meth:`_init_sampling`): ``walkers``, ``steps_per_lightning_step``,
+    ``observe_every``, ``heldout``, ``vectorize``; ``_state`` (the walkers' state, ``None`` before the fit starts) and
+    ``_pending`` (a checkpoint's sampler state waiting for the walkers).
     """
 
     steps_per_lightning_step: int = 1
@@ -67,35 +71,28 @@ class SamplerStrategy(SingleDeviceStrategy):
     shorten_chunks_to_time: bool = True
     #: the fit ended because not even one more sampler step fitted in ``max_time``
     stopped_by_time: bool = False
+    #: a checkpoint must hold as many walkers as this strategy runs (off where the pooled walkers are dealt out again)
+    resume_needs_same_walkers: bool = True
 
-    def __init__(self, *, device: torch.device | str | None = None, accelerator=None, checkpoint_io=None,
-                 precision_plugin=None) -> None:
-        self._init_lightning_strategy(device=device, accelerator=accelerator, checkpoint_io=checkpoint_io,
-                                      precision_plugin=precision_plugin)
-        self._device = torch.device(device) if device is not None else None
-        self.parallel_devices: list[torch.device] | None = None  # the Trainer fills this from its accelerator
+    def _init_sampling(self, *, walkers: int, steps_per_lightning_step: int, observe_every: int, heldout: str,
+                       loss: Any = "auto", vectorize: bool | str = "auto", **positive: int | None) -> None:
+        """Check and keep the settings every sampler strategy has; ``positive``: more settings that must be positive
+        integers (``None`` skips one)."""
+        check_positive(walkers=walkers, steps_per_lightning_step=steps_per_lightning_step,
+                       observe_every=observe_every, **positive)
+        check_heldout(heldout)
+        self.walkers, self.steps_per_lightning_step, self.observe_every = walkers, steps_per_lightning_step, observe_every
+        self.heldout, self._loss, self.vectorize = heldout, loss, vectorize
+        self._state: Any = None
+        self._pending: dict[str, Any] | None = None
+        self._last_accepted: torch.Tensor | None = None
         self._clock = budget.StepClock()
-
-    def _init_lightning_strategy(self, *, device, accelerator, checkpoint_io, precision_plugin) -> None:
-        """Initialise the Lightning strategy base (one device here; the DDP subclass initialises a process group)."""
-        super().__init__(device=device or "cpu", accelerator=accelerator, checkpoint_io=checkpoint_io,
-                         precision_plugin=precision_plugin)
-
-    # -- devices -----------------------------------------------------------------------------------------------
-
-    @property
-    def root_device(self) -> torch.device:
-        if self._device is not None:
-            return self._device
-        if self.parallel_devices:
-            return torch.device(self.parallel_devices[0])
-        return torch.device("cpu")
 
     # -- what the Trainer calls -------------------------------------------------------------------------------------
 
     def setup(self, trainer: lightning.pytorch.Trainer) -> None:
         self._check_trainer(trainer)
-        super().setup(trainer)
+        super().setup(trainer)  # the Lightning strategy's (one device, or DDP's process group)
 
     def _check_trainer(self, trainer: lightning.pytorch.Trainer) -> None:
         module = trainer.lightning_module
@@ -185,8 +182,8 @@ class SamplerStrategy(SingleDeviceStrategy):
         steps = budget.planned_steps(trainer, chunk)
         if steps is not None and measured:
             steps = max(0, steps - chunk)  # the Lightning step that just ran is not yet counted as done
-        text, share = budget.forecast(self._clock.per_step, steps, budget.remaining(trainer),
-                                      int(getattr(self, "walkers", 1)), measured=measured)
+        text, share = budget.forecast(self._clock.per_step, steps, budget.remaining(trainer), int(self.walkers),
+                                      measured=measured)
         if not text or trainer.global_rank != 0:
             return
         if share < (1.0 if measured else 0.5):
@@ -198,12 +195,35 @@ class SamplerStrategy(SingleDeviceStrategy):
     def sampler_steps(self) -> int:
         """Sampler steps run so far (each Lightning step runs ``steps_per_lightning_step`` of them, or fewer at the
         time cap)."""
-        return 0
+        return int(self._state.step) if self._state is not None else 0
+
+    @property
+    def walker_parameters(self) -> torch.Tensor:
+        """The walkers' current flat parameters ``(W, P)``, in the order of the module's trainable parameters."""
+        return self._require().theta
+
+    def _display_loss(self) -> torch.Tensor:
+        """The walkers' mean train loss (shown by Lightning; nothing backpropagates)."""
+        return self._state.cv[:, 0].exp().mean()
 
     def backward(self, closure_loss: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         return closure_loss  # nothing to backpropagate: the sampler computed its own forces
 
-    # -- what a subclass provides ---------------------------------------------------------------------------------
+    # -- shared bookkeeping ----------------------------------------------------------------------------------------
+
+    def _acceptance(self, accepted: torch.Tensor, steps: int) -> torch.Tensor:
+        """Fraction of moves accepted over the last ``steps`` steps of all walkers (``accepted``: the running count
+        per walker), a device tensor."""
+        fraction = (accepted - self._last_accepted).sum() / (steps * self.walkers)
+        self._last_accepted = accepted.clone()
+        return fraction
+
+    def _require(self) -> Any:
+        if self._state is None:
+            raise RuntimeError("The walkers do not exist before trainer.fit starts (they start at on_train_start).")
+        return self._state
+
+    # -- what a strategy provides ---------------------------------------------------------------------------------
 
     def _prepare(self, trainer: lightning.pytorch.Trainer) -> None:
         raise NotImplementedError
@@ -211,10 +231,8 @@ class SamplerStrategy(SingleDeviceStrategy):
     def run_chunk(self, steps: int) -> None:
         raise NotImplementedError
 
-    def _display_loss(self) -> torch.Tensor:
-        raise NotImplementedError
-
-    def sampler_state_dict(self) -> dict[str, Any]:
+    def _sampler_state(self) -> dict[str, Any]:
+        """The sampler state of a started fit (see :meth:`sampler_state_dict`)."""
         raise NotImplementedError
 
     @property
@@ -222,21 +240,66 @@ class SamplerStrategy(SingleDeviceStrategy):
         """The ``kind`` a checkpoint of this strategy records (a checkpoint of another kind cannot resume here)."""
         raise NotImplementedError
 
+    def _restore(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+
+    def sampler_state_dict(self) -> dict[str, Any]:
+        """What the placeholder optimizer's ``state_dict`` carries: the whole sampler state (before the walkers exist:
+        the checkpoint's state still waiting for them, or nothing)."""
+        if self._state is None:
+            return dict(self._pending or {})
+        return self._sampler_state()
+
     def load_sampler_state_dict(self, state: dict[str, Any]) -> None:
         """Check that ``state`` (from :meth:`sampler_state_dict`) fits this strategy, then restore it: now if the
         walkers exist, else once they do (``_prepare`` applies ``self._pending``)."""
-        if state and (state.get("kind") != self.sampler_kind or state.get("walkers") != self.walkers):
+        walkers_differ = self.resume_needs_same_walkers and state.get("walkers") != self.walkers
+        if state and (state.get("kind") != self.sampler_kind or walkers_differ):
             from lightning_entropy.core.fingerprint import ResumeMismatch
 
+            same = " and walkers" if self.resume_needs_same_walkers else " (the number of ranks and walkers may differ)"
             raise ResumeMismatch(
                 f"The checkpoint holds a {state.get('kind')!r} sampler with {state.get('walkers')} walkers; this"
-                f" strategy is {self.sampler_kind!r} with {self.walkers} walkers. Resume with the same sampler and"
-                " walkers."
+                f" strategy is {self.sampler_kind!r} with {self.walkers} walkers. Resume with the same sampler{same}."
             )
         if self._state is None:
             self._pending = state  # applied once the data and walkers exist (on_train_start)
         else:
             self._restore(state)
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        raise NotImplementedError
+
+class SamplerStrategy(SamplerMixin, SingleDeviceStrategy):
+    """A sampler strategy on one device (see :class:`SamplerMixin`).
+
+    Args:
+        device: the device; default the Trainer's accelerator device.
+    """
+
+    def __init__(self, *, device: torch.device | str | None = None, accelerator=None, checkpoint_io=None,
+                 precision_plugin=None) -> None:
+        super().__init__(device=device or "cpu", accelerator=accelerator, checkpoint_io=checkpoint_io,
+                         precision_plugin=precision_plugin)
+        self._device = torch.device(device) if device is not None else None
+        self.parallel_devices: list[torch.device] | None = None  # the Trainer fills this from its accelerator
+
+    @property
+    def root_device(self) -> torch.device:
+        if self._device is not None:
+            return self._device
+        if self.parallel_devices:
+            return torch.device(self.parallel_devices[0])
+        return torch.device("cpu")
+
+
+def check_positive(**values: int | None) -> None:
+    """Each value a positive integer (``None``: not given, skipped)."""
+    for name, value in values.items():
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"{name}={value!r} must be a positive integer.")
+
+
+def check_heldout(heldout: str) -> None:
+    if heldout not in ("val", "test"):
+        raise ValueError(f"heldout={heldout!r}: use 'val' (val_dataloader) or 'test' (test_dataloader).")

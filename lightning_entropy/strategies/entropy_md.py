@@ -130,10 +130,8 @@ class EntropyMDStrategy(SamplerStrategy):
     ) -> None:
         super().__init__(device=device, accelerator=accelerator, checkpoint_io=checkpoint_io,
                          precision_plugin=precision_plugin)
-        for name, value in (("walkers", walkers), ("steps_per_lightning_step", steps_per_lightning_step),
-                            ("observe_every", observe_every)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer.")
+        self._init_sampling(walkers=walkers, steps_per_lightning_step=steps_per_lightning_step,
+                            observe_every=observe_every, heldout=heldout, loss=loss, vectorize=vectorize)
         if target is not None and not (isinstance(target, (int, float)) and math.isfinite(target)):
             raise ValueError(
                 f"target={target!r}: give a finite ln L_train (e.g. target=-3.0), or target=None to hold the walkers"
@@ -145,11 +143,8 @@ class EntropyMDStrategy(SamplerStrategy):
             raise ValueError(f"adapt_steps={adapt_steps!r} must be an integer >= 0 (MD steps; 0: keep dt fixed).")
         if select not in SELECT:
             raise ValueError(f"select={select!r}: use one of {SELECT}.")
-        if heldout not in ("val", "test"):
-            raise ValueError(f"heldout={heldout!r}: use 'val' (val_dataloader) or 'test' (test_dataloader).")
         if not (isinstance(max_start_shift, (int, float)) and max_start_shift > 0):
             raise ValueError(f"max_start_shift={max_start_shift!r} must be a positive number of nats.")
-        self.walkers = walkers
         self.box: Box | None = Box.parse(box) if box is not None else None
         self._box_spec = self.box  # None: fitted to the module's weights when the fit starts
         self._setup: dict[str, Any] | None = None
@@ -159,18 +154,10 @@ class EntropyMDStrategy(SamplerStrategy):
         self.strength = float(strength)
         self.md_config = md
         self.adapt_steps = adapt_steps
-        self.steps_per_lightning_step = steps_per_lightning_step
-        self.observe_every = observe_every
         self.select = select
         self._metric = metric
-        self._loss = loss
-        self.heldout = heldout
         self.max_start_shift = float(max_start_shift)
-        self.vectorize = vectorize
-        self._state: restrained.RestrainedState | None = None
         self._config: restrained.RestraintConfig | None = None
-        self._pending: dict[str, Any] | None = None
-        self._last_accepted: torch.Tensor | None = None
         self.start_ln_train_loss: float | None = None
 
     # -- results ---------------------------------------------------------------------------------------------------
@@ -193,11 +180,6 @@ class EntropyMDStrategy(SamplerStrategy):
                 return self._target
             raise RuntimeError("The target is the module's starting ln L_train: it is known once trainer.fit starts.")
         return self._config.target
-
-    @property
-    def walker_parameters(self) -> torch.Tensor:
-        """The walkers' current flat parameters ``(W, P)``, in the order of the module's trainable parameters."""
-        return self._require().theta
 
     @property
     def walker_ln_train_loss(self) -> torch.Tensor:
@@ -273,11 +255,6 @@ class EntropyMDStrategy(SamplerStrategy):
             if split == "test":
                 out["hard_test_accuracy"] = float(acc) if acc is not None else math.nan
         return out
-
-    def _require(self) -> restrained.RestrainedState:
-        if self._state is None:
-            raise RuntimeError("The walkers do not exist before trainer.fit starts (they start at on_train_start).")
-        return self._state
 
     # -- starting ---------------------------------------------------------------------------------------------------
 
@@ -374,18 +351,10 @@ class EntropyMDStrategy(SamplerStrategy):
             return torch.nan_to_num(x, nan=math.inf).argmin()
         return torch.nan_to_num((x - self._config.target).abs(), nan=math.inf).argmin()
 
-    def _display_loss(self) -> torch.Tensor:
-        return self._state.md.cv[:, 0].exp().mean()
-
-    @property
-    def sampler_steps(self) -> int:
-        return int(self._state.md.step) if self._state is not None else 0
-
     def _log_progress(self, steps: int) -> torch.Tensor:
         state = self._state
         md = state.md
-        accepted = (md.accepted - self._last_accepted).sum() / (steps * self.walkers)
-        self._last_accepted = md.accepted.clone()
+        accepted = self._acceptance(md.accepted, steps)
         x = md.cv[:, 0]
         metrics = {
             "md/ln_train_loss": x.mean(),
@@ -402,9 +371,7 @@ class EntropyMDStrategy(SamplerStrategy):
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
 
-    def sampler_state_dict(self) -> dict[str, Any]:
-        if self._state is None:
-            return dict(self._pending or {})
+    def _sampler_state(self) -> dict[str, Any]:
         return {
             "kind": "entropy_md",
             "walkers": self.walkers,

@@ -36,6 +36,7 @@ unless something synchronises.
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import tempfile
@@ -53,10 +54,13 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
-from lightning_entropy.core import loop, round_trips
+from lightning_entropy.core import round_trips
 from lightning_entropy.core.fingerprint import ResumeMismatch
 from lightning_entropy.core.landscape import Landscape
-from lightning_entropy.strategies.wang_landau import STATES, WangLandauStrategy
+from lightning_entropy.core.step_run import StepRun
+from lightning_entropy.strategies.base import check_positive
+from lightning_entropy.strategies.sampling import WangLandauSampling
+from lightning_entropy.strategies.wang_landau import LIGHTNING_ARGUMENTS, STATES, WangLandauStrategy
 
 #: Rank r seeds its walkers with ``seed + r * RANK_SEED_STRIDE`` (a CPU generator keeps only 32 bits of a seed, so a
 #: stride of 2**32 would give every rank the same walkers).
@@ -128,12 +132,16 @@ class _SamplerLauncher(_MultiProcessingLauncher):
             shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
-class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
+class WangLandauDDPStrategy(WangLandauSampling, DDPStrategy):
     """:class:`~lightning_entropy.WangLandauStrategy` on several processes (DDP) sharing one landscape.
+
+    Composed of the Wang-Landau sampling (:class:`~lightning_entropy.strategies.sampling.WangLandauSampling`) and
+    Lightning's ``DDPStrategy``: the process group, devices, collectives and launch are DDP's own.
 
     Every argument of :class:`~lightning_entropy.WangLandauStrategy` applies per rank (``walkers`` is the number of
     walkers of EACH rank; ``schedule`` keeps its meaning for the whole run: nats per sampler step shared by all
-    ``N * walkers`` walkers), except ``device``: each rank uses its own device of the Trainer's accelerator.
+    ``N * walkers`` walkers), with its defaults, except ``device``: each rank uses its own device of the Trainer's
+    accelerator.
 
     Args:
         sync_every: synchronise the landscape every this many Lightning steps (chunks of
@@ -153,16 +161,7 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
     strategy_name = "wang_landau_ddp"
     shorten_chunks_to_time = False  # every rank runs the same chunks between synchronisations; the cap is checked
     # between Lightning steps (Lightning's Timer broadcasts rank 0's decision)
-
-    # SingleDeviceStrategy (a base of WangLandauStrategy) comes before DDPStrategy in the method order: take the
-    # process-group versions of everything it defines.
-    root_device = DDPStrategy.root_device
-    is_global_zero = DDPStrategy.is_global_zero
-    reduce = DDPStrategy.reduce
-    all_gather = DDPStrategy.all_gather
-    barrier = DDPStrategy.barrier
-    broadcast = DDPStrategy.broadcast
-    model_to_device = DDPStrategy.model_to_device
+    resume_needs_same_walkers = False  # the pooled walkers are dealt out again on another layout
 
     def __init__(
         self,
@@ -173,6 +172,9 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
         process_group_backend: str | None = None,
         timeout: timedelta | None = default_pg_timeout,
         start_method: str = "spawn",
+        accelerator=None,
+        checkpoint_io=None,
+        precision_plugin=None,
         **kwargs: Any,
     ) -> None:
         if "device" in kwargs:
@@ -180,8 +182,7 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
                 "WangLandauDDPStrategy takes no `device`: every rank uses its own device of the Trainer's accelerator."
                 " Choose devices with Trainer(accelerator=..., devices=...)."
             )
-        if not isinstance(sync_every, int) or isinstance(sync_every, bool) or sync_every < 1:
-            raise ValueError(f"sync_every={sync_every!r} must be a positive integer (Lightning steps between syncs).")
+        check_positive(sync_every=sync_every)
         if start_method not in ("spawn", "fork", "forkserver", "popen"):
             raise ValueError(f"start_method={start_method!r}: use 'spawn', 'fork', 'forkserver' or 'popen'.")
         if kwargs.get("fill", "step") != "step":
@@ -190,11 +191,17 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
                 " study's per-step factor (fill='step'); windows and replicas run on one process"
                 " (strategy='wang_landau'), where all walkers are one vectorized batch."
             )
-        kwargs["fill"] = "step"
-        self._ddp_options = {"cluster_environment": cluster_environment, "process_group_backend": process_group_backend,
-                             "timeout": timeout, "start_method": start_method}
-        super().__init__(**kwargs)
-        self.parallel_devices = parallel_devices
+        settings = sampling_defaults()
+        unknown = sorted(set(kwargs) - set(settings))
+        if unknown:
+            raise TypeError(f"WangLandauDDPStrategy got unexpected arguments {unknown}: see WangLandauStrategy's.")
+        settings.update(kwargs, fill="step")
+        super().__init__(accelerator=accelerator, parallel_devices=parallel_devices,
+                         cluster_environment=cluster_environment, checkpoint_io=checkpoint_io,
+                         precision_plugin=precision_plugin, process_group_backend=process_group_backend,
+                         timeout=timeout, start_method=start_method)
+        self._init_wang_landau(**settings)
+        self.start_method = start_method
         self.sync_every = sync_every
         self.base_seed = self.seed
         self._base: torch.Tensor | None = None
@@ -204,22 +211,16 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
         self.sync_seconds = 0.0  # host time spent in synchronisations (communication and waiting for other ranks)
         self.chunk_seconds = 0.0  # host time spent in sampler chunks (compute)
 
-    def _init_lightning_strategy(self, *, device, accelerator, checkpoint_io, precision_plugin) -> None:
-        DDPStrategy.__init__(self, accelerator=accelerator, checkpoint_io=checkpoint_io,
-                             precision_plugin=precision_plugin, **self._ddp_options)
-
     # -- process group -------------------------------------------------------------------------------------------------
 
     def _configure_launcher(self) -> None:
+        """Processes started by a cluster, or ``popen``: Lightning's script launcher; otherwise a multiprocessing
+        launcher that also hands rank 0's sampler state back (:class:`_SamplerLauncher`)."""
         assert self.cluster_environment is not None
-        if self.cluster_environment.creates_processes_externally or self._start_method == "popen":
+        if self.cluster_environment.creates_processes_externally or self.start_method == "popen":
             self._launcher = _SubprocessScriptLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
         else:
-            self._launcher = _SamplerLauncher(self, start_method=self._start_method)
-
-    def setup(self, trainer: lightning.pytorch.Trainer) -> None:
-        self._check_trainer(trainer)
-        DDPStrategy.setup(self, trainer)
+            self._launcher = _SamplerLauncher(self, start_method=self.start_method)
 
     def configure_ddp(self) -> None:
         """No ``DistributedDataParallel``: the ranks share the landscape, never gradients."""
@@ -245,12 +246,16 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
         self.seed = self.base_seed + RANK_SEED_STRIDE * self.global_rank
         self._chunks_since_sync = 0
         super()._prepare(trainer)
-        self._shared_schedule = RankShare(self.schedule, self.ranks)
         self._base = self._landscape.accumulator_vector()
 
-    def _auto_ranges(self, variables, evaluate, theta0, bound, gen, **kwargs) -> list[tuple[float, float]]:
+    def _step_run(self, sampler, theta0: torch.Tensor, x_range) -> StepRun:
+        """Each rank deposits ``f_t / N`` per step and decides nothing from the histogram inside a chunk (the real
+        schedule's ``update`` runs after each synchronisation); its chunks keep torch's thread setting."""
+        return StepRun(sampler, theta0, schedule=RankShare(self.schedule, self.ranks), seed=self.seed + 1,
+                       x_range=x_range, observe_every=self.observe_every, threads=None)
+
+    def _shared_ranges(self, ranges: list[tuple[float, float]]) -> list[tuple[float, float]]:
         """The union of the ranks' automatic ranges, so that every rank builds the same grid."""
-        ranges = super()._auto_ranges(variables, evaluate, theta0, bound, gen, **kwargs)
         if not self._distributed:
             return ranges
         lo = torch.tensor([r[0] for r in ranges], dtype=torch.float64, device=self.root_device)
@@ -259,11 +264,9 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
         dist.all_reduce(hi, op=dist.ReduceOp.MAX)
         return list(zip(lo.tolist(), hi.tolist()))
 
-    def _metadata(self, module, layout, variables, evaluate) -> dict[str, Any]:
-        meta = super()._metadata(module, layout, variables, evaluate)
-        meta.update(walkers=self.walkers * self.ranks, walkers_per_rank=self.walkers, ranks=self.ranks,
-                    sync_every=self.sync_every, seed=self.base_seed)
-        return meta
+    def _metadata_extra(self) -> dict[str, Any]:
+        return {"walkers": self.walkers * self.ranks, "walkers_per_rank": self.walkers, "ranks": self.ranks,
+                "sync_every": self.sync_every, "seed": self.base_seed}
 
     def run_chunk(self, steps: int) -> None:
         """Run ``steps`` sampler steps on this rank's walkers (depositing ``f_t / N`` per step), synchronise the
@@ -271,15 +274,14 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
         if self._state is None:
             self._prepare(self.lightning_module.trainer)
         start = time.perf_counter()
-        self._state, self._schedule_state = loop.run(
-            self._sampler, self._state, steps, schedule=self._shared_schedule, schedule_state=self._schedule_state,
-            observe_every=self.observe_every, round_trips=self._round_trips,
-        )
+        self._run.chunk(steps)
+        self._state = self._run.state
         self.chunk_seconds += time.perf_counter() - start
         self._chunks_since_sync += 1
         if self._chunks_since_sync >= self.sync_every:
             self.sync_landscape()
-            self._schedule_state = self.schedule.update(self._schedule_state, self._landscape, self._state.step)
+            run = self._run
+            run.schedule_state = self.schedule.update(run.schedule_state, self._landscape, self._state.step)
             if self._state.step >= self._next_snapshot:  # on the shared landscape: the same entry on every rank
                 self.snapshot()
         self._layout.load_into(self.lightning_module, self._state.theta[0])
@@ -324,28 +326,30 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
 
     # -- checkpoints -------------------------------------------------------------------------------------------------
 
-    def sampler_state_dict(self) -> dict[str, Any]:
-        """All ranks (Lightning builds checkpoints on every rank, rank 0 writes them): synchronise, gather walkers."""
-        if self._adopted or self._state is None:  # main process after a spawned fit, or not started yet
-            return dict(self._final or self._pending or {})
+    def _sampler_state(self) -> dict[str, Any]:
+        """All ranks (Lightning builds checkpoints on every rank, rank 0 writes them): synchronise, gather walkers. The
+        main process after a spawned fit returns what rank 0 sent."""
+        if self._adopted:
+            return dict(self._final or {})
         if self._chunks_since_sync:
             self.sync_landscape()
         return self._gathered_state_dict()
 
     def _gathered_state_dict(self) -> dict[str, Any]:
+        run = self._run
         local = _cpu({"state": self._state.state_dict(), "last_accepted": self._last_accepted,
                       "round_trips": self._round_trips.state_dict()})
         parts = [local]
         if self._distributed:
             parts = [None] * self.ranks
             dist.all_gather_object(parts, local)
-        pooled = self._sampler.state_type.pool([p["state"] for p in parts])
+        pooled = self._kind.state_type.pool([p["state"] for p in parts])
         return {
             "kind": self.sampler,
             "walkers": sum(len(p["last_accepted"]) for p in parts),
             "state": pooled,
             "landscape": self._landscape.state_dict(),
-            "schedule": {k: v.clone() for k, v in self._schedule_state.items()},
+            "schedule": {k: v.clone() for k, v in run.schedule_state.items()},
             "last_accepted": torch.cat([p["last_accepted"] for p in parts]),
             "round_trips": {**parts[0]["round_trips"],
                             **{k: torch.cat([p["round_trips"][k] for p in parts]) for k in ("last_end", "crossings")}},
@@ -354,17 +358,6 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
             "ddp": {"ranks": len(parts), "walkers_per_rank": self.walkers, "rngs": [p["state"]["rng"] for p in parts],
                     "seed": self.base_seed, "sync_every": self.sync_every},
         }
-
-    def load_sampler_state_dict(self, state: dict[str, Any]) -> None:
-        if state and state.get("kind") != self.sampler:
-            raise ResumeMismatch(
-                f"The checkpoint holds a {state.get('kind')!r} sampler; this strategy is {self.sampler!r}. Resume with"
-                " the same sampler (the number of ranks and walkers may differ)."
-            )
-        if self._state is None:
-            self._pending = state
-        else:
-            self._restore(state)
 
     def _rank_walkers(self, state: dict[str, Any]) -> tuple[torch.Tensor, bool]:
         """Indices of this rank's walkers in the checkpoint's pool, and whether the layout (ranks, walkers per rank)
@@ -406,14 +399,14 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
                     " the landscape and schedule continue unchanged.",
                     stacklevel=2,
                 )
-        cls = self._sampler.state_type
-        self._state = cls.from_state_dict(cls.take(pooled, index, rng), device)
+        cls, run = self._kind.state_type, self._run
+        run.state = self._state = cls.from_state_dict(cls.take(pooled, index, rng), device)
         self._landscape.load_state_dict(state["landscape"])
-        self._schedule_state = {k: v.to(device) for k, v in state["schedule"].items()}
+        run.schedule_state = {k: v.to(device) for k, v in state["schedule"].items()}
         self._last_accepted = state["last_accepted"][index].to(device)
         if "round_trips" in state:
             trips = state["round_trips"]
-            self._round_trips = round_trips.RoundTripState.from_state_dict(
+            run.round_trips = self._round_trips = round_trips.RoundTripState.from_state_dict(
                 {**trips, "last_end": trips["last_end"][index], "crossings": trips["crossings"][index]}, device)
             self._next_snapshot = int(state["next_snapshot"])
         self._chunks_since_sync = 0
@@ -423,7 +416,13 @@ class WangLandauDDPStrategy(WangLandauStrategy, DDPStrategy):
         device = torch.device("cpu")
         self._landscape = Landscape.from_state_dict(final["landscape"], device=device)
         self._state = STATES[final["kind"]].from_state_dict(final["state"], device)
-        self._schedule_state = dict(final["schedule"])
         self._last_accepted = final["last_accepted"]
         self._final = final
         self._adopted = True
+
+
+def sampling_defaults() -> dict[str, Any]:
+    """The Wang-Landau arguments and their defaults, read from :class:`~lightning_entropy.WangLandauStrategy`'s
+    signature (their one source)."""
+    parameters = inspect.signature(WangLandauStrategy.__init__).parameters
+    return {name: p.default for name, p in parameters.items() if name != "self" and name not in LIGHTNING_ARGUMENTS}
