@@ -420,20 +420,32 @@ def _train(build, seeds, epochs, optimizer, lr, momentum, metric, accuracy_slope
             share = (deadline - time.monotonic()) / (len(seeds) - i)
             if share <= 0:
                 break  # the time is up: the remaining seeds have no records
-        pl.seed_everything(int(seed), verbose=False)
-        datamodule, module = build(int(seed))
-        module.configure_optimizers = _optimizer_factory(module, optimizer, lr, momentum)
-        recorder = BaselineRecorder(seed=int(seed), metric=metric, accuracy_slope=accuracy_slope,
-                                    heldout=heldout, every_n_epochs=every_n_epochs)
-        trainer = pl.Trainer(
-            max_epochs=int(epochs), accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-            callbacks=[recorder], max_time=timedelta(seconds=share) if share is not None else None,
-        )
-        trainer.fit(module, datamodule=datamodule)
-        datamodule.trainer = None  # the caller's data module keeps no reference to this run (e.g. for pickling)
+        _, recorder = train_one(build, int(seed), epochs=epochs, optimizer=optimizer, lr=lr, momentum=momentum,
+                                metric=metric, accuracy_slope=accuracy_slope, every_n_epochs=every_n_epochs,
+                                heldout=heldout, accelerator=accelerator, max_time=share)
         records.extend(recorder.records)
     return records
+
+
+def train_one(build: Callable[[int], tuple[pl.LightningDataModule, pl.LightningModule]], seed: int, *, epochs: int,
+              optimizer: str = "adam", lr: float = 1e-3, momentum: float = 0.0, metric: str = "auto",
+              accuracy_slope: float = 5.0, every_n_epochs: int = 1, heldout: str = "val", accelerator: str = "cpu",
+              max_time: float | None = None) -> tuple[pl.LightningModule, BaselineRecorder]:
+    """One baseline run of ``seed`` (arguments as in :func:`train_baselines`; ``max_time`` in seconds); returns the
+    trained module and its recorder."""
+    pl.seed_everything(int(seed), verbose=False)
+    datamodule, module = build(int(seed))
+    module.configure_optimizers = _optimizer_factory(module, optimizer, lr, momentum)
+    recorder = BaselineRecorder(seed=int(seed), metric=metric, accuracy_slope=accuracy_slope,
+                                heldout=heldout, every_n_epochs=every_n_epochs)
+    trainer = pl.Trainer(
+        max_epochs=int(epochs), accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        callbacks=[recorder], max_time=timedelta(seconds=max_time) if max_time is not None else None,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    datamodule.trainer = None  # the caller's data module keeps no reference to this run (e.g. for pickling)
+    return module, recorder
 
 
 def _optimizer_factory(module: pl.LightningModule, name: str, lr: float, momentum: float):

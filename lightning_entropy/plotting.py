@@ -5,6 +5,8 @@
   train-loss bin) and, when given, the optimiser baseline with its spread. A 1-D landscape is drawn as ``S(x)`` with
   its unbiased observable curve and the baseline on a second axis.
 - :func:`baseline_figure`: the baseline curve alone (``lightning-entropy sampler=adam``).
+- :func:`trace_figure`: the held-out metric of entropy-MD walkers over MD time against the baseline
+  (``lightning-entropy sampler=entropy_md``).
 
 The figures are built with :class:`matplotlib.figure.Figure` directly (no ``pyplot`` state, no GUI backend), so they
 can be made from any thread or process; :func:`save` writes one to disk.
@@ -277,3 +279,27 @@ def save(fig: Figure, path: str | Path, *, dpi: int = 130) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     return path
+
+
+def trace_figure(trace: dict[str, np.ndarray], metric: str | None, *, baseline: dict[str, float],
+                 target: float, width: float, ensemble: float | None, title: str):
+    """Held-out metric of the walkers over MD time (mean ± std) against the baseline; ln L_train below it."""
+    step = trace["step"]
+    fig = Figure(figsize=(7.5, 6.5 if metric else 3.5))
+    axes = fig.subplots(2 if metric else 1, 1, sharex=True, squeeze=False)
+    panels = ([(metric, baseline["test_metric"])] if metric else []) + [("ln_train_loss", baseline["ln_train_loss"])]
+    for ax, (name, base) in zip(axes[:, 0], panels):
+        mean, std = trace[f"{name}_mean"], trace[f"{name}_std"]
+        ax.plot(step, mean, color="C0", label="MD walkers (mean ± std)")
+        ax.fill_between(step, mean - std, mean + std, color="C0", alpha=0.25, linewidth=0)
+        ax.axhline(base, color="C3", linestyle="--", label="baseline (start)")
+        if name == "ln_train_loss":
+            ax.axhspan(target - width, target + width, color="0.8", alpha=0.6, label="target ± restraint width")
+        elif ensemble is not None and np.isfinite(ensemble):
+            ax.plot(step[-1:], [ensemble], "k*", markersize=10, label="walker ensemble (end)")
+        ax.set_ylabel(name.replace("_", " "))
+        ax.legend(fontsize=8, loc="best")
+    axes[-1, 0].set_xlabel("MD step")
+    axes[0, 0].set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig

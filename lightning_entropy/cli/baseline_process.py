@@ -54,7 +54,7 @@ def main() -> None:
     from omegaconf import OmegaConf
 
     from lightning_entropy.baseline import save_records, train_baselines
-    from lightning_entropy.cli.job import _quiet_lightning
+    from lightning_entropy.cli.build import quiet_lightning as _quiet_lightning
     from lightning_entropy.cli.tasks import build_task
 
     _quiet_lightning()

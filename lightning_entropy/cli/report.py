@@ -51,8 +51,9 @@ def _overrides(run: Path) -> str:
     path = run / ".hydra" / "overrides.yaml"
     if not path.exists():
         return ""
-    lines = [ln.strip()[2:] for ln in path.read_text().splitlines() if ln.strip().startswith("- ")]
-    return " ".join(lines)
+    from omegaconf import OmegaConf
+
+    return " ".join(str(item) for item in OmegaConf.load(path))  # Hydra writes the overrides as a YAML list
 
 
 def load_summaries(runs: Sequence[Path]) -> list[dict[str, Any]]:

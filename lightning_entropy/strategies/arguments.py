@@ -1,8 +1,9 @@
 """Checks of the Wang-Landau strategies' arguments, each ending in a ``ValueError`` that names the value and the fix.
 
 Called before any work: :func:`check_arguments` from the constructor (ranges, window, variables, groups), and
-:func:`check_grid` (from :mod:`lightning_entropy.core.setup`), :func:`check_walker_memory` and :func:`check_module_dtype` from setup once the grid and the
-parameter count are known (before the landscape and the walkers are allocated).
+:func:`check_grid` (that of :mod:`lightning_entropy.core.setup`), :func:`check_walker_memory` and
+:func:`check_module_dtype` from setup once the grid and the parameter count are known (before the landscape and the
+walkers are allocated).
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from typing import Any, Sequence
 
 import torch
 
-from lightning_entropy.core.setup import MAX_TOTAL_BINS, check_grid  # noqa: F401 - the grid's checks live in the core
+from lightning_entropy.core.setup import MAX_TOTAL_BINS, check_grid
 
 #: Bytes per walker per parameter and dtype byte, beyond the parameters themselves: velocities, gradients, proposals
 #: and the vmap'ed forward/backward temporaries (a conservative factor for the memory estimate).
 MEMORY_FACTOR = 8
+
+__all__ = ["MAX_TOTAL_BINS", "check_arguments", "check_grid", "check_module_dtype", "check_walker_memory"]
 
 
 def _pairs(value: Any, name: str) -> list[tuple[float, float]]:
