@@ -4,8 +4,6 @@
 ``entropy_md`` with ``lightning.pytorch``'s ``StrategyRegistry``, so ``Trainer(strategy="wang_landau")`` works.
 """
 
-__version__ = "0.1.0"
-
 from lightning_entropy.core import (  # noqa: E402
     Box,
     CollectiveVariable,
@@ -15,7 +13,10 @@ from lightning_entropy.core import (  # noqa: E402
     RampPlateauDecay,
 )
 from lightning_entropy.strategies import EntropyMDStrategy, WangLandauDDPStrategy, WangLandauStrategy  # noqa: E402
+from lightning_entropy.core.setup import package_version as _package_version  # noqa: E402
 from lightning_entropy.strategies.registry import register as _register  # noqa: E402
+
+__version__ = _package_version()  # from the installed package's metadata (pyproject.toml)
 
 _register()
 
