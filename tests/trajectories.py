@@ -41,7 +41,8 @@ WHOLE = ("theta", "velocity", "cv", "bias", "entropy", "histogram")  # stored wh
 
 def environment() -> dict[str, str]:
     """What the bits of a trajectory depend on besides the code."""
-    return {"torch": torch.__version__.split("+")[0], "machine": platform.machine(), "numpy": np.__version__}
+    return {"torch": torch.__version__.split("+")[0], "machine": platform.machine(), "numpy": np.__version__,
+            "cpu": torch.backends.cpu.get_cpu_capability()}  # AVX2 and AVX512 kernels round differently
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:

@@ -30,6 +30,8 @@ Usage::
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -62,16 +64,26 @@ class Run:
         end_fraction: round trips count a walker reaching the lowest and highest this fraction of its window.
         threads: intra-op threads inside chunks: an int, None (torch's setting) or ``"auto"`` (one thread for
             small steps, see :mod:`lightning_entropy.core.threads`).
+        dt_spread: each step, each walker's time step is its window's ``dt`` times ``spread**-u``, ``u`` uniform
+            in [0, 1) (1: no spread). A step size drawn independently of the state keeps the chain exact (Neal
+            2011, section 5.4.2.2); the window's ``dt`` suits its average walker, and a walker deep in a narrow
+            valley, where every full step is rejected, still moves on the short ones instead of depositing on one
+            bin for hundreds of steps. Measured on the 24-parameter quadratic (10,000 steps, 10 seeds): 0.13-0.35
+            nats RMS with spread 4, against 0.12-1.9 without.
     """
 
     def __init__(self, evaluate, landscape: Landscape, bound: torch.Tensor, theta0: torch.Tensor, *,
                  windows: Windows, config: wlmd.MDConfig, seed: int, observe_every: int = 10,
-                 end_fraction: float = 0.1, threads: int | str | None = "auto") -> None:
+                 end_fraction: float = 0.1, threads: int | str | None = "auto", dt_spread: float = 4.0) -> None:
         if windows.walkers != theta0.shape[0]:
             raise ValueError(f"windows were laid out for {windows.walkers} walkers, but theta0 has {theta0.shape[0]}.")
         self.evaluate, self.landscape, self.bound = evaluate, landscape, bound
         self.windows, self.config = windows, config
         self.observe_every = int(observe_every)
+        if not (math.isfinite(dt_spread) and dt_spread >= 1):
+            raise ValueError(f"dt_spread={dt_spread!r}: the ratio of the longest to the shortest time step, >= 1"
+                             " (1: every step the full dt).")
+        self.dt_spread = float(dt_spread)
         self.end_fraction = float(end_fraction)
         device = theta0.device
         with torch.no_grad():
@@ -81,7 +93,11 @@ class Run:
             windows.pull = float(theta0.shape[1])
         self._regroup()
         self.threads = threads_module.choose(evaluate, theta0, threads) if threads == "auto" else threads
-        self.state = wlmd.start(theta0, evaluate, windows.potential, seed=seed)
+        # 1-D walks keep d x / d theta per walker, so that a walker's force follows its window after an exchange at
+        # no extra evaluation; walks in more CVs re-evaluate the forces on exchange steps instead
+        self._forces = _Jacobian(evaluate) if landscape.ndim == 1 else evaluate
+        self.state = wlmd.start(theta0, self._forces, windows.potential, seed=seed)
+        self.jacobian = self._forces.last if landscape.ndim == 1 else None
         lo, hi = float(landscape.lo[0]), float(landscape.hi[0])
         self.trips = trips.init(windows.walkers, (lo, hi), end_fraction=end_fraction, device=device)
         self.window_trips = trips.init(windows.walkers, (lo, hi), end_fraction=end_fraction, device=device)
@@ -119,9 +135,16 @@ class Run:
         span = w.x_hi - w.x_lo
         for _ in range(steps):
             previous = self.state.cv
-            new = wlmd.move(self.state, evaluate=self.evaluate, potential=w.potential,
+            dt = self.dt[w.owner]
+            if self.dt_spread > 1:  # a fresh step size per step and walker, independent of its state: exact
+                u = torch.rand(dt.shape, generator=self.state.generator, device=dt.device, dtype=dt.dtype)
+                dt = dt * torch.exp(-math.log(self.dt_spread) * u)
+            new = wlmd.move(self.state, evaluate=self._forces, potential=w.potential,
                             admissible=lambda cv, previous=previous: w.admissible(cv, previous), bound=self.bound,
-                            config=self.config, dt=self.dt[w.owner].unsqueeze(1))
+                            config=self.config, dt=dt.unsqueeze(1))
+            if self.jacobian is not None:  # the moved walkers' d x / d theta; the others keep theirs
+                moved = (new.accepted != self.state.accepted).unsqueeze(1)
+                self.jacobian = torch.where(moved, self._forces.last, self.jacobian)
             counted = w.deposit(new.cv, everyone)
             landscape.count(landscape.bin_index(new.cv), counted)
             landscape.add_walker_steps(w.walkers)
@@ -137,6 +160,7 @@ class Run:
                          w.x_hi[owner] - self.end_fraction * span[owner])
             if w.exchange_every and new.step % w.exchange_every == 0:
                 w.exchange(new.cv, new.generator)
+                new = self._refresh_forces(new)
             self.state = new
         windows.update_schedule()
         if not windows.is_frozen:
@@ -152,6 +176,18 @@ class Run:
             "exchange_acceptance": float((windows.exchange_accepted - taken0).sum()) / tried if tried else float("nan"),
             "x_min": float(x.min()), "x_max": float(x.max()),
         }
+
+    def _refresh_forces(self, state: wlmd.MDState) -> wlmd.MDState:
+        """The state with every walker's force taken from the window it holds now (after an exchange). A swapped
+        walker's next leapfrog step then uses one potential for both half kicks, as the Metropolis test assumes
+        (a step that mixed the old window's force with the new window's test would not be reversible). 1-D walks:
+        slope times the kept d x / d theta; otherwise one more evaluation."""
+        if self.jacobian is not None:
+            _, slope = self.windows.potential(state.cv)
+            grad = slope[:, :1].to(self.jacobian.dtype) * self.jacobian
+        else:
+            _, _, grad = self.evaluate.value_and_grad(state.theta, self.windows.potential)
+        return dataclasses.replace(state, bias_grad=grad)
 
     def _record_picture(self, cv: torch.Tensor, y: torch.Tensor, counted: torch.Tensor) -> None:
         """Production only: add each counting walker's reweighting weight ``exp(u(x) - reference)`` at (x bin,
@@ -291,19 +327,29 @@ class Run:
 
     def rhat(self) -> np.ndarray:
         """``(nx,)`` R-hat of the x-marginal S per x bin (worst window covering the bin), replicas as chains and
-        production blocks as draws; NaN without production blocks enough (at least four) or two replicas."""
+        production blocks as draws; NaN without production blocks enough (at least four) or two replicas.
+
+        Per window, consecutive blocks are merged into the fewest groups (at least four) in which every replica
+        visits at least half of the bins all replicas reached in production: a block of a few walkers over one
+        chunk leaves most bins empty, and an empty bin has no log-mass to compare."""
         w = self.windows
         nx = self.landscape.shape[0]
         out = np.full(nx, np.nan)
         if len(self.blocks) < 4 or w.replicas < 2:
             return out
-        blocks = np.stack(self.blocks)  # (B, E, nx)
-        with np.errstate(divide="ignore"):
-            ln_m = np.log(blocks).reshape(len(self.blocks), w.replicas, w.windows, nx)
+        blocks = np.stack(self.blocks).reshape(len(self.blocks), w.replicas, w.windows, nx)  # (B, R, k, nx)
         lo, hi = w.bin_lo[: w.windows, 0].tolist(), w.bin_hi[: w.windows, 0].tolist()
         for k in range(w.windows):
-            v = ln_m[:, :, k, lo[k]:hi[k]]  # (B, R, bins of window k)
-            common = np.isfinite(v).all(axis=(0, 1))
+            mass = blocks[:, :, k, lo[k]:hi[k]]  # (B, R, bins of window k)
+            reached = (mass.sum(0) > 0).all(0)
+            for size in range(1, len(self.blocks) // 4 + 1):
+                n = len(self.blocks) // size
+                grouped = mass[len(self.blocks) - n * size:].reshape(n, size, *mass.shape[1:]).sum(1)
+                with np.errstate(divide="ignore"):
+                    v = np.log(grouped)  # (n, R, bins)
+                common = np.isfinite(v).all(axis=(0, 1))
+                if common.sum() >= max(2, 0.5 * reached.sum()):
+                    break
             if common.sum() < 2:
                 continue
             v = v - v[..., common].mean(-1, keepdims=True)
@@ -371,6 +417,7 @@ class Run:
             "production_start": self.production_start,
             "dt": self.dt.clone(),
             "picture": None if self._picture is None else self._picture.clone(),
+            "jacobian": None if self.jacobian is None else self.jacobian.clone(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -388,3 +435,32 @@ class Run:
         self.dt = state["dt"].to(self.dt)
         if self._picture is not None and state.get("picture") is not None:
             self._picture.copy_(state["picture"].to(self._picture))
+        if self.jacobian is not None:
+            saved = state.get("jacobian")
+            if saved is None:  # a checkpoint from before the Jacobian was kept: rebuild it at the saved walkers
+                self._forces.value_and_grad(self.state.theta, self.windows.potential)
+                saved = self._forces.last
+            self.jacobian = saved.to(self.jacobian)
+
+
+def _unit(cv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.zeros(cv.shape[0], dtype=torch.float64, device=cv.device), torch.ones_like(cv)
+
+
+class _Jacobian:
+    """The evaluator of a 1-D walk, seen by the integrator: ``value_and_grad`` computes ``d x / d theta`` in its one
+    backward pass, keeps it as :attr:`last` and returns ``slope * (d x / d theta)``, the same force. Every other
+    attribute is the evaluator's."""
+
+    def __init__(self, evaluate) -> None:
+        self.evaluate = evaluate
+        self.last: torch.Tensor | None = None
+
+    def value_and_grad(self, theta: torch.Tensor, potential) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cv, _, jacobian = self.evaluate.value_and_grad(theta, _unit)
+        value, slope = potential(cv)
+        self.last = jacobian
+        return cv, value, slope[:, :1].to(jacobian.dtype) * jacobian
+
+    def __getattr__(self, name: str):
+        return getattr(self.evaluate, name)

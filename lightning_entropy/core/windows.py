@@ -7,13 +7,16 @@ Replica-exchange Wang-Landau (REWL; Vogel, Li, Wust & Landau, PRL 110, 210603, 2
 - Per replica, the x axis (ln L_train) is split into ``windows`` overlapping windows; a 2-D landscape is windowed
   along x only. Each (replica, window) pair is one *estimate*: a bias grid on the landscape's geometry, filled by
   its own ``m`` walkers (all estimates together are ``W = replicas * windows * m`` walkers, one batch).
-- A walker is held inside its window by a hard wall (a move that leaves it is sent back). A walker that is not
-  yet inside (at the start) is pulled towards it by a linear potential of ``pull`` nats per CV unit; it neither
-  deposits nor counts until it is in.
+- Soft walls (default): a walker may step out of its window; outside it feels the window's edge bias, flat,
+  plus a linear pull of ``pull`` nats per CV unit back in, and it neither deposits nor counts until it is back (the
+  visits inside still sample ``exp(-bias)`` times the volume, so nothing is biased). A walker that starts outside
+  its window comes in the same way. With hard walls (``walls="hard"``) a move that leaves the window is sent back;
+  near a grid edge the bias's slope then pushed walkers into the wall, where every move was rejected while they
+  kept depositing on one bin (overshoots of 10-30 nats that 1/t never repairs).
 - Every ``exchange_every`` steps, walkers of neighbouring windows of the same replica swap windows with the WL
   exchange probability ``min(1, exp(S_a(x_a) + S_b(x_b) - S_a(x_b) - S_b(x_a)))``. The CVs are known, so an
-  exchange costs no evaluation; a swapped walker's first force after the swap still uses its old window's slope
-  (the two windows estimate the same slope on the overlap), while its Metropolis test uses the new window.
+  exchange costs no evaluation; the run then takes every walker's force from the window it now holds (1-D walks
+  from the kept ``d x / d theta``, at no cost), so that the next leapfrog step uses one potential throughout.
 - Forces follow the bias slope capped at ``2 * pull`` nats per CV unit. A single bin that a stuck walker filled
   faster than its neighbours would otherwise give a force so large that every step leaves the window, is sent
   back, and the walker stays stuck (a feedback the cap breaks). The integrator stays exact: a leapfrog step under
@@ -112,6 +115,7 @@ class Windows:
         pull: slope (nats per CV unit) of the linear potential that brings a walker into its window; default (None)
             the parameter count ``P`` set by the run, twice the entropic slope ``P/2`` of ``ln L`` near a quadratic
             minimum, so that a walker above its window can descend into it.
+        walls: ``"soft"`` (default) or ``"hard"`` window edges, see the module docstring.
         placement: ``"starts"`` (default): at :meth:`assign`, window edges halfway between the starting walkers'
             quantiles (an equal share of the starts per window) and even edges, so that every window holds starts
             and none grows much wider than the rest (even windows where the starts are too bunched, e.g. at the
@@ -124,7 +128,7 @@ class Windows:
     def __init__(self, grid: Landscape, walkers: int, *, replicas: int = 4, windows: int = 1, overlap: float = 0.5,
                  log_f0: float = 0.1, flatness: float = 0.2, min_stage_visits: float = 20.0,
                  exchange_every: int = 10, pull: float | None = None, placement: str = "starts",
-                 device=None) -> None:
+                 walls: str = "soft", device=None) -> None:
         for name, value in (("replicas", replicas), ("windows", windows)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer.")
@@ -151,6 +155,10 @@ class Windows:
             raise ValueError(f"placement={placement!r}: use 'starts' (windows on the starting walkers' quantiles) or"
                              " 'even' (equal windows).")
         self.placement = placement
+        if walls not in ("soft", "hard"):
+            raise ValueError(f"walls={walls!r}: use 'soft' (a walker may step out of its window and is pulled back) or"
+                             " 'hard' (a move out of the window is sent back).")
+        self.walls = walls
         self._set_bounds(window_bounds(shape[0], windows, overlap))
         self.bias = torch.zeros((e, *shape), dtype=torch.float64, device=dev)
         self.visits = torch.zeros((e, *shape), dtype=torch.float64, device=dev)  # WL-phase visits
@@ -233,6 +241,12 @@ class Windows:
         """Each walker's own bias (plus the grid's soft walls and the pull into its window): ``(W,)``, ``(W, d)``."""
         cv = cv.to(torch.float64)
         value, slope = self.grid.interpolate(self.bias.reshape(-1), cv, self.offset, self.lo, self.hi)
+        if self.walls == "soft":  # beyond the outermost bin centres the bias is flat: value and force agree there
+            half = 0.5 * float(self.grid.width[0])
+            x = cv[:, 0]
+            flat = (x < self.x_lo[self.owner] + half) | (x > self.x_hi[self.owner] - half)
+            slope = slope.clone()
+            slope[:, 0] = torch.where(flat, torch.zeros_like(x), slope[:, 0])
         if self.pull:  # the force follows a capped slope; the Metropolis test uses the exact value (see class doc)
             slope = slope.clamp(-self.max_slope, self.max_slope)
         value, slope = self.grid.add_walls(cv, value, slope)
@@ -251,8 +265,16 @@ class Windows:
         return 2.0 * float(self.pull or 0.0)
 
     def admissible(self, cv: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-        """``(W,)``: inside the grid, and inside the walker's window unless it was not inside before (a walker on
+        """``(W,)``: where a move may go. Soft walls (default): anywhere along x (outside its window a walker feels
+        the flat bias plus the pull back, and neither deposits nor counts), inside the grid along the other axes.
+        Hard walls: inside the grid, and inside the walker's window unless it was not inside before (a walker on
         its way in moves freely under the pull; once inside, the window's edges are hard walls)."""
+        if self.walls == "soft":
+            if self.grid.ndim == 1:
+                return torch.isfinite(cv).all(-1)
+            rest = cv[:, 1:].to(torch.float64)
+            return (torch.isfinite(cv).all(-1) & (rest >= self.grid.lo[1:]).all(-1)
+                    & (rest < self.grid.hi[1:]).all(-1))
         return self.grid.inside(cv) & ((self.distance(cv) == 0) | (self.distance(previous) > 0))
 
     def inside(self, cv: torch.Tensor) -> torch.Tensor:
@@ -402,6 +424,7 @@ class Windows:
         return {"replicas": self.replicas, "windows": self.windows, "walkers": self.walkers, "overlap": self.overlap,
                 "log_f0": self.log_f0, "flatness": self.flatness_target, "min_stage_visits": self.min_stage_visits,
                 "exchange_every": self.exchange_every, "pull": self.pull, "placement": self.placement,
+                "walls": self.walls,
                 "bounds": [[int(a), int(b)] for a, b in
                            zip(self.bin_lo[: self.windows, 0], self.bin_hi[: self.windows, 0])]}
 
@@ -410,7 +433,7 @@ class Windows:
                 **{k: getattr(self, k).clone() for k in self._TENSORS}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        theirs = state["config"]
+        theirs = {"walls": "hard", **state["config"]}  # checkpoints from before soft walls had hard ones
         if self.placement == "starts" and theirs.get("placement") == "starts" and "bounds" in theirs:
             # the bounds came from the run's starting walkers: they are the checkpoint's state, not a setting
             self._set_bounds([tuple(b) for b in theirs["bounds"]])
