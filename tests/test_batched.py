@@ -132,3 +132,37 @@ def test_chunked_float32_mnist_is_close_to_vmap(walkers):
     a, b = fast.value_and_grad(theta, unit), general.value_and_grad(theta, unit)
     torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(a[2], b[2], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["char_lm", "modular_arithmetic"])
+def test_transformers_match_vmap_in_float64(task):
+    from lightning_entropy.tasks.char_lm import CharDataModule, CharLanguageModel
+    from lightning_entropy.tasks.modular_arithmetic import ModularArithmeticDataModule, ModularArithmeticTransformer
+
+    torch.manual_seed(0)
+    if task == "char_lm":
+        dm = CharDataModule(context=8, n_train=12, n_test=10)
+        model = CharLanguageModel(len(dm.vocab), 8, 8, 2, 2)
+    else:
+        dm = ModularArithmeticDataModule(modulus=5, train_fraction=0.6)
+        model = ModularArithmeticTransformer(5, 8, 2, 2)
+    model = model.double().eval()
+    fast = _compare(model, dm.train_set.tensors, dm.test_set.tensors, walkers=5)
+    fast._program.group = 2  # walkers in groups (the CPU default for large outputs): the same values
+    general = Evaluator(model, fast.layout, fast.data, fast.variables)
+    general._program = None
+    theta = fast.layout.flatten(model).expand(5, -1) * torch.linspace(0.8, 1.2, 5, dtype=torch.float64).unsqueeze(1)
+    unit = lambda cv: (cv.sum(1), torch.ones_like(cv))  # noqa: E731
+    a, b = fast.value_and_grad(theta, unit), general.value_and_grad(theta, unit)
+    torch.testing.assert_close(a[0], b[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(a[2], b[2], rtol=1e-9, atol=1e-12)
+
+
+def test_a_modified_transformer_keeps_vmap():
+    from lightning_entropy.tasks.modular_arithmetic import ModularArithmeticDataModule, ModularArithmeticTransformer
+
+    dm = ModularArithmeticDataModule(modulus=5, train_fraction=0.6)
+    model = ModularArithmeticTransformer(5, 8, 1, 2).eval()
+    model.net.blocks[0].mlp[1] = nn.Dropout(0.0)  # not the layers the batched forward re-implements
+    _, fast, _ = _pair(model, dm.train_set.tensors, dm.test_set.tensors)
+    assert fast.path == "vmap"

@@ -42,6 +42,10 @@ _METHODS = {"relu", "tanh", "sigmoid"}
 #: On a CPU, samples per chunk are chosen so that one activation of all walkers holds about this many elements.
 CPU_CHUNK_ELEMENTS = 2_000_000
 
+#: On a CPU, walkers are evaluated in groups whose output holds at most about this many elements (a group's
+#: loss and its gradients then stay in the caches).
+CPU_GROUP_ELEMENTS = 4_000_000
+
 _REGISTRY: dict[type, tuple[Callable[..., torch.Tensor], bool]] = {}
 
 
@@ -391,6 +395,8 @@ class BatchedProgram:
         self.input, self.output = nodes[0], nodes[-1]
         self.chunk: int | None = None  # samples per chunk; None: chosen from the activation sizes (CPU)
         self.per_sample: int | None = None  # largest activation, in elements per walker and sample
+        self.out_per_sample: int | None = None  # output elements per walker and sample
+        self.group: int | None = None  # walkers per group; None: chosen from the output size (CPU)
         self.convolutional = any(isinstance(m, nn.Conv2d) for m in module.modules())
 
     def _evaluate(self, params: Params, x: torch.Tensor, walkers: int, track: bool = False) -> torch.Tensor:
@@ -415,6 +421,7 @@ class BatchedProgram:
         result = _rows(env[out], walkers)
         if track:
             self.per_sample = max(1, largest // max(1, walkers * x.shape[0]))
+            self.out_per_sample = max(1, result[0].numel() // max(1, x.shape[0]))
         return result
 
     def samples_per_chunk(self, x: torch.Tensor, walkers: int) -> int:
@@ -424,6 +431,15 @@ class BatchedProgram:
         if x.device.type != "cpu" or not self.convolutional or self.per_sample is None:
             return n
         return max(1, min(n, CPU_CHUNK_ELEMENTS // (walkers * self.per_sample)))
+
+    def walkers_per_group(self, x: torch.Tensor, walkers: int) -> int:
+        """Walkers evaluated together (the evaluator runs larger counts group after group): all on a GPU; on a CPU as
+        many as keep one output of the group within :data:`CPU_GROUP_ELEMENTS`."""
+        if self.group is not None:
+            return max(1, self.group)
+        if x.device.type != "cpu" or self.out_per_sample is None:
+            return walkers
+        return max(1, min(walkers, CPU_GROUP_ELEMENTS // max(1, x.shape[0] * self.out_per_sample)))
 
     def __call__(self, sampled: dict[str, torch.Tensor], x: torch.Tensor, walkers: int) -> torch.Tensor:
         params = Params(sampled, self.frozen, walkers)

@@ -60,6 +60,11 @@ class FullBatch:
         return pair[0] if pair[1] is None else pair
 
 
+class _Groups(list):
+    """Outputs of consecutive groups of walkers, ``[(g, N, ...), ...]`` (the walker-batched program on a CPU: each
+    group's tensors, and the gradients flowing back through them, stay small enough for the caches)."""
+
+
 class Evaluation(NamedTuple):
     values: torch.Tensor | None  # (W, d) collective variables
     observed: torch.Tensor | None  # (W, k) observables, no gradient
@@ -243,7 +248,10 @@ class Evaluator:
         params = self.layout.unflatten(theta)
         walkers = theta.shape[0]
         out: dict[tuple[str, str], Any] = {}
-        if self._joint and ("train", "forward") in keys and ("test", "forward") in keys:
+        # (a walker-batched program runs each split by itself: it has no per-op overhead to share, and slicing one
+        # joint output would cost a zero-filled gradient of the whole output per split in the backward pass)
+        joint = self._joint and self._program is None
+        if joint and ("train", "forward") in keys and ("test", "forward") in keys:
             x_train, x_test = self.data.train[0], self.data.test[0]
             n = x_train.shape[0]
             both = self._run(params, "train", "forward", torch.cat([x_train, x_test]), walkers)
@@ -260,7 +268,11 @@ class Evaluator:
         if source == "forward" and self._chain is not None:
             return self._run_chain(params, x, walkers)
         if source == "forward" and self._program is not None:
-            return self._program(params, x, walkers)
+            group = self._program.walkers_per_group(x, walkers)
+            if group >= walkers:
+                return self._program(params, x, walkers)
+            return _Groups([self._program({k: v[a:a + group] for k, v in params.items()}, x, min(group, walkers - a))
+                            for a in range(0, walkers, group)])
         if self.vectorized:
             return self._batched[split, source](params, x)
         return [self._call_one(split, source, {k: v[w] for k, v in params.items()}, x) for w in range(walkers)]
@@ -285,6 +297,8 @@ class Evaluator:
         return h.transpose(1, 2)
 
     def _apply(self, cv: CollectiveVariable, outputs, targets: torch.Tensor | None) -> torch.Tensor:
+        if isinstance(outputs, _Groups):
+            return torch.cat([vmap(cv.fn, in_dims=(0, None))(o, targets) for o in outputs])
         if isinstance(outputs, list):
             return torch.stack([cv.fn(o, targets) for o in outputs])
         return vmap(cv.fn, in_dims=(0, None))(outputs, targets)
