@@ -50,7 +50,8 @@ def setup(name: str, walkers: int, quick: bool):
     cvs = [resolve(v, loss="cross_entropy") for v in ("train_loss", "test_accuracy")]
     data = FullBatch(train, test)
     bound = Box.parse("fan_out").bounds(layout)
-    theta0 = layout.flatten(module) + 0.01 * torch.randn(walkers, layout.numel, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(walkers, layout.numel, generator=torch.Generator().manual_seed(1))
+    theta0 = layout.flatten(module) + 0.01 * noise
     loops, evaluators = {}, {}
     for path in ("batched", "vmap", "loop"):
         ev = Evaluator(module, layout, data, cvs, vectorize=path != "loop")
@@ -85,10 +86,11 @@ def main() -> None:
                                target_s=0.05 if quick else 1.0, budget_s=10 if quick else 25)
         for p in paths:
             best = C.best(blocks[p])
+            fast = blocks["batched"]
             ratio = "" if p == "batched" else (
-                f"{min(C.best(blocks[p]) / C.best(blocks['batched']), C.paired_median(blocks[p], blocks['batched'])):.2f}x")
-            rows.append([name, walkers, p, f"{walkers / best:,.1f}", ratio, C.roofline(flop, best, peak) if p == "batched"
-                         else "", C.spread(blocks[p])])
+                f"{min(C.best(blocks[p]) / C.best(fast), C.paired_median(blocks[p], fast)):.2f}x")
+            bound = C.roofline(flop, best, peak) if p == "batched" else ""
+            rows.append([name, walkers, p, f"{walkers / best:,.1f}", ratio, bound, C.spread(blocks[p])])
     print()
     print(C.table(rows, ["task", "walkers", "path", "walker-steps/s", "batched speed-up", "roofline (batched)",
                          "noise"]))

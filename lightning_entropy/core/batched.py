@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-__all__ = ["BatchedProgram", "Params", "compile_program", "register", "linear", "layer_norm"]
+__all__ = ["BatchedProgram", "Params", "Unsupported", "channel_layer_norm", "compile_program", "layer_norm", "linear",
+           "register"]
 
 #: Elementwise activations applied as they are, in any layout.
 ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Softplus, nn.Identity)
@@ -53,7 +54,7 @@ class Unsupported(Exception):
     """The graph has a node the batched program does not handle (the caller falls back to vmap)."""
 
 
-def register(cls: type, *, images: bool = False) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
+def register(cls: type, *, images: bool = False):
     """Declare ``fn(module, params, x, walkers) -> (W, N, ...)`` as the walker-batched forward of ``cls``.
 
     ``params`` is a :class:`Params` for the module's own parameters (names relative to the module); ``x`` is the
