@@ -213,3 +213,39 @@ def uniform_walkers(walkers: int, bound: torch.Tensor, seed: int = 1) -> torch.T
     from lightning_entropy.core.box import uniform
 
     return uniform(walkers, bound, torch.Generator().manual_seed(seed))
+
+
+# -- the roofline: this machine's dense-GEMM rate, measured in the same run -----------------------------------------
+
+
+def gemm_gflops(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, size: int = 1024,
+                seconds: float = 0.5) -> float:
+    """Dense GEMM rate of this machine (``size`` x ``size`` float32 products, best block), in GFLOP/s, with the
+    thread setting in force: the bound a benchmark's achieved GFLOP/s is compared with."""
+    device = torch.device(device)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+
+    def product() -> None:
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    best_s, _ = seconds_per_call(product, repeats=5, target_s=seconds / 5)
+    return 2 * size**3 / best_s / 1e9
+
+
+def count_flop(fn: Callable[[], object]) -> float:
+    """Floating-point operations of one call of ``fn``, counted by ``torch.utils.flop_counter`` (matrix products
+    and convolutions, forward and backward; elementwise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def roofline(flop: float, seconds: float, peak_gflops: float) -> str:
+    """``achieved GFLOP/s (x% of the GEMM peak)`` for ``flop`` done in ``seconds``."""
+    achieved = flop / seconds / 1e9 if seconds > 0 else float("nan")
+    return f"{achieved:.2f} GFLOP/s ({achieved / peak_gflops:.1%} of the {peak_gflops:.0f} GFLOP/s GEMM peak)"

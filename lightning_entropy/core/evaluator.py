@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from lightning_entropy.core import batched
 from lightning_entropy.core.step_hooks import StepCall, extract_loss
 from lightning_entropy.core.variables import CollectiveVariable
 from lightning_entropy.core.walkers import ParameterLayout
@@ -57,6 +58,11 @@ class FullBatch:
             return self.batches[split]
         pair = self.pair(split)
         return pair[0] if pair[1] is None else pair
+
+
+class _Groups(list):
+    """Outputs of consecutive groups of walkers, ``[(g, N, ...), ...]`` (the walker-batched program on a CPU: each
+    group's tensors, and the gradients flowing back through them, stay small enough for the caches)."""
 
 
 class Evaluation(NamedTuple):
@@ -152,6 +158,9 @@ class Evaluator:
         uses_forward = any(self._source(cv) == "forward" for cv in self.variables + self.observables)
         if self.vectorized and uses_forward and isinstance(train_x, torch.Tensor) and train_x.dim() == 2:
             self._chain = linear_chain(module)
+        self._program = None  # the walker-batched program (convolutions, registered blocks), see core/batched.py
+        if self.vectorized and uses_forward and self._chain is None and isinstance(train_x, torch.Tensor):
+            self._program = self._probe_program()
         self._differentiable = torch.tensor([cv.differentiable for cv in self.variables])
         test_x = data.test[0] if data.test is not None else None
         self._joint = (
@@ -163,11 +172,14 @@ class Evaluator:
 
     @property
     def path(self) -> str:
-        """How walkers are evaluated: ``"linear chain"`` (batched products), ``"vmap"`` or ``"loop"`` (one walker
-        after another)."""
+        """How walkers are evaluated: ``"linear chain"`` (batched products), ``"batched"`` (a walker-batched program
+        of convolutions and registered blocks, :mod:`lightning_entropy.core.batched`), ``"vmap"`` or ``"loop"`` (one
+        walker after another)."""
         if not self.vectorized:
             return "loop"
-        return "linear chain" if self._chain is not None else "vmap"
+        if self._chain is not None:
+            return "linear chain"
+        return "batched" if self._program is not None else "vmap"
 
     # -- forward passes -----------------------------------------------------------------------------------------
 
@@ -208,13 +220,38 @@ class Evaluator:
             return False
         return True
 
+    def _probe_program(self) -> batched.BatchedProgram | None:
+        """The walker-batched program of the module, if its graph compiles and its outputs on a few samples match
+        the vmap path at two perturbed walkers (anything else keeps vmap)."""
+        program = batched.compile_program(self.module, self.frozen)
+        if program is None:
+            return None
+        x = self.data.train[0][:4]
+        base = self.layout.flatten(self.module)
+        g = torch.Generator(device="cpu").manual_seed(0)  # a private generator: the global RNG stays untouched
+        noise = torch.randn(2, base.numel(), generator=g, dtype=base.dtype).to(base.device)
+        theta = base + 0.1 * noise * base.abs().mean().clamp_min(1e-3)
+        try:
+            with torch.no_grad():
+                params = self.layout.unflatten(theta)
+                got = program.probe(params, x, 2)
+                want = self._batched["train", "forward"](params, x)
+        except Exception:  # noqa: BLE001 - a combination the program does not handle: vmap
+            return None
+        if not isinstance(want, torch.Tensor) or batched.relative_error(got, want) > 1e-4:
+            return None
+        return program
+
     def _outputs(self, theta: torch.Tensor, keys: tuple[tuple[str, str], ...]) -> dict[tuple[str, str], Any]:
         """Outputs per (split, source); the train and test forward passes go through one batched forward when their
         inputs can be stacked."""
         params = self.layout.unflatten(theta)
         walkers = theta.shape[0]
         out: dict[tuple[str, str], Any] = {}
-        if self._joint and ("train", "forward") in keys and ("test", "forward") in keys:
+        # (a walker-batched program runs each split by itself: it has no per-op overhead to share, and slicing one
+        # joint output would cost a zero-filled gradient of the whole output per split in the backward pass)
+        joint = self._joint and self._program is None
+        if joint and ("train", "forward") in keys and ("test", "forward") in keys:
             x_train, x_test = self.data.train[0], self.data.test[0]
             n = x_train.shape[0]
             both = self._run(params, "train", "forward", torch.cat([x_train, x_test]), walkers)
@@ -230,6 +267,12 @@ class Evaluator:
     def _run(self, params: dict[str, torch.Tensor], split: str, source: str, x: Any, walkers: int):
         if source == "forward" and self._chain is not None:
             return self._run_chain(params, x, walkers)
+        if source == "forward" and self._program is not None:
+            group = self._program.walkers_per_group(x, walkers)
+            if group >= walkers:
+                return self._program(params, x, walkers)
+            return _Groups([self._program({k: v[a:a + group] for k, v in params.items()}, x, min(group, walkers - a))
+                            for a in range(0, walkers, group)])
         if self.vectorized:
             return self._batched[split, source](params, x)
         return [self._call_one(split, source, {k: v[w] for k, v in params.items()}, x) for w in range(walkers)]
@@ -254,6 +297,8 @@ class Evaluator:
         return h.transpose(1, 2)
 
     def _apply(self, cv: CollectiveVariable, outputs, targets: torch.Tensor | None) -> torch.Tensor:
+        if isinstance(outputs, _Groups):
+            return torch.cat([vmap(cv.fn, in_dims=(0, None))(o, targets) for o in outputs])
         if isinstance(outputs, list):
             return torch.stack([cv.fn(o, targets) for o in outputs])
         return vmap(cv.fn, in_dims=(0, None))(outputs, targets)

@@ -261,6 +261,7 @@ class ModuleContract:
                 f"{frozen_text}, with the module in {mode} on full batches: {data}. Loss: {self.loss_origin}.")
         if evaluator is not None:
             path = {"loop": "walkers evaluated one after another", "vmap": "vectorized (torch.func.vmap)",
+                    "batched": "vectorized (walker-batched layers)",
                     "linear chain": "vectorized (batched Linear chain)"}[evaluator.path]
             text += f" Variables: {', '.join(cv.name for cv in evaluator.variables)}; {path}."
         return text

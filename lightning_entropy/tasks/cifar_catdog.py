@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lightning_entropy.core import batched
 from lightning_entropy.tasks.common import NetModule, TensorDataModule
 from lightning_entropy.tasks.safe_pickle import load_data_pickle
 
@@ -258,3 +259,10 @@ class CIFARCatDogClassifier(NetModule):
         self.save_hyperparameters()
         self.net = layernorm_resnet(width, blocks)
         self.loss_fn = nn.CrossEntropyLoss()
+
+
+@batched.register(ChannelLayerNorm, images=True)
+def _channel_layer_norm_batched(module: ChannelLayerNorm, params: batched.Params, images: torch.Tensor,
+                                walkers: int) -> torch.Tensor:
+    """All walkers' images at once (the evaluator's walker-batched path, :mod:`lightning_entropy.core.batched`)."""
+    return batched.channel_layer_norm(images, walkers, params("weight"), params("bias"), module.eps)

@@ -23,7 +23,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from lightning_entropy.core import batched
 
 
 def transformer_parameters(vocab: int, outputs: int, context: int, width: int, depth: int) -> int:
@@ -111,3 +114,68 @@ class TinyTransformer(nn.Module):
         if self.last_only:
             h = h[:, -1]
         return self.head(h)
+
+
+# -- all walkers at once (the evaluator's walker-batched path, lightning_entropy.core.batched) ----------------------
+
+
+def _batched_attention(attn: CausalSelfAttention, p: batched.Params, x: torch.Tensor) -> torch.Tensor:
+    """:class:`CausalSelfAttention` for walker-major ``x`` ``(W, N, T, d)``: the projections as batched products over
+    walkers, the scores as one batched product over (walker, sample, head)."""
+    w, n, t, d = x.shape
+    heads = attn.heads
+    qkv = batched.linear(x, p("qkv.weight"), p("qkv.bias"))  # (W, N, T, 3d)
+    q, k, v = (z.reshape(w * n, t, heads, d // heads).transpose(1, 2) for z in qkv.split(d, dim=-1))
+    scores = (q @ k.transpose(-2, -1)) * attn.scale  # (W N, heads, T, T)
+    scores = scores.masked_fill(~attn.causal[:t, :t], float("-inf"))
+    mixed = scores.softmax(-1) @ v  # (W N, heads, T, d / heads)
+    return batched.linear(mixed.transpose(1, 2).reshape(w, n, t, d), p("proj.weight"), p("proj.bias"))
+
+
+def _batched_layer_norm(norm: nn.LayerNorm, p: batched.Params, name: str, x: torch.Tensor) -> torch.Tensor:
+    return batched.layer_norm(x, p(f"{name}.weight"), p(f"{name}.bias"), tuple(norm.normalized_shape), norm.eps)
+
+
+def _check_structure(module: TinyTransformer) -> None:
+    """The batched forward re-implements these exact classes; anything else (a swapped block) keeps vmap."""
+    ok = type(module.token) is nn.Embedding and type(module.position) is nn.Embedding
+    ok = ok and type(module.norm) is nn.LayerNorm and type(module.head) is nn.Linear
+    ok = ok and module.token.max_norm is None and type(module.blocks) is nn.Sequential
+    for block in module.blocks:
+        ok = ok and type(block) is Block and type(block.attn) is CausalSelfAttention
+        ok = ok and type(block.norm1) is nn.LayerNorm and type(block.norm2) is nn.LayerNorm
+        mlp = block.mlp
+        ok = ok and type(mlp) is nn.Sequential and len(mlp) == 3 and type(mlp[0]) is nn.Linear
+        ok = ok and type(mlp[1]) in batched.ELEMENTWISE and type(mlp[2]) is nn.Linear
+        ok = ok and type(block.attn.qkv) is nn.Linear and type(block.attn.proj) is nn.Linear
+    if not ok:
+        raise batched.Unsupported("a TinyTransformer with other layers than its own")
+
+
+@batched.register(TinyTransformer)
+def _tiny_transformer_batched(module: TinyTransformer, p: batched.Params, tokens: torch.Tensor,
+                              walkers: int) -> torch.Tensor:
+    """:meth:`TinyTransformer.forward` for all walkers: tokens ``(N, T)`` shared -> logits ``(W, N, T, K)`` (or
+    ``(W, N, K)`` when ``last_only``)."""
+    _check_structure(module)
+    if tokens.dim() != 2 or tokens.dtype not in (torch.long, torch.int):
+        raise batched.Unsupported("tokens of shape (N, T) shared by all walkers expected")
+    t = tokens.shape[-1]
+    if t > module.context:
+        raise ValueError(f"sequence length {t} exceeds the model's context {module.context}.")
+    table = p("token.weight")  # (W, V, d)
+    vocab, width = table.shape[1:]
+    offsets = torch.arange(walkers, device=tokens.device).mul_(vocab).view(walkers, 1, 1)
+    h = F.embedding(tokens.unsqueeze(0) + offsets, table.reshape(walkers * vocab, width))  # (W, N, T, d)
+    h = h + p("position.weight")[:, :t].unsqueeze(1)
+    for i, block in enumerate(module.blocks):
+        bp = p.sub(f"blocks.{i}")
+        h = h + _batched_attention(block.attn, bp.sub("attn"), _batched_layer_norm(block.norm1, bp, "norm1", h))
+        z = _batched_layer_norm(block.norm2, bp, "norm2", h)
+        z = batched.linear(block.mlp[1](batched.linear(z, bp("mlp.0.weight"), bp("mlp.0.bias"))),
+                           bp("mlp.2.weight"), bp("mlp.2.bias"))
+        h = h + z
+    h = _batched_layer_norm(module.norm, p, "norm", h)
+    if module.last_only:
+        h = h[:, :, -1]
+    return batched.linear(h, p("head.weight"), p("head.bias"))
