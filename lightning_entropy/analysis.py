@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from lightning_entropy.core.combine import rhat
+
 READOUTS = ("max_s", "mean_curve", "label_free")
 
 
@@ -48,6 +50,7 @@ class Readout:
     drift: np.ndarray  # value now minus value at the previous snapshot (NaN without one)
     undersampled: np.ndarray  # bool
     per_replica: np.ndarray | None = None  # (replicas, bins) the readout of each independent replica
+    per_block: np.ndarray | None = None  # (replicas, draws, bins) the same per group of production blocks (R-hat)
 
     def usable(self, in_window: np.ndarray | None = None) -> np.ndarray:
         ok = np.isfinite(self.value) & ~self.undersampled
@@ -148,8 +151,26 @@ def readouts(landscape, *, exclude: int = 1, min_fraction: float = 0.05) -> dict
         error = _spread(per_group) if groups > 1 else np.full(nb, np.nan)
         few = (total_c < 10 * max(groups, 1)) | ((c > 0).sum(0) < max(1, math.ceil(groups / 2)))
         out["label_free"] = Readout("label_free", x, value, error, np.full(nb, np.nan), few | ~np.isfinite(value),
-                                    per_group if _replicas(landscape) is not None else None)
+                                    per_group if _replicas(landscape) is not None else None,
+                                    _per_block(landscape))
     return out
+
+
+BLOCK_DRAWS = 8  # production blocks are merged into this many draws per replica for the readouts' R-hat
+
+
+def _per_block(landscape) -> np.ndarray | None:
+    """``(R, draws, nx)``: the label-free readout of each replica over consecutive groups of its production blocks
+    (``landscape.replica_blocks``), at most :data:`BLOCK_DRAWS` draws and at least four; None without them."""
+    blocks = getattr(landscape, "replica_blocks", None)
+    if blocks is None or _replicas(landscape) is None or blocks.shape[0] < 4:
+        return None
+    n = min(BLOCK_DRAWS, blocks.shape[0])
+    size = blocks.shape[0] // n
+    grouped = blocks[blocks.shape[0] - n * size:].reshape(n, size, *blocks.shape[1:]).sum(1)  # (n, 2, R, nx)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.where(grouped[:, 1] > 0, grouped[:, 0] / grouped[:, 1], np.nan)  # (n, R, nx)
+    return np.transpose(value, (1, 0, 2))
 
 
 def _replicas(landscape) -> np.ndarray | None:
@@ -193,6 +214,8 @@ class Advantage:
     mean_advantage_error: float | None
     mean_advantage_drift: float | None = None  # how much the mean moved since the previous snapshot
     notes: list[str] = field(default_factory=list)
+    # rank-normalized split R-hat of the mean across replicas (chains) and groups of production blocks (draws)
+    mean_advantage_r_hat: float | None = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: the mean, its error, the bins used and the per-bin values on them."""
@@ -204,6 +227,7 @@ class Advantage:
             "mean_advantage": self.mean_advantage,
             "mean_advantage_error": self.mean_advantage_error,
             "mean_advantage_drift": self.mean_advantage_drift,
+            "mean_advantage_r_hat": self.mean_advantage_r_hat,
             "bins": int(u.sum()),
             "ln_train_loss": [float(v) for v in self.x[u]],
             "per_bin": [float(v) for v in self.per_bin[u]],
@@ -244,7 +268,7 @@ def advantage(readout: Readout, baseline, *, higher_is_better: bool, in_window: 
         notes.append("baseline error missing in some bins (fewer than two seeds): counted as 0")
     error = np.sqrt(np.nan_to_num(readout.error) ** 2 + np.nan_to_num(sem) ** 2)
     error = np.where(used, error, np.nan)
-    mean = err = drift = None
+    mean = err = drift = r_hat = None
     if used.any():
         mean = float(per_bin[used].mean())
         err = float(np.sqrt((error[used] ** 2).sum()) / used.sum())
@@ -258,10 +282,15 @@ def advantage(readout: Readout, baseline, *, higher_is_better: bool, in_window: 
         moved = readout.drift[used]
         if np.isfinite(moved).all():
             drift = float(sign * moved.mean())
+        if readout.per_block is not None:  # each replica's mean over the used bins, per group of blocks
+            with np.errstate(invalid="ignore"):
+                draws = np.nanmean(sign * (readout.per_block[:, :, used] - baseline.mean[used]), axis=-1)
+            value = rhat(draws[None])[0]
+            r_hat = float(value) if np.isfinite(value) else None
     else:
         notes.append("no bin is covered by both the landscape and the baseline")
     return Advantage(readout.name, baseline.metric, higher_is_better, readout.x, per_bin, error, used, mean, err,
-                     drift, notes)
+                     drift, notes, r_hat)
 
 
 # -- convergence -------------------------------------------------------------------------------------------------------

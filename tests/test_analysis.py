@@ -193,3 +193,46 @@ def test_width_table_sorts_runs_by_size():
     ])
     assert [r["parameters"] for r in rows] == [362, 1002]
     assert rows[0]["mean_advantage"] == 0.06 and rows[0]["converged"] is True
+
+
+def _label_free(blocks):
+    """A 1-D landscape of 4 replicas whose label-free sums per production block are ``blocks`` (B, 2, 4, 8)."""
+    land = Landscape([(-5.0, -1.0)], [8], ["ln_train_loss"], kernel_sigma=0.0, groups=4,
+                     observables=("test_accuracy",))
+    sums = blocks.sum(0)  # (2, R, nx)
+    land.group_obs_sum[0].copy_(torch.as_tensor(sums[0]))
+    land.group_obs_count.copy_(torch.as_tensor(sums[1]))
+    land.obs_sum[0].copy_(torch.as_tensor(sums[0].sum(0)))
+    land.obs_count.copy_(torch.as_tensor(sums[1].sum(0)))
+    land.recent_visits[0].copy_(torch.as_tensor(sums[1]))
+    land.visits.copy_(torch.as_tensor(sums[1].sum(0)))
+    land.replica_entropy = np.zeros((4, 8))
+    land.replica_blocks = blocks
+    return land
+
+
+def test_advantage_r_hat_comes_from_replicas_and_production_blocks():
+    """Replicas that sample the same conditional means give R-hat near 1; one replica stuck elsewhere (its own,
+    wrong bias) gives a large R-hat, although each replica's blocks agree with each other."""
+    rng = np.random.default_rng(0)
+    x = np.linspace(-4.75, -1.25, 8)
+    base = pool(_records([[0.70] * 8, [0.72] * 8, [0.71] * 8], x), metric="test_metric",
+                edges=np.linspace(-5.0, -1.0, 9))
+
+    def blocks(offsets):
+        count = np.full((16, 4, 8), 50.0)
+        accuracy = 0.8 + np.asarray(offsets)[None, :, None] + rng.normal(0, 0.02, (16, 4, 8))
+        return np.stack([accuracy * count, count], axis=1)  # (B, 2, R, nx)
+
+    agree = analysis.readouts(_label_free(blocks([0, 0, 0, 0]))).get("label_free")
+    assert agree.per_block.shape == (4, analysis.BLOCK_DRAWS, 8)
+    fine = analysis.advantage(agree, base, higher_is_better=True)
+    assert fine.mean_advantage == pytest.approx(0.09, abs=0.01)
+    assert fine.mean_advantage_r_hat < 1.05
+    assert fine.summary()["mean_advantage_r_hat"] == fine.mean_advantage_r_hat
+    stuck = analysis.advantage(analysis.readouts(_label_free(blocks([0, 0, 0, 0.05])))["label_free"], base,
+                               higher_is_better=True)
+    assert stuck.mean_advantage_r_hat > 1.2
+    few = _label_free(blocks([0, 0, 0, 0])[:3])  # three blocks: no R-hat, and no claim of one
+    assert analysis.advantage(analysis.readouts(few)["label_free"], base,
+                              higher_is_better=True).mean_advantage_r_hat is None

@@ -114,6 +114,8 @@ class Landscape:
         self.history: list[dict[str, float]] = []  # one entry per snapshot (see ``snapshot``)
         # (replicas, *shape): S of each independent replica (nats, NaN where unvisited), published by the run
         self.replica_entropy: np.ndarray | None = None
+        # (blocks, 2, replicas, nx): sum and count of the first observable per production block, replica and x bin
+        self.replica_blocks: np.ndarray | None = None
         self._group_of: torch.Tensor | None = None
         self._strides = torch.tensor(
             [math.prod(self.shape[i + 1 :]) for i in range(d)], dtype=torch.int64, device=self.device
@@ -483,6 +485,8 @@ class Landscape:
             "history": [dict(h) for h in self.history],
             **({"replica_entropy": torch.from_numpy(np.asarray(self.replica_entropy, dtype=np.float64))}
                if self.replica_entropy is not None else {}),
+            **({"replica_blocks": torch.from_numpy(np.asarray(self.replica_blocks, dtype=np.float64))}
+               if self.replica_blocks is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -502,6 +506,9 @@ class Landscape:
         replicas = state.get("replica_entropy")
         self.replica_entropy = None if replicas is None else np.asarray(torch.as_tensor(replicas).cpu().numpy(),
                                                                        dtype=np.float64)
+        blocks = state.get("replica_blocks")
+        self.replica_blocks = None if blocks is None else np.asarray(torch.as_tensor(blocks).cpu().numpy(),
+                                                                     dtype=np.float64)
         self._walker_steps.copy_(state["walker_steps"])
         self.metadata.update(state.get("metadata", {}))
 

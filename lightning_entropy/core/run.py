@@ -103,6 +103,9 @@ class Run:
         self.window_trips = trips.init(windows.walkers, (lo, hi), end_fraction=end_fraction, device=device)
         self.blocks: list[np.ndarray] = []  # per production chunk: (E, nx) reweighted x-marginal mass
         self._last_production = torch.zeros_like(windows.production)
+        self.observable_blocks: list[np.ndarray] = []  # per production chunk: (2, R, nx), see _observed
+        observed = self._observed()
+        self._last_observed = None if observed is None else torch.zeros_like(observed)
         self.production_start: int | None = None
         self._picture = None  # (R, nx, ny) reweighted production counts of (x, first observable), 1-D runs only
         names = landscape.observable_names
@@ -266,6 +269,8 @@ class Run:
             self.windows.freeze()
             self.production_start = self.state.step
             self._last_production.copy_(self.windows.reweighted)
+            if self._last_observed is not None:
+                self._last_observed.copy_(self._observed())
 
     @property
     def frozen(self) -> bool:
@@ -281,6 +286,18 @@ class Run:
         if mass.dim() > 2:
             mass = mass.sum(tuple(range(2, mass.dim())))
         self.blocks.append(mass.cpu().numpy())
+        observed = self._observed()
+        if observed is not None:  # the label-free readout's production sums per replica: its R-hat's draws
+            self.observable_blocks.append((observed - self._last_observed).cpu().numpy())
+            self._last_observed.copy_(observed)
+
+    def _observed(self) -> torch.Tensor | None:
+        """``(2, R, nx)``: the first observable's recorded sum and count per replica and x bin so far (1-D walks with
+        observables, whose walker groups are the replicas), else None."""
+        g = self.landscape
+        if g.ndim != 1 or not g.observable_names or g.groups != self.windows.replicas:
+            return None
+        return torch.stack([g.group_obs_sum[0], g.group_obs_count]).to(torch.float64)
 
     def replica_entropy(self) -> np.ndarray:
         """``(R, *shape)``: S of each replica (nats, NaN where it has no estimate): its windows' reweighted
@@ -373,6 +390,7 @@ class Run:
         self.landscape.known.copy_(torch.isfinite(mean))
         self.landscape.bias.copy_(torch.nan_to_num(mean, nan=0.0))
         self.landscape.replica_entropy = per_replica
+        self.landscape.replica_blocks = np.stack(self.observable_blocks) if self.observable_blocks else None
         return per_replica
 
     def snapshot(self) -> dict[str, float]:
@@ -418,6 +436,9 @@ class Run:
             "dt": self.dt.clone(),
             "picture": None if self._picture is None else self._picture.clone(),
             "jacobian": None if self.jacobian is None else self.jacobian.clone(),
+            "observable_blocks": (torch.from_numpy(np.stack(self.observable_blocks)) if self.observable_blocks
+                                  else None),
+            "last_observed": None if self._last_observed is None else self._last_observed.clone(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -435,6 +456,10 @@ class Run:
         self.dt = state["dt"].to(self.dt)
         if self._picture is not None and state.get("picture") is not None:
             self._picture.copy_(state["picture"].to(self._picture))
+        saved = state.get("observable_blocks")
+        self.observable_blocks = [] if saved is None else [b for b in saved.cpu().numpy()]
+        if self._last_observed is not None and state.get("last_observed") is not None:
+            self._last_observed.copy_(state["last_observed"].to(self._last_observed))
         if self.jacobian is not None:
             saved = state.get("jacobian")
             if saved is None:  # a checkpoint from before the Jacobian was kept: rebuild it at the saved walkers
