@@ -257,3 +257,47 @@ def test_bunched_starts_fall_back_to_even_windows():
     assert w.config()["bounds"] == [list(b) for b in window_bounds(90, 4, 0.5)]
     with pytest.raises(ValueError, match="placement="):
         Windows(grid, 32, replicas=2, windows=4, placement="quantile")
+
+
+def test_soft_walls_let_a_walker_out_without_depositing_and_pull_it_back():
+    grid = Landscape([(0.0, 2.0)], [20], ["ln_train_loss"], kernel_sigma=0.0)
+    soft = Windows(grid, 2, replicas=1, windows=2, overlap=0.5, pull=3.0, placement="even")
+    hard = Windows(grid, 2, replicas=1, windows=2, overlap=0.5, pull=3.0, placement="even", walls="hard")
+    x = torch.from_numpy(grid.centers[0])
+    for w in (soft, hard):
+        w.bias[0] = 2.0 * x  # window 0 (bins 0..13): S rising with slope 2
+    inside = torch.tensor([[0.55], [1.55]], dtype=torch.float64)  # walker 0 in window 0, walker 1 in window 1
+    below = torch.tensor([[-0.3], [1.55]], dtype=torch.float64)  # walker 0 below the grid, out of its window
+    assert soft.admissible(below, inside).tolist() == [True, True]
+    assert hard.admissible(below, inside).tolist() == [False, True]
+    assert soft.deposit(below, torch.ones(2, dtype=torch.bool)).tolist() == [0.0, 1.0]  # outside: no deposit
+    assert float(soft.visits[0].sum()) == 0.0
+    value, slope = soft.potential(below)
+    # outside: the bias flat at the first bin centre (value 2 * 0.05) plus the pull, whose slope is the only force
+    assert float(value[0]) == pytest.approx(2 * 0.05 + 3.0 * 0.3)
+    assert float(slope[0, 0]) == pytest.approx(-3.0)
+    with pytest.raises(ValueError, match="walls='sideways'.*'soft'"):
+        Windows(grid, 2, replicas=1, windows=2, walls="sideways")
+
+
+def test_forces_follow_the_window_a_walker_holds_after_exchanges():
+    """Every step the integrator's force must be the gradient of the potential the Metropolis test uses: after
+    exchanges (and at the end of any chunk) a walker's stored force equals a fresh evaluation under its window."""
+    from lightning_entropy.core.run import Run
+    from lightning_entropy.core.samplers.wlmd import MDConfig
+    from toy import toy_landscape, toy_problem
+
+    _, _, evaluator, bound = toy_problem(1)
+    grid = toy_landscape(1, groups=2)
+    gen = torch.Generator().manual_seed(0)
+    theta0 = (torch.rand(16, bound.numel(), generator=gen) * 2 - 1) * bound
+    windows = Windows(grid, 16, replicas=2, windows=4, exchange_every=1)
+    run = Run(evaluator, grid, bound, theta0, windows=windows, config=MDConfig(), seed=0)
+    for _ in range(4):
+        run.chunk(25)
+    assert float(windows.exchange_accepted.sum()) > 0  # walkers did change windows
+    _, _, fresh = evaluator.value_and_grad(run.state.theta, windows.potential)
+    torch.testing.assert_close(run.state.bias_grad, fresh, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="dt_spread=0.5"):
+        Run(evaluator, grid, bound, theta0, windows=Windows(grid, 16, replicas=2, windows=4), config=MDConfig(),
+            seed=0, dt_spread=0.5)
