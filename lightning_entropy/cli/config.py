@@ -35,6 +35,9 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from lightning_entropy.cli.errors import ConfigError
+from lightning_entropy.cli.targets import TASK_NAMES, builtin_datamodule, builtin_model
+
 WANG_LANDAU_KINDS = ("wang_landau", "wang_landau_mc")
 ENTROPY_MD_KINDS = ("entropy_md",)
 #: The box of a Wang-Landau sampler when neither ``sampler.box`` nor ``task.box`` is set (ALGORITHM.md section 2):
@@ -45,10 +48,6 @@ LOGGER_KINDS = ("none", "csv", "tensorboard", "wandb")
 
 
 REQUIRED = "REQUIRED"  # the value of a key that an experiment preset needs from the command line
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the key (e.g. ``model.width``)."""
 
 
 @dataclass
@@ -431,16 +430,13 @@ def validate(cfg: DictConfig) -> None:
     Raises:
         ConfigError: with the dotted key (``model.width``) in the message.
     """
-    from lightning_entropy.cli.tasks import TASKS, builtin_datamodule, builtin_model  # late: the registry imports
-    # the task modules
-
     own = (() if builtin_model(cfg) else ("model.",)) + (() if builtin_datamodule(cfg) else ("datamodule.",))
     _unknown_keys(cfg, Config, "", own)
     if cfg.task.path == REQUIRED:
         raise ConfigError(f"task.path: this preset needs a data file that is not bundled with the package"
                           f" ({cfg.task.name} task); give it on the command line, e.g."
                           " task.path=../shared/data/<file>.npz.")
-    _choice(cfg, "task.name", tuple(TASKS))
+    _choice(cfg, "task.name", TASK_NAMES)
     for key in ("task.n_train", "task.n_test"):
         if OmegaConf.select(cfg, key) is not None:
             _positive_int(cfg, key, 2)
