@@ -94,8 +94,9 @@ class BaselineRecorder(Callback):
             raise ValueError(
                 f"metric={metric!r}: use 'auto', 'hard_test_accuracy', 'smooth_test_accuracy' or 'ln_test_loss'."
             )
-        if heldout not in ("val", "test"):
-            raise ValueError(f"heldout={heldout!r}: use 'val' (val_dataloader) or 'test' (test_dataloader).")
+        from lightning_entropy.strategies.contract import check_heldout  # late: the strategies import Lightning
+
+        check_heldout(heldout)
         if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise ValueError(f"every_n_epochs={every_n_epochs!r} must be a positive integer.")
         self.seed = seed

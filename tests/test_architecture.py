@@ -69,6 +69,37 @@ def test_constructor_errors_name_the_config_key(overrides, key):
         make_strategy(compose_config(overrides))
 
 
+#: Values the command line once checked itself, now checked by the strategy: (argument, bad value, the message's start).
+API_ERRORS = [
+    ("start_steps", 0, r"start_steps=0: give a positive number of optimiser steps"),
+    ("start_lr", 0.0, r"start_lr=0\.0: give a positive learning rate"),
+    ("accuracy_slope", -1.0, r"accuracy_slope=-1\.0: give a positive slope"),
+    ("accuracy_axis", "log", r"accuracy_axis='log': use 'linear' or 'logit'"),
+    ("kernel_sigma", -0.5, r"kernel_sigma=-0\.5: give a deposit width >= 0"),
+    ("wall_strength", -1.0, r"wall_strength=-1\.0: give a number >= 0"),
+    ("bin_width", [0.1, 0.0], r"bin_width=\[0\.1, 0\.0\]: give one positive width"),
+    ("schedule", 5, r"schedule=5 is not a schedule"),
+    ("heldout", "train", r"heldout='train': use 'val'"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), API_ERRORS)
+def test_the_api_user_gets_the_command_lines_error(key, value, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        WangLandauStrategy(**{key: value})
+    override = f"sampler.{key}={value!r}".replace("'", "").replace(" ", "")
+    with pytest.raises(ConfigError, match=rf"sampler\.{key}: {message}"):
+        make_strategy(compose_config([override]))
+
+
+def test_heldout_is_checked_by_every_constructor_that_takes_it():
+    from lightning_entropy.baseline import BaselineRecorder
+
+    for build in (WangLandauStrategy, EntropyMDStrategy, BaselineRecorder):
+        with pytest.raises(ValueError, match=r"heldout='train': use 'val' \(val_dataloader\) or 'test'"):
+            build(heldout="train")
+
+
 # -- imports only go down ---------------------------------------------------------------------------------------------
 
 #: Floors from the bottom; a module may import its own floor and those below it.

@@ -1,6 +1,8 @@
 """Checks of the Wang-Landau strategies' arguments, each ending in a ``ValueError`` that names the value and the fix.
 
-Called before any work: :func:`check_arguments` from the constructor (ranges, window, variables, groups), and
+Called before any work: :func:`check_arguments` and :func:`check_settings` from the constructor (ranges, window,
+variables, groups; the start phase's steps and learning rate, the accuracy's slope and axis, the deposit kernel, the
+soft wall, the bin widths), and
 :func:`check_grid` (that of :mod:`lightning_entropy.core.setup`), :func:`check_walker_memory` and
 :func:`check_module_dtype` from setup once the grid and the parameter count are known (before the landscape and the
 walkers are allocated).
@@ -9,6 +11,7 @@ walkers are allocated).
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from typing import Any, Sequence
 
@@ -20,7 +23,8 @@ from lightning_entropy.core.setup import MAX_TOTAL_BINS, check_grid
 #: and the vmap'ed forward/backward temporaries (a conservative factor for the memory estimate).
 MEMORY_FACTOR = 8
 
-__all__ = ["MAX_TOTAL_BINS", "check_arguments", "check_grid", "check_module_dtype", "check_walker_memory"]
+__all__ = ["MAX_TOTAL_BINS", "check_arguments", "check_grid", "check_module_dtype", "check_settings",
+           "check_walker_memory"]
 
 
 def _pairs(value: Any, name: str) -> list[tuple[float, float]]:
@@ -77,6 +81,42 @@ def check_arguments(*, walkers: int, ranges=None, window=None, variables=None, g
     check_window(window)
     check_variables(variables)
     check_groups(groups, walkers)
+
+
+def _number(value: Any) -> bool:
+    """A finite real number (numpy's too), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def check_settings(*, start_steps, start_lr, accuracy_slope, accuracy_axis, kernel_sigma, wall_strength,
+                   bin_width) -> None:
+    """The settings the sampler reads only later (the start phase, the CVs, the landscape), checked at once."""
+    if not isinstance(start_steps, numbers.Integral) or isinstance(start_steps, bool) or start_steps < 1:
+        raise ValueError(f"start_steps={start_steps!r}: give a positive number of optimiser steps for the"
+                         " start='adam'/'sgd' runs (e.g. 300).")
+    if not (_number(start_lr) and start_lr > 0):
+        raise ValueError(f"start_lr={start_lr!r}: give a positive learning rate for the start='adam'/'sgd' runs"
+                         " (parameter units per step, e.g. 1e-2).")
+    if not (_number(accuracy_slope) and accuracy_slope > 0):
+        raise ValueError(f"accuracy_slope={accuracy_slope!r}: give a positive slope k of the smoothed accuracy"
+                         " (e.g. 5.0).")
+    if accuracy_axis not in ("linear", "logit"):
+        raise ValueError(f"accuracy_axis={accuracy_axis!r}: use 'linear' or 'logit'.")
+    if kernel_sigma is not None and not (_number(kernel_sigma) and kernel_sigma >= 0):
+        raise ValueError(f"kernel_sigma={kernel_sigma!r}: give a deposit width >= 0 in bins (0: one bin), or None for"
+                         " the sampler's default.")
+    if not (_number(wall_strength) and wall_strength >= 0):
+        raise ValueError(f"wall_strength={wall_strength!r}: give a number >= 0 (nats per squared CV unit; 0: no soft"
+                         " wall).")
+    if bin_width is not None:
+        widths = [bin_width] if _number(bin_width) or isinstance(bin_width, (bool, str)) else bin_width
+        try:
+            ok = all(_number(w) and w > 0 for w in widths)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"bin_width={bin_width!r}: give one positive width in CV units (for every axis) or one"
+                             " per axis, or None for the defaults.")
 
 
 def available_memory_bytes() -> int | None:

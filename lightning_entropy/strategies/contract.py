@@ -324,12 +324,18 @@ def _check_attribute_loss(contract: ModuleContract, kind: Any) -> None:
         )
 
 
+def check_heldout(heldout: Any) -> None:
+    """``heldout`` names the loader of the held-out split: ``"val"`` or ``"test"`` (the one check of it, made by
+    every constructor that takes it and by :func:`inspect_module`)."""
+    if heldout not in ("val", "test"):
+        raise ValueError(f"heldout={heldout!r}: use 'val' (val_dataloader) or 'test' (test_dataloader).")
+
+
 def inspect_module(trainer: Any, module: nn.Module, *, loss: Any = "auto", heldout: str = "val",
                    device: torch.device) -> ModuleContract:
     """Read the data, find the loss and check the module against the contract (module docstring); the module is put
     in eval mode. Fails with a message that says what to add when the module cannot be sampled."""
-    if heldout not in ("val", "test"):
-        raise ValueError(f"heldout={heldout!r}: use 'val' (val_dataloader) or 'test' (test_dataloader).")
+    check_heldout(heldout)
     module.eval()  # deterministic CVs: no dropout noise, no batch-norm statistics updates
     train, train_origin = read_split(trainer, "train", device)
     if train is None:
@@ -371,4 +377,4 @@ def inspect_module(trainer: Any, module: nn.Module, *, loss: Any = "auto", heldo
     return contract
 
 
-__all__ = ["LOSS_ATTRIBUTES", "ModuleContract", "detect_loss", "inspect_module"]
+__all__ = ["LOSS_ATTRIBUTES", "ModuleContract", "check_heldout", "detect_loss", "inspect_module"]

@@ -34,7 +34,8 @@ from lightning_entropy.core.step_run import StepRun
 from lightning_entropy.core.validation import check_variable_callables, validate_full_batch
 from lightning_entropy.core.windows import Windows, auto_windows
 from lightning_entropy.strategies import budget
-from lightning_entropy.strategies.arguments import check_arguments, check_module_dtype, check_walker_memory
+from lightning_entropy.strategies.arguments import (check_arguments, check_module_dtype, check_settings,
+                                                   check_walker_memory)
 from lightning_entropy.strategies.base import SamplerMixin
 from lightning_entropy.strategies.contract import inspect_module
 from lightning_entropy.strategies.scalars import log_step
@@ -70,6 +71,9 @@ class WangLandauSampling(SamplerMixin):
                             observe_every=observe_every, heldout=heldout, loss=loss, vectorize=vectorize,
                             snapshot_every=snapshot_every or 1, groups=groups or 1)
         check_arguments(walkers=walkers, ranges=ranges, window=window, variables=variables, groups=groups)
+        check_settings(start_steps=start_steps, start_lr=start_lr, accuracy_slope=accuracy_slope,
+                       accuracy_axis=accuracy_axis, kernel_sigma=kernel_sigma, wall_strength=wall_strength,
+                       bin_width=bin_width)
         if start not in MODES:
             raise ValueError(f"start={start!r} is not a start mode; use one of {MODES}.")
         if not (isinstance(start_budget, (int, float)) and 0 < start_budget <= 1):
