@@ -53,6 +53,13 @@ class StartReport:
     def shortened(self) -> bool:
         return self.ran < self.requested
 
+    def shortfall(self, walkers: int, share: float, left: float) -> str:
+        """What a start that its time budget (``share`` of the ``left`` seconds of ``max_time``) shortened says."""
+        return (f"start={self.mode!r}: {self.requested} optimiser steps of {walkers} walkers would take about"
+                f" {self.requested * self.seconds_per_step:.0f} s, more than start_budget={share:g} of"
+                f" the {left:.0f} s left of max_time; they ran {self.ran} steps ({self.seconds:.0f} s). Raise"
+                " max_time or start_budget, or lower start_steps or walkers, for the full start.")
+
     def describe(self) -> dict:
         return {"mode": self.mode, "steps_requested": self.requested, "steps_run": self.ran,
                 "seconds": self.seconds, "shortened_by_time": self.shortened}

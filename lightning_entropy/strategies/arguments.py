@@ -18,13 +18,14 @@ from typing import Any, Sequence
 import torch
 
 from lightning_entropy.core.setup import MAX_TOTAL_BINS, check_grid
+from lightning_entropy.core.start import MODES
 
 #: Bytes per walker per parameter and dtype byte, beyond the parameters themselves: velocities, gradients, proposals
 #: and the vmap'ed forward/backward temporaries (a conservative factor for the memory estimate).
 MEMORY_FACTOR = 8
 
-__all__ = ["MAX_TOTAL_BINS", "check_arguments", "check_grid", "check_module_dtype", "check_settings",
-           "check_walker_memory"]
+__all__ = ["MAX_TOTAL_BINS", "check_arguments", "check_fill", "check_grid", "check_module_dtype", "check_settings",
+           "check_start", "check_threads", "check_variable_axes", "check_walker_memory"]
 
 
 def _pairs(value: Any, name: str) -> list[tuple[float, float]]:
@@ -73,6 +74,47 @@ def check_groups(groups: int | None, walkers: int) -> None:
             f"groups={groups} > walkers={walkers}: every group needs at least one walker. Use groups <= {walkers}"
             " (or more walkers)."
         )
+
+
+def check_variable_axes(variables: Any) -> Any:
+    """One or two collective variables, ``train_loss`` first; a single name or callable becomes a 1-tuple."""
+    if isinstance(variables, str) or callable(variables):
+        variables = (variables,)
+    if variables is not None and not 1 <= len(variables) <= 2:
+        raise ValueError(f"variables={variables!r}: give one or two collective variables (x is ln L_train).")
+    if variables is not None and variables[0] != "train_loss":
+        raise ValueError(
+            f"variables={tuple(variables)!r}: the first axis is always 'train_loss' (ln L_train, as in the paper);"
+            " put the test metric second, e.g. ('train_loss', 'test_accuracy')."
+        )
+    return variables
+
+
+def check_start(start: Any, start_budget: Any, range_margin: Any) -> None:
+    """The start mode, the start phase's share of the time cap, and the automatic ranges' margin."""
+    if start not in MODES:
+        raise ValueError(f"start={start!r} is not a start mode; use one of {MODES}.")
+    if not (isinstance(start_budget, (int, float)) and 0 < start_budget <= 1):
+        raise ValueError(f"start_budget={start_budget!r}: a fraction of the time cap in (0, 1], e.g. 0.25.")
+    if range_margin is not None and not (math.isfinite(range_margin) and range_margin > 0):
+        raise ValueError(f"range_margin={range_margin!r} must be a positive number of CV units (or None).")
+
+
+def check_fill(fill: Any, schedule: Any, default: str) -> str:
+    """The fill: as given, else ``"step"`` when a schedule is given (the reference study's per-step semantics), else
+    the sampler kind's ``default``."""
+    if fill is None:
+        fill = "step" if schedule is not None else default
+    if fill not in ("visit", "step"):
+        raise ValueError(f"fill={fill!r}: use 'visit' (replica-exchange WL, per-visit factor) or 'step' (the"
+                         " reference study's factor per sampler step shared by the walkers).")
+    return fill
+
+
+def check_threads(threads: Any) -> None:
+    """A positive number of intra-op threads, or ``"auto"``."""
+    if threads != "auto" and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ValueError(f"threads={threads!r}: give a positive number of threads or 'auto'.")
 
 
 def check_arguments(*, walkers: int, ranges=None, window=None, variables=None, groups=None) -> None:

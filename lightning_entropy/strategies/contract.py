@@ -220,6 +220,22 @@ class ModuleContract:
             return ("train_loss", "test_loss") if self.returns_loss("test") else ("train_loss",)
         return cvs.default_variables(self.loss, self.data.has_heldout)
 
+    def variables_for(self, requested: Sequence[Any] | None, heldout: str = "val") -> tuple:
+        """The ``requested`` variables (``None``: :meth:`default_variables`), with ``"test_metric"`` replaced by the
+        module's own held-out metric (test accuracy for a classifier, ln test loss otherwise: the second default)."""
+        default = self.default_variables()
+        if requested is None:
+            return default
+        if "test_metric" not in requested:
+            return requested
+        if len(default) < 2:
+            raise ValueError(
+                f"variables={requested!r}: 'test_metric' is the held-out metric, but there is none (no"
+                f" {'val' if heldout == 'val' else 'test'} data, or a validation_step that returns no loss and"
+                " logs no value). Sample variables=('train_loss',), or give the module held-out data."
+            )
+        return tuple(default[1] if v == "test_metric" else v for v in requested)
+
     def default_observables(self, variables: Sequence[CollectiveVariable]) -> tuple[str, ...]:
         """For a 1-D walk, the held-out metric recorded per bin without bias: the hard accuracy or ln test loss; on the
         step path ln of the held-out hook's loss, else every value it logs."""
