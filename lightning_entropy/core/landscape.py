@@ -36,19 +36,15 @@ class Landscape(Grid):
     geometry, interpolation and deposit kernel: :class:`~lightning_entropy.core.grid.Grid`).
 
     Args:
-        ranges: ``(lo, hi)`` per axis, in CV units (``ln L`` in nats for loss axes).
-        bins: number of bins per axis.
-        names: axis names (e.g. ``("ln_train_loss", "test_accuracy")``).
-        labels: axis labels for figures; default the names.
-        kernel_sigma: standard deviation of the deposit Gaussian, in bins (``0`` deposits into one bin only).
-        kernel_cutoff: the Gaussian is cut at ``kernel_cutoff * kernel_sigma`` bins.
-        window: per axis ``(lo, hi)`` of the soft wall, CV units; default the grid range (no soft wall).
+        ranges, bins, names, labels, kernel_sigma, kernel_cutoff, window, device: the grid, as for
+            :class:`~lightning_entropy.core.grid.Grid` (``(lo, hi)`` and bin count per axis in CV units, axis names
+            and figure labels, the deposit Gaussian's width in bins and its cut-off, the soft-wall window).
         wall_strength: ``c`` of the soft wall ``c * d**2`` (nats per CV unit squared); ``0`` disables it.
         observables: names of quantities recorded per bin without bias.
         groups: walker groups (walker ``w`` is in group ``w % groups``) with their own recent visit histograms and
             observable sums; their spread is the statistical uncertainty of the readouts (see
             :mod:`lightning_entropy.analysis`). 1 keeps no group statistics.
-        device: where the grid lives (the walkers' device).
+        metadata: what the landscape says of its run (settings, versions, timings; saved with it).
     """
 
     def __init__(
