@@ -328,6 +328,8 @@ class Landscape(Grid):
                 "wall_strength": self.wall_strength, "observables": list(self.observable_names),
                 "groups": self.groups}
 
+    #: numpy arrays a run publishes on its landscape (``None`` until it does), saved when present
+    _PUBLISHED = ("replica_entropy",)
     _GROUP_STATE = ("recent_visits", "group_obs_sum", "group_obs_count", "snapshot_bias", "snapshot_visits",
                     "prior_bias", "prior_visits")
 
@@ -344,8 +346,8 @@ class Landscape(Grid):
             "walker_steps": self._walker_steps.clone(),
             **{key: getattr(self, key).clone() for key in self._GROUP_STATE},
             "history": [dict(h) for h in self.history],
-            **({"replica_entropy": torch.from_numpy(np.asarray(self.replica_entropy, dtype=np.float64))}
-               if self.replica_entropy is not None else {}),
+            **{key: torch.from_numpy(np.asarray(getattr(self, key), dtype=np.float64)) for key in self._PUBLISHED
+               if getattr(self, key) is not None},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -362,9 +364,10 @@ class Landscape(Grid):
             if key in state:
                 getattr(self, key).copy_(state[key])
         self.history = [dict(h) for h in state.get("history", [])]
-        replicas = state.get("replica_entropy")
-        self.replica_entropy = None if replicas is None else np.asarray(torch.as_tensor(replicas).cpu().numpy(),
-                                                                       dtype=np.float64)
+        for key in self._PUBLISHED:
+            value = state.get(key)
+            setattr(self, key, None if value is None else np.asarray(torch.as_tensor(value).cpu().numpy(),
+                                                                     dtype=np.float64))
         self._walker_steps.copy_(state["walker_steps"])
         self.metadata.update(state.get("metadata", {}))
 
