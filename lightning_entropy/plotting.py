@@ -24,7 +24,7 @@ from lightning_entropy.analysis import inside_window
 
 if TYPE_CHECKING:
     from lightning_entropy.analysis import Convergence, Readout
-    from lightning_entropy.baseline import BaselineCurve
+    from lightning_entropy.baseline_curve import BaselineCurve
     from lightning_entropy.core.landscape import Landscape
 
 MAX_S_COLOR = "#ff00ff"  # the paper's magenta line

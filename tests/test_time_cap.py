@@ -14,7 +14,7 @@ from lightning.pytorch import Trainer
 
 from lightning_entropy import WangLandauStrategy
 from lightning_entropy.cli import compose_config, run
-from lightning_entropy.core.start import PROBE_STEPS, start_walkers, starting_positions
+from lightning_entropy.core.start import PROBE_STEPS, start_walkers
 from lightning_entropy.strategies.budget import StepClock, forecast
 from lightning_entropy.tasks import SpiralClassifier, SpiralDataModule
 
@@ -55,7 +55,7 @@ def test_a_start_that_fits_is_the_start_without_a_budget():
     gradient = lambda th: 2 * th  # noqa: E731
     kwargs = dict(walkers=8, bound=torch.ones(3), module_theta=torch.zeros(3), train_loss_gradient=gradient,
                   steps=40, lr=0.05)
-    plain = starting_positions("adam", generator=torch.Generator().manual_seed(1), **kwargs)
+    plain, _ = start_walkers("adam", generator=torch.Generator().manual_seed(1), **kwargs)
     budgeted, report = start_walkers("adam", generator=torch.Generator().manual_seed(1), time_budget=3600.0,
                                      **kwargs)
     torch.testing.assert_close(budgeted, plain, rtol=0, atol=0)

@@ -22,8 +22,8 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_entropy.cli.config import ConfigError
-from lightning_entropy.cli.tasks import Task, builtin_datamodule, builtin_model
+from lightning_entropy.cli.errors import ConfigError
+from lightning_entropy.cli.targets import Task, builtin_datamodule, builtin_model
 
 #: The built-in tasks' model knobs: passed to a model of one's own only if its constructor takes them.
 TASK_KNOBS = ("width", "depth", "heads")

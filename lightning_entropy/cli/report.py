@@ -118,7 +118,7 @@ def write_table(rows: Sequence[dict[str, Any]], out: Path) -> tuple[Path, Path]:
 
 def _baseline_from_curves(path: Path, edges: np.ndarray):
     """The pooled baseline a run wrote into its curves.csv, on the landscape's x edges (None without one)."""
-    from lightning_entropy.baseline import BaselineCurve
+    from lightning_entropy.baseline_curve import BaselineCurve
 
     if not path.exists():
         return None

@@ -12,30 +12,13 @@ samples one's own model on the task's data; with ``datamodule._target_`` on one'
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-
-@dataclass
-class Task:
-    """What a task gives the command line.
-
-    Attributes:
-        name: ``task.name``.
-        datamodule: the train / held-out split (full batch unless ``task.batch_size`` is set).
-        make_model: ``seed -> module``: a fresh model whose initial weights are drawn under ``seed``.
-        description: a short JSON-able description for the summary.
-    """
-
-    name: str
-    datamodule: pl.LightningDataModule
-    make_model: Callable[[int], pl.LightningModule]
-    description: dict[str, Any]
-    classifier: bool | None = True  # None: a module of one's own; the strategy finds its held-out metric
+from lightning_entropy.cli.instantiate import instantiated_task
+from lightning_entropy.cli.targets import TARGETS, Task, builtin_datamodule, builtin_model
 
 
 def spiral(cfg: DictConfig) -> Task:
@@ -177,37 +160,6 @@ def cifar_catdog(cfg: DictConfig) -> Task:
     })
 
 
-_T = "lightning_entropy.tasks."
-#: The classes each built-in task builds: ``(model._target_, datamodule._target_)``, as its yaml names them.
-TARGETS: dict[str, tuple[str, str]] = {
-    "spiral": (_T + "spiral.SpiralClassifier", _T + "spiral.SpiralDataModule"),
-    "spiral_regression": (_T + "spiral_regression.SpiralRegressor",
-                          _T + "spiral_regression.SpiralRegressionDataModule"),
-    "tabular": (_T + "tabular.TabularRegressor", _T + "tabular.TabularDataModule"),
-    "mnist": (_T + "mnist.MNISTClassifier", _T + "mnist.MNISTDataModule"),
-    "embeddings": (_T + "embeddings.EmbeddingRegressor", _T + "embeddings.EmbeddingsDataModule"),
-    "char_lm": (_T + "char_lm.CharLanguageModel", _T + "char_lm.CharDataModule"),
-    "modular_arithmetic": (_T + "modular_arithmetic.ModularArithmeticTransformer",
-                           _T + "modular_arithmetic.ModularArithmeticDataModule"),
-    "cifar_catdog": (_T + "cifar_catdog.CIFARCatDogClassifier", _T + "cifar_catdog.CIFARCatDogDataModule"),
-}
-
-
-def _builtin(cfg: DictConfig, node: str, index: int) -> bool:
-    target = OmegaConf.select(cfg, f"{node}._target_")
-    return target is None or target == TARGETS.get(cfg.task.name, (None, None))[index]
-
-
-def builtin_model(cfg: DictConfig) -> bool:
-    """Whether ``model._target_`` is the task's own model (or unset)."""
-    return _builtin(cfg, "model", 0)
-
-
-def builtin_datamodule(cfg: DictConfig) -> bool:
-    """Whether ``datamodule._target_`` is the task's own data module (or unset)."""
-    return _builtin(cfg, "datamodule", 1)
-
-
 TASKS: dict[str, Callable[[DictConfig], Task]] = {
     "spiral": spiral,
     "spiral_regression": spiral_regression,
@@ -229,6 +181,7 @@ def build_task(cfg: DictConfig) -> Task:
         raise ValueError(f"task.name={cfg.task.name!r}: known tasks are {sorted(TASKS)}.") from None
     if builtin_model(cfg) and builtin_datamodule(cfg):
         return builder(cfg)
-    from lightning_entropy.cli.instantiate import instantiated_task
-
     return instantiated_task(cfg, builder)
+
+
+__all__ = ["TARGETS", "TASKS", "Task", "build_task", "builtin_datamodule", "builtin_model"]

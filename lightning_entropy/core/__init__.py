@@ -1,8 +1,9 @@
 """The sampling core: pure PyTorch, no Lightning import.
 
 Data flows one way: data -> collective variables (:mod:`variables`, :mod:`evaluator`) -> samplers
-(:mod:`samplers`) -> landscape (:mod:`landscape`). The box (:mod:`box`), walkers (:mod:`walkers`, :mod:`start`) and
-the Wang-Landau factor schedule (:mod:`schedule`) are the sampler's other inputs. A run starts with :mod:`setup` (the
+(:mod:`samplers`) -> landscape (:mod:`landscape`, on a :mod:`grid`; its file: :mod:`landscape_file`). The box
+(:mod:`box`), walkers (:mod:`walkers`, :mod:`start`) and the Wang-Landau factor schedule (:mod:`schedule`) are the
+sampler's other inputs. A run starts with :mod:`setup` (the
 grid, the walkers' admission, the metadata) and is driven by a run object: :mod:`run` (windows and replicas,
 ``fill="visit"``) or :mod:`step_run` (one landscape filled per step, ``fill="step"`` and WLMC), each with
 ``chunk(steps)``, ``snapshot()`` and ``state_dict()``. The strategies and the command line are shells around them.

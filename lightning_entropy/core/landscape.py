@@ -12,13 +12,13 @@ S equals the log-volume of the box mapped into each bin (up to a constant).
   quadratic wall ``strength * d**2`` acts outside ``window``. Walls are never written into S.
 - Observables recorded without bias give per-bin averages: from a 1-D walk in ``ln L_train`` the average held-out
   metric per bin estimates Eq. (1) without using held-out labels in the dynamics.
+
+The grid's geometry (bins, interpolation, the deposit kernel, the window) is :mod:`lightning_entropy.core.grid`;
+the ``.npz`` file is :mod:`lightning_entropy.core.landscape_file`.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
-import os
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,24 +27,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from lightning_entropy.core import landscape_file
+from lightning_entropy.core.grid import Grid, check_axes
 
-class Landscape:
-    """A uniform grid over ``d`` (1 or 2) collective variables.
+
+class Landscape(Grid):
+    """The running entropy estimate S on a uniform grid over ``d`` (1 or 2) collective variables (the grid's
+    geometry, interpolation and deposit kernel: :class:`~lightning_entropy.core.grid.Grid`).
 
     Args:
-        ranges: ``(lo, hi)`` per axis, in CV units (``ln L`` in nats for loss axes).
-        bins: number of bins per axis.
-        names: axis names (e.g. ``("ln_train_loss", "test_accuracy")``).
-        labels: axis labels for figures; default the names.
-        kernel_sigma: standard deviation of the deposit Gaussian, in bins (``0`` deposits into one bin only).
-        kernel_cutoff: the Gaussian is cut at ``kernel_cutoff * kernel_sigma`` bins.
-        window: per axis ``(lo, hi)`` of the soft wall, CV units; default the grid range (no soft wall).
+        ranges, bins, names, labels, kernel_sigma, kernel_cutoff, window, device: the grid, as for
+            :class:`~lightning_entropy.core.grid.Grid` (``(lo, hi)`` and bin count per axis in CV units, axis names
+            and figure labels, the deposit Gaussian's width in bins and its cut-off, the soft-wall window).
         wall_strength: ``c`` of the soft wall ``c * d**2`` (nats per CV unit squared); ``0`` disables it.
         observables: names of quantities recorded per bin without bias.
         groups: walker groups (walker ``w`` is in group ``w % groups``) with their own recent visit histograms and
             observable sums; their spread is the statistical uncertainty of the readouts (see
             :mod:`lightning_entropy.analysis`). 1 keeps no group statistics.
-        device: where the grid lives (the walkers' device).
+        metadata: what the landscape says of its run (settings, versions, timings; saved with it).
     """
 
     def __init__(
@@ -63,33 +63,14 @@ class Landscape:
         device: torch.device | str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        d = len(names)
-        if d not in (1, 2) or len(ranges) != d or len(bins) != d:
-            raise ValueError(
-                f"A landscape has one or two axes with one range and one bin count each; got names={list(names)},"
-                f" ranges={list(ranges)}, bins={list(bins)}."
-            )
-        for (lo, hi), n, name in zip(ranges, bins, names):
-            if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
-                raise ValueError(f"Axis {name!r}: range ({lo}, {hi}) is empty or not finite; give lo < hi.")
-            if int(n) < 2:
-                raise ValueError(f"Axis {name!r}: bins={n}; a landscape needs at least 2 bins per axis.")
+        check_axes(ranges, bins, names)
         if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
             raise ValueError(f"groups={groups!r} must be a positive integer (walker groups for error bars).")
         if kernel_sigma < 0 or wall_strength < 0:
             raise ValueError(f"kernel_sigma={kernel_sigma} and wall_strength={wall_strength} must be >= 0.")
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.names = tuple(names)
-        self.labels = tuple(labels) if labels is not None else self.names
-        self.shape = tuple(int(n) for n in bins)
-        self.lo = torch.tensor([float(r[0]) for r in ranges], dtype=torch.float64, device=self.device)
-        self.hi = torch.tensor([float(r[1]) for r in ranges], dtype=torch.float64, device=self.device)
-        self.width = (self.hi - self.lo) / torch.tensor(self.shape, dtype=torch.float64, device=self.device)
-        window = window if window is not None else ranges
-        self.window = torch.tensor([list(map(float, w)) for w in window], dtype=torch.float64, device=self.device)
+        super().__init__(ranges, bins, names, labels=labels, kernel_sigma=kernel_sigma, kernel_cutoff=kernel_cutoff,
+                         window=window, device=device)
         self.wall_strength = float(wall_strength)
-        self.kernel_sigma = float(kernel_sigma)
-        self.kernel_cutoff = float(kernel_cutoff)
         self.observable_names = tuple(observables)
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.bias = torch.zeros(self.shape, dtype=torch.float64, device=self.device)
@@ -117,50 +98,6 @@ class Landscape:
         # (blocks, 2, replicas, nx): sum and count of the first observable per production block, replica and x bin
         self.replica_blocks: np.ndarray | None = None
         self._group_of: torch.Tensor | None = None
-        self._strides = torch.tensor(
-            [math.prod(self.shape[i + 1 :]) for i in range(d)], dtype=torch.int64, device=self.device
-        )
-        self._offsets, self._weights = self._kernel()
-        self._corners = torch.tensor(list(itertools.product((0, 1), repeat=d)), device=self.device)
-
-    # -- geometry ----------------------------------------------------------------------------------------------
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def edges(self) -> list[np.ndarray]:
-        """Bin edges per axis (numpy)."""
-        return [np.linspace(float(lo), float(hi), n + 1) for lo, hi, n in zip(self.lo, self.hi, self.shape)]
-
-    @property
-    def centers(self) -> list[np.ndarray]:
-        return [0.5 * (e[1:] + e[:-1]) for e in self.edges]
-
-    def inside(self, cv: torch.Tensor) -> torch.Tensor:
-        """``(W,)`` mask: the CVs are finite and inside the grid (the hard wall)."""
-        return (torch.isfinite(cv) & (cv >= self.lo) & (cv < self.hi)).all(dim=-1)
-
-    def bin_index(self, cv: torch.Tensor) -> torch.Tensor:
-        """``(W,)`` flat bin index of each walker, clamped to the grid."""
-        idx = torch.floor((cv.to(torch.float64) - self.lo) / self.width).nan_to_num(0).long()
-        idx = torch.minimum(idx.clamp(min=0), torch.tensor(self.shape, device=self.device) - 1)
-        return (idx * self._strides).sum(-1)
-
-    def _kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
-        r = int(math.ceil(self.kernel_cutoff * self.kernel_sigma)) if self.kernel_sigma > 0 else 0
-        span = torch.arange(-r, r + 1, device=self.device)
-        offsets = torch.stack(torch.meshgrid(*([span] * self.ndim), indexing="ij"), dim=-1).reshape(-1, self.ndim)
-        if r == 0:
-            weights = torch.ones(1, dtype=torch.float64, device=self.device)
-        else:
-            dist2 = (offsets.to(torch.float64) ** 2).sum(-1)
-            weights = torch.exp(-dist2 / (2 * self.kernel_sigma**2))
-            keep = dist2 <= (self.kernel_cutoff * self.kernel_sigma) ** 2
-            offsets, weights = offsets[keep], weights[keep]
-            weights = weights / weights.sum()
-        return offsets, weights
 
     # -- the bias the walkers feel ------------------------------------------------------------------------------
 
@@ -179,40 +116,6 @@ class Landscape:
             above = (cv - self.window[:, 1]).clamp(min=0)
             value = value + self.wall_strength * (below**2 + above**2).sum(-1)
             slope = slope + 2 * self.wall_strength * (above - below)
-        return value, slope
-
-    def interpolate(self, table: torch.Tensor, cv: torch.Tensor, offset: torch.Tensor | None = None,
-                    lo: torch.Tensor | None = None,
-                    hi: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Multilinear interpolation between bin centres of a flat grid ``table`` at ``cv`` ``(W, d)``: the value
-        ``(W,)`` and its exact gradient ``(W, d)`` (CV units).
-
-        ``offset`` ``(W,)`` selects each walker's grid inside a stack of grids (flat offset of its first bin);
-        ``lo``/``hi`` ``(W, d)`` bin indices restrict each walker's interpolation cells to bins ``[lo, hi)`` (a
-        window), default the whole grid.
-        """
-        cv = cv.to(torch.float64)
-        n = torch.tensor(self.shape, device=self.device)
-        u = (cv - self.lo) / self.width - 0.5
-        if lo is None:
-            i0 = torch.minimum(torch.floor(u).nan_to_num(0).clamp(min=0), (n - 2).to(u.dtype))
-        else:
-            i0 = torch.minimum(torch.maximum(torch.floor(u).nan_to_num(0), lo.to(u.dtype)), (hi - 2).to(u.dtype))
-        t = (u - i0).clamp(0.0, 1.0)
-        i0 = i0.long()
-        corners = self._corners  # (C, d) of 0/1, C = 2**d
-        flat = ((i0.unsqueeze(1) + corners) * self._strides).sum(-1)  # (W, C)
-        if offset is not None:
-            flat = flat + offset.unsqueeze(1)
-        s = table[flat]  # S at the cell's corners
-        w = torch.where(corners.bool(), t.unsqueeze(1), 1 - t.unsqueeze(1))  # (W, C, d) per-axis weights
-        value = (s * w.prod(-1)).sum(-1)
-        sign = corners.to(s.dtype) * 2 - 1  # d weight_k / d t_k for each corner
-        slope = torch.stack(
-            [(s * sign[:, k] * torch.cat([w[..., :k], w[..., k + 1 :]], dim=-1).prod(-1)).sum(-1) / self.width[k]
-             for k in range(self.ndim)],
-            dim=-1,
-        )
         return value, slope
 
     # -- updates (vectorized, no host sync) -----------------------------------------------------------------------
@@ -234,28 +137,6 @@ class Landscape:
         groups' recent histograms, without touching S."""
         self.visits.view(-1).index_add_(0, here, weight)
         self.recent_visits[0].view(-1).index_add_(0, self._group_offset(here.shape[0]) + here, weight)
-
-    def spread(self, cv: torch.Tensor, lo: torch.Tensor | None = None,
-               hi: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The flat bin of each walker ``(W,)`` and the flat bins its deposit kernel covers ``(W, K)`` (weights
-        :attr:`kernel_weights`), mirrored at the edges of bins ``[lo, hi)`` per walker and axis (default the grid)
-        so that no mass leaves the region a walker can reach."""
-        n = torch.tensor(self.shape, device=self.device)
-        lo = torch.zeros_like(n) if lo is None else lo
-        hi = n if hi is None else hi
-        idx = torch.floor((cv.to(torch.float64) - self.lo) / self.width).nan_to_num(0).long()
-        idx = torch.minimum(torch.maximum(idx, lo), hi - 1)
-        near = idx.unsqueeze(1) + self._offsets.unsqueeze(0)  # (W, K, d)
-        lo_, hi_ = (b.unsqueeze(-2) if b.dim() > 1 else b for b in (lo, hi))
-        near = torch.where(near < lo_, 2 * lo_ - near - 1, near)  # mirror at the edges: no mass is lost
-        near = torch.where(near >= hi_, 2 * hi_ - 1 - near, near)
-        near = torch.minimum(torch.maximum(near, lo_), hi_ - 1)
-        return (idx * self._strides).sum(-1), (near * self._strides).sum(-1)
-
-    @property
-    def kernel_weights(self) -> torch.Tensor:
-        """``(K,)`` weights of the deposit kernel (they sum to one)."""
-        return self._weights
 
     def record(self, cv: torch.Tensor, observed: torch.Tensor, mask: torch.Tensor) -> None:
         """Accumulate per-bin sums of observables ``(W, k)`` for walkers in ``mask``."""
@@ -306,17 +187,6 @@ class Landscape:
         self.recent_visits[1].copy_(self.recent_visits[0])
         self.recent_visits[0].zero_()
         return entry
-
-    def window_mask(self) -> torch.Tensor:
-        """Boolean grid of the bins whose centres lie inside the soft-wall window (all bins without a window)."""
-        mask = torch.ones(self.shape, dtype=torch.bool, device=self.device)
-        for axis, c in enumerate(self.centers):
-            lo, hi = (float(v) for v in self.window[axis])
-            inside = torch.from_numpy((c >= lo) & (c <= hi)).to(self.device)
-            shape = [1] * self.ndim
-            shape[axis] = -1
-            mask = mask & inside.view(shape)
-        return mask
 
     def add_walker_steps(self, count: int) -> None:
         """Count ``count`` sampler steps (summed over walkers); an in-place add on the device, no host sync."""
@@ -454,19 +324,14 @@ class Landscape:
     # -- persistence -------------------------------------------------------------------------------------------------
 
     def _config(self) -> dict[str, Any]:
-        return {
-            "ranges": [[float(a), float(b)] for a, b in zip(self.lo, self.hi)],
-            "bins": list(self.shape),
-            "names": list(self.names),
-            "labels": list(self.labels),
-            "kernel_sigma": self.kernel_sigma,
-            "kernel_cutoff": self.kernel_cutoff,
-            "window": self.window.tolist(),
-            "wall_strength": self.wall_strength,
-            "observables": list(self.observable_names),
-            "groups": self.groups,
-        }
+        return {"ranges": [[float(a), float(b)] for a, b in zip(self.lo, self.hi)], "bins": list(self.shape),
+                "names": list(self.names), "labels": list(self.labels), "kernel_sigma": self.kernel_sigma,
+                "kernel_cutoff": self.kernel_cutoff, "window": self.window.tolist(),
+                "wall_strength": self.wall_strength, "observables": list(self.observable_names),
+                "groups": self.groups}
 
+    #: numpy arrays a run publishes on its landscape (``None`` until it does), saved when present
+    _PUBLISHED = ("replica_entropy", "replica_blocks")
     _GROUP_STATE = ("recent_visits", "group_obs_sum", "group_obs_count", "snapshot_bias", "snapshot_visits",
                     "prior_bias", "prior_visits")
 
@@ -483,10 +348,8 @@ class Landscape:
             "walker_steps": self._walker_steps.clone(),
             **{key: getattr(self, key).clone() for key in self._GROUP_STATE},
             "history": [dict(h) for h in self.history],
-            **({"replica_entropy": torch.from_numpy(np.asarray(self.replica_entropy, dtype=np.float64))}
-               if self.replica_entropy is not None else {}),
-            **({"replica_blocks": torch.from_numpy(np.asarray(self.replica_blocks, dtype=np.float64))}
-               if self.replica_blocks is not None else {}),
+            **{key: torch.from_numpy(np.asarray(getattr(self, key), dtype=np.float64)) for key in self._PUBLISHED
+               if getattr(self, key) is not None},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -503,12 +366,10 @@ class Landscape:
             if key in state:
                 getattr(self, key).copy_(state[key])
         self.history = [dict(h) for h in state.get("history", [])]
-        replicas = state.get("replica_entropy")
-        self.replica_entropy = None if replicas is None else np.asarray(torch.as_tensor(replicas).cpu().numpy(),
-                                                                       dtype=np.float64)
-        blocks = state.get("replica_blocks")
-        self.replica_blocks = None if blocks is None else np.asarray(torch.as_tensor(blocks).cpu().numpy(),
-                                                                     dtype=np.float64)
+        for key in self._PUBLISHED:
+            value = state.get(key)
+            setattr(self, key, None if value is None else np.asarray(torch.as_tensor(value).cpu().numpy(),
+                                                                     dtype=np.float64))
         self._walker_steps.copy_(state["walker_steps"])
         self.metadata.update(state.get("metadata", {}))
 
@@ -521,41 +382,14 @@ class Landscape:
         return out
 
     def save(self, path: str | Path) -> Path:
-        """Write an ``.npz`` with the grid, histogram, observables and metadata (JSON)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = self.state_dict()
-        arrays = {k: v.cpu().numpy() for k, v in state.items() if isinstance(v, torch.Tensor)}
-        meta = json.dumps({"config": state["config"], "metadata": state["metadata"], "history": state["history"]},
-                          default=str)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # atomic: a reader never sees half a file
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, json=np.array(meta), entropy=self.entropy, **arrays)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        """Write an ``.npz`` with the grid, histogram, observables and metadata (JSON; see
+        :mod:`lightning_entropy.core.landscape_file`), atomically."""
+        return landscape_file.write(self.state_dict(), self.entropy, path)
 
     @classmethod
     def load(cls, path: str | Path, device=None) -> Landscape:
         """Read a file written by :meth:`save`; a corrupt, truncated or non-finite one raises ``ValueError`` naming it."""
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["json"]))
-                state = {k: torch.from_numpy(data[k]) for k in data.files if k not in ("json", "entropy")}
-            state.update(meta)
-            bias = state["bias"]
-            if not bool(torch.isfinite(bias).all()):
-                raise ValueError("its bias holds NaN or inf")
-            return cls.from_state_dict(state, device=device)
-        except FileNotFoundError:
-            raise
-        except Exception as err:  # noqa: BLE001 - BadZipFile, KeyError, JSONDecodeError, EOFError, shape errors...
-            raise ValueError(
-                f"{path} is not a readable landscape file ({type(err).__name__}: {err}): it is corrupt, truncated or"
-                " not written by Landscape.save. Re-run the job, or resume it from its checkpoint."
-            ) from err
+        return landscape_file.read(path, lambda state: cls.from_state_dict(state, device=device))
 
     def __repr__(self) -> str:
         axes = ", ".join(

@@ -53,36 +53,16 @@ class StartReport:
     def shortened(self) -> bool:
         return self.ran < self.requested
 
+    def shortfall(self, walkers: int, share: float, left: float) -> str:
+        """What a start that its time budget (``share`` of the ``left`` seconds of ``max_time``) shortened says."""
+        return (f"start={self.mode!r}: {self.requested} optimiser steps of {walkers} walkers would take about"
+                f" {self.requested * self.seconds_per_step:.0f} s, more than start_budget={share:g} of"
+                f" the {left:.0f} s left of max_time; they ran {self.ran} steps ({self.seconds:.0f} s). Raise"
+                " max_time or start_budget, or lower start_steps or walkers, for the full start.")
+
     def describe(self) -> dict:
         return {"mode": self.mode, "steps_requested": self.requested, "steps_run": self.ran,
                 "seconds": self.seconds, "shortened_by_time": self.shortened}
-
-
-def starting_positions(
-    mode: str,
-    *,
-    walkers: int,
-    bound: torch.Tensor,
-    generator: torch.Generator,
-    module_theta: torch.Tensor,
-    train_loss_gradient=None,
-    steps: int = 300,
-    lr: float = 1e-2,
-) -> torch.Tensor:
-    """Initial positions ``(W, P)``, all inside the box.
-
-    Args:
-        mode: one of ``MODES``.
-        walkers: number of walkers ``W``.
-        bound: the box bounds ``(P,)``.
-        generator: random source (seeded by the caller).
-        module_theta: the module's current flat parameters ``(P,)``.
-        train_loss_gradient: ``theta -> (W, P)`` gradient of each walker's ln train loss (optimiser modes).
-        steps: optimiser steps of the longest run (``adam``/``sgd``).
-        lr: optimiser learning rate (parameter units per step).
-    """
-    return start_walkers(mode, walkers=walkers, bound=bound, generator=generator, module_theta=module_theta,
-                         train_loss_gradient=train_loss_gradient, steps=steps, lr=lr)[0]
 
 
 def start_walkers(
@@ -97,13 +77,22 @@ def start_walkers(
     lr: float = 1e-2,
     time_budget: float | None = None,
 ) -> tuple[torch.Tensor, StartReport]:
-    """:func:`starting_positions` with a time budget: ``(theta (W, P), report)``.
+    """Initial positions ``(W, P)``, all inside the box, and what the start phase did: ``(theta, report)``.
 
-    ``time_budget`` (seconds, ``None``: none) bounds the optimiser runs of ``adam``/``sgd``: after
-    :data:`PROBE_STEPS` steps the cost per step is measured; if the remaining steps would not fit, the run is
-    shortened to the steps that do (at least the steps already run), and the walkers' stopping steps are spread over
-    the shorter run. A run that still overruns (a machine that got busier) stops at the budget. Without a budget the
-    result is exactly that of :func:`starting_positions`.
+    Args:
+        mode: one of ``MODES``.
+        walkers: number of walkers ``W``.
+        bound: the box bounds ``(P,)``.
+        generator: random source (seeded by the caller).
+        module_theta: the module's current flat parameters ``(P,)``.
+        train_loss_gradient: ``theta -> (W, P)`` gradient of each walker's ln train loss (optimiser modes).
+        steps: optimiser steps of the longest run (``adam``/``sgd``).
+        lr: optimiser learning rate (parameter units per step).
+        time_budget: seconds (``None``: none) that bound the optimiser runs of ``adam``/``sgd``: after
+            :data:`PROBE_STEPS` steps the cost per step is measured; if the remaining steps would not fit, the run
+            is shortened to the steps that do (at least the steps already run), and the walkers' stopping steps are
+            spread over the shorter run. A run that still overruns (a machine that got busier) stops at the budget.
+            A budget that all steps fit in gives exactly the start without one.
     """
     if mode not in MODES:
         raise ValueError(f"start={mode!r} is not a start mode; use one of {MODES}.")

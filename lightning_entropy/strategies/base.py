@@ -28,6 +28,7 @@ from lightning.pytorch.plugins.precision import DoublePrecision, Precision
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from lightning_entropy.strategies import budget
+from lightning_entropy.strategies.contract import check_heldout
 from lightning_entropy.strategies.data import SamplerSteps
 from lightning_entropy.strategies.notices import inform
 
@@ -298,8 +299,3 @@ def check_positive(**values: int | None) -> None:
     for name, value in values.items():
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ValueError(f"{name}={value!r} must be a positive integer.")
-
-
-def check_heldout(heldout: str) -> None:
-    if heldout not in ("val", "test"):
-        raise ValueError(f"heldout={heldout!r}: use 'val' (val_dataloader) or 'test' (test_dataloader).")

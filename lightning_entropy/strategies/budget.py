@@ -119,3 +119,32 @@ def _clock(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def progress(trainer: Any) -> float:
+    """Fraction of the run done: of the Trainer's steps, or of ``max_time``, whichever is further."""
+    from lightning.pytorch.callbacks import Timer  # not at import (see timer)
+
+    done = 0.0
+    try:
+        total = float(trainer.estimated_stepping_batches)
+    except Exception:  # no loaders sized yet, or an unsized loader
+        total = math.inf
+    if math.isfinite(total) and total > 0:
+        done = (trainer.global_step + 1) / total
+    for callback in trainer.callbacks:
+        if isinstance(callback, Timer):
+            elapsed, remaining = callback.time_elapsed("train"), callback.time_remaining("train")
+            if remaining is not None and elapsed + remaining > 0:
+                done = max(done, elapsed / (elapsed + remaining))
+    return done
+
+
+def snapshot_interval(trainer: Any, chunk: int, snapshot_every: int | None) -> int:
+    """Sampler steps between convergence snapshots, a multiple of the ``chunk`` length: ``snapshot_every`` rounded
+    up, else a twentieth of the run (``max_steps`` Lightning steps; 100 without a step limit)."""
+    if snapshot_every is not None:
+        return max(chunk, int(math.ceil(snapshot_every / chunk)) * chunk)
+    max_steps = int(getattr(trainer, "max_steps", -1) or -1)
+    total = max_steps * chunk if max_steps > 0 else 100 * chunk
+    return max(chunk, (total // 20) // chunk * chunk)

@@ -220,6 +220,22 @@ class ModuleContract:
             return ("train_loss", "test_loss") if self.returns_loss("test") else ("train_loss",)
         return cvs.default_variables(self.loss, self.data.has_heldout)
 
+    def variables_for(self, requested: Sequence[Any] | None, heldout: str = "val") -> tuple:
+        """The ``requested`` variables (``None``: :meth:`default_variables`), with ``"test_metric"`` replaced by the
+        module's own held-out metric (test accuracy for a classifier, ln test loss otherwise: the second default)."""
+        default = self.default_variables()
+        if requested is None:
+            return default
+        if "test_metric" not in requested:
+            return requested
+        if len(default) < 2:
+            raise ValueError(
+                f"variables={requested!r}: 'test_metric' is the held-out metric, but there is none (no"
+                f" {'val' if heldout == 'val' else 'test'} data, or a validation_step that returns no loss and"
+                " logs no value). Sample variables=('train_loss',), or give the module held-out data."
+            )
+        return tuple(default[1] if v == "test_metric" else v for v in requested)
+
     def default_observables(self, variables: Sequence[CollectiveVariable]) -> tuple[str, ...]:
         """For a 1-D walk, the held-out metric recorded per bin without bias: the hard accuracy or ln test loss; on the
         step path ln of the held-out hook's loss, else every value it logs."""
@@ -325,12 +341,18 @@ def _check_attribute_loss(contract: ModuleContract, kind: Any) -> None:
         )
 
 
+def check_heldout(heldout: Any) -> None:
+    """``heldout`` names the loader of the held-out split: ``"val"`` or ``"test"`` (the one check of it, made by
+    every constructor that takes it and by :func:`inspect_module`)."""
+    if heldout not in ("val", "test"):
+        raise ValueError(f"heldout={heldout!r}: use 'val' (val_dataloader) or 'test' (test_dataloader).")
+
+
 def inspect_module(trainer: Any, module: nn.Module, *, loss: Any = "auto", heldout: str = "val",
                    device: torch.device) -> ModuleContract:
     """Read the data, find the loss and check the module against the contract (module docstring); the module is put
     in eval mode. Fails with a message that says what to add when the module cannot be sampled."""
-    if heldout not in ("val", "test"):
-        raise ValueError(f"heldout={heldout!r}: use 'val' (val_dataloader) or 'test' (test_dataloader).")
+    check_heldout(heldout)
     module.eval()  # deterministic CVs: no dropout noise, no batch-norm statistics updates
     train, train_origin = read_split(trainer, "train", device)
     if train is None:
@@ -372,4 +394,4 @@ def inspect_module(trainer: Any, module: nn.Module, *, loss: Any = "auto", heldo
     return contract
 
 
-__all__ = ["LOSS_ATTRIBUTES", "ModuleContract", "detect_loss", "inspect_module"]
+__all__ = ["LOSS_ATTRIBUTES", "ModuleContract", "check_heldout", "detect_loss", "inspect_module"]

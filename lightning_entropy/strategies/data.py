@@ -146,10 +146,3 @@ def pair(full: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
         " needs pairs. Yield (inputs, targets), or drop the module's `loss_fn` so the sampler calls"
         " training_step instead."
     )
-
-
-def detect_loss(module: Any, loss: Any = "auto") -> Any:
-    """Moved to :func:`lightning_entropy.strategies.contract.detect_loss` (kept here for existing imports)."""
-    from lightning_entropy.strategies.contract import detect_loss as detect
-
-    return detect(module, loss)

@@ -36,12 +36,12 @@ import torch
 
 from lightning_entropy.core import fingerprint, loop
 from lightning_entropy.core.box import Box
-from lightning_entropy.core.ensemble import EnsembleModule, output_kind
+from lightning_entropy.core.ensemble import EnsembleModule, ensemble_metrics, output_kind
 from lightning_entropy.core.samplers import restrained
 from lightning_entropy.core.samplers.wlmd import MDConfig
-from lightning_entropy.core.variables import loss_fn
 from lightning_entropy.core.walkers import ParameterLayout
-from lightning_entropy.strategies.scalars import log_step
+from lightning_entropy.strategies.scalars import (RESTRAINT_PROGRESS, latest_heldout, log_step,
+                                                 restraint_metrics)
 from lightning_entropy.strategies.base import SamplerStrategy
 from lightning_entropy.strategies.contract import inspect_module
 
@@ -233,28 +233,7 @@ class EntropyMDStrategy(SamplerStrategy):
                 f"ensemble_metrics needs a standard loss ('cross_entropy', 'binary_cross_entropy' or 'mse'), but the"
                 f" module's loss is {kind!r}. Give the module a loss_fn such as nn.CrossEntropyLoss()."
             )
-        ensemble = self.ensemble().to(self.root_device)
-        data = self._evaluator.data
-        out: dict[str, float] = {}
-        for split, pair in (("train", data.train), ("test", data.test)):
-            if pair is None:
-                continue
-            x, y = pair
-            pred = ensemble(x)
-            if kind == "cross_entropy":
-                ln_loss = torch.log(-torch.log(pred.gather(-1, y.long().unsqueeze(-1)).clamp_min(1e-30)).mean())
-                acc = (pred.argmax(-1) == y).float().mean()
-            elif kind == "binary_cross_entropy":
-                p = pred.reshape(y.shape).clamp(1e-30, 1 - 1e-7)
-                ln_loss = torch.log(-(y * p.log() + (1 - y) * (1 - p).log()).mean())
-                acc = ((p > 0.5) == (y > 0.5)).float().mean()
-            else:
-                ln_loss = torch.log(loss_fn("mse")(pred, y))
-                acc = None
-            out[f"ln_{split}_loss"] = float(ln_loss)
-            if split == "test":
-                out["hard_test_accuracy"] = float(acc) if acc is not None else math.nan
-        return out
+        return ensemble_metrics(self.ensemble().to(self.root_device), self._evaluator.data, kind)
 
     # -- starting ---------------------------------------------------------------------------------------------------
 
@@ -352,21 +331,10 @@ class EntropyMDStrategy(SamplerStrategy):
         return torch.nan_to_num((x - self._config.target).abs(), nan=math.inf).argmin()
 
     def _log_progress(self, steps: int) -> torch.Tensor:
-        state = self._state
-        md = state.md
-        accepted = self._acceptance(md.accepted, steps)
-        x = md.cv[:, 0]
-        metrics = {
-            "md/ln_train_loss": x.mean(),
-            "md/ln_train_loss_std": x.std(unbiased=False),
-            "md/offset_widths": (x.mean() - self._config.target) / self.width,
-            "md/acceptance": accepted,
-            "md/spread": (md.theta / self._bound).std(0, unbiased=False).mean(),  # box units
-            "md/dt": torch.tensor(self.dt),
-        }
-        if self._metric_names and state.observed:
-            metrics["md/heldout"] = latest_heldout(state.observed)
-        log_step(self.lightning_module, metrics, ("md/ln_train_loss", "md/heldout", "md/acceptance"))
+        accepted = self._acceptance(self._state.md.accepted, steps)
+        metrics = restraint_metrics(self._state, self._config.target, self.width, self._bound, self.dt, accepted,
+                                    heldout=bool(self._metric_names))
+        log_step(self.lightning_module, metrics, RESTRAINT_PROGRESS)
         return accepted
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
@@ -412,15 +380,6 @@ class EntropyMDStrategy(SamplerStrategy):
         self.start_ln_train_loss = state.get("start_ln_train_loss")
         self._state = restrained.RestrainedState.from_state_dict(state["state"], device)
         self._last_accepted = state["last_accepted"].to(device)
-
-
-def latest_heldout(observed: list[torch.Tensor]) -> torch.Tensor:
-    """The walkers' mean held-out metric at the latest observation. ``observed`` holds ``(1 + k, W)`` rows (ln
-    L_train, then the ``k`` observables) or ``(n, 1 + k, W)`` chunks of them."""
-    last = observed[-1]
-    if last.dim() == 3:
-        last = last[-1]
-    return last[1].mean()
 
 
 __all__ = ["SELECT", "EntropyMDStrategy", "latest_heldout"]

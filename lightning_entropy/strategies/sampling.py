@@ -10,7 +10,6 @@ Lightning step, logs, snapshots and checkpoints it. Everything that does not nee
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from typing import Any
@@ -29,18 +28,17 @@ from lightning_entropy.core.evaluator import Evaluator
 from lightning_entropy.core.landscape import Landscape
 from lightning_entropy.core.run import Run
 from lightning_entropy.core.samplers import wlmc, wlmd
-from lightning_entropy.core.start import MODES, start_walkers
+from lightning_entropy.core.start import start_walkers
 from lightning_entropy.core.step_run import StepRun
 from lightning_entropy.core.validation import check_variable_callables, validate_full_batch
 from lightning_entropy.core.windows import Windows, auto_windows
 from lightning_entropy.strategies import budget
-from lightning_entropy.strategies.arguments import check_arguments, check_module_dtype, check_walker_memory
+from lightning_entropy.strategies.arguments import (check_arguments, check_fill, check_module_dtype, check_settings,
+                                                   check_start, check_threads, check_variable_axes,
+                                                   check_walker_memory)
 from lightning_entropy.strategies.base import SamplerMixin
 from lightning_entropy.strategies.contract import inspect_module
-from lightning_entropy.strategies.scalars import log_step
-
-#: What the progress bar shows of the scalars logged every Lightning step.
-PROGRESS = ("wl/factor", "wl/flatness", "wl/acceptance", "wl/x_min", "wl/x_max")
+from lightning_entropy.strategies.scalars import WANG_LANDAU_PROGRESS, log_step, wang_landau_metrics
 
 
 class WangLandauSampling(SamplerMixin):
@@ -57,30 +55,16 @@ class WangLandauSampling(SamplerMixin):
                           threads, snapshot_every, groups) -> None:
         """Check every argument (a ``ValueError`` naming it) and keep the settings; nothing is evaluated yet."""
         kind = grid_setup.sampler_kind(sampler)
-        if isinstance(variables, str) or callable(variables):
-            variables = (variables,)
-        if variables is not None and not 1 <= len(variables) <= 2:
-            raise ValueError(f"variables={variables!r}: give one or two collective variables (x is ln L_train).")
-        if variables is not None and variables[0] != "train_loss":
-            raise ValueError(
-                f"variables={tuple(variables)!r}: the first axis is always 'train_loss' (ln L_train, as in the paper);"
-                " put the test metric second, e.g. ('train_loss', 'test_accuracy')."
-            )
+        variables = check_variable_axes(variables)
         self._init_sampling(walkers=walkers, steps_per_lightning_step=steps_per_lightning_step,
                             observe_every=observe_every, heldout=heldout, loss=loss, vectorize=vectorize,
                             snapshot_every=snapshot_every or 1, groups=groups or 1)
         check_arguments(walkers=walkers, ranges=ranges, window=window, variables=variables, groups=groups)
-        if start not in MODES:
-            raise ValueError(f"start={start!r} is not a start mode; use one of {MODES}.")
-        if not (isinstance(start_budget, (int, float)) and 0 < start_budget <= 1):
-            raise ValueError(f"start_budget={start_budget!r}: a fraction of the time cap in (0, 1], e.g. 0.25.")
-        if range_margin is not None and not (math.isfinite(range_margin) and range_margin > 0):
-            raise ValueError(f"range_margin={range_margin!r} must be a positive number of CV units (or None).")
-        if fill is None:  # an explicit schedule is the reference study's per-step semantics
-            fill = "step" if schedule is not None else kind.fills[0]
-        if fill not in ("visit", "step"):
-            raise ValueError(f"fill={fill!r}: use 'visit' (replica-exchange WL, per-visit factor) or 'step' (the"
-                             " reference study's factor per sampler step shared by the walkers).")
+        check_settings(start_steps=start_steps, start_lr=start_lr, accuracy_slope=accuracy_slope,
+                       accuracy_axis=accuracy_axis, kernel_sigma=kernel_sigma, wall_strength=wall_strength,
+                       bin_width=bin_width)
+        check_start(start, start_budget, range_margin)
+        fill = check_fill(fill, schedule, kind.fills[0])
         self.fill = fill if fill in kind.fills else "step"
         if self.fill == "visit":
             replicas = grid_setup.visit_replicas(walkers, replicas, windows, production=production, log_f0=log_f0,
@@ -113,8 +97,7 @@ class WangLandauSampling(SamplerMixin):
         self._observables = tuple(observables) if observables is not None else None
         self.accuracy_slope = float(accuracy_slope)
         self.accuracy_axis = accuracy_axis
-        if threads != "auto" and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-            raise ValueError(f"threads={threads!r}: give a positive number of threads or 'auto'.")
+        check_threads(threads)
         self.threads = threads
         self._threads: int | None = None
         self.snapshot_every = snapshot_every
@@ -181,7 +164,7 @@ class WangLandauSampling(SamplerMixin):
         check_variable_callables(self._variables, module, contract.data)
         check_module_dtype(module)
         check_walker_memory(self.walkers, layout.numel, next(module.parameters()).dtype, device)
-        variables = [self._resolve(v) for v in self._metric_names(contract)]
+        variables = [self._resolve(v) for v in contract.variables_for(self._variables, self.heldout)]
         obs_names = self._observables
         if obs_names is None:
             obs_names = contract.default_observables(variables)
@@ -252,28 +235,13 @@ class WangLandauSampling(SamplerMixin):
         self._last_accepted = self._state.accepted.clone()
         self._round_trips = (self._run.round_trips if isinstance(self._run, StepRun) else
                              trips.init(self.walkers, x_range, device=device))
-        self._snapshot_interval = self._interval(trainer)
+        self._snapshot_interval = budget.snapshot_interval(trainer, self.steps_per_lightning_step,
+                                                           self.snapshot_every)
         self._next_snapshot = self._snapshot_interval
         if self._pending:  # an empty state: a checkpoint written before the walkers existed
             self._restore(self._pending)
         self._pending = None
         self.say_forecast(trainer, measured=False)  # a clear shortfall is said before sampling starts
-
-    def _metric_names(self, contract) -> tuple:
-        """The variables, with ``"test_metric"`` replaced by the module's own held-out metric (test accuracy for a
-        classifier, ln test loss otherwise: the second of :meth:`ModuleContract.default_variables`)."""
-        default = contract.default_variables()
-        if self._variables is None:
-            return default
-        if "test_metric" not in self._variables:
-            return self._variables
-        if len(default) < 2:
-            raise ValueError(
-                f"variables={self._variables!r}: 'test_metric' is the held-out metric, but there is none (no"
-                f" {'val' if self.heldout == 'val' else 'test'} data, or a validation_step that returns no loss and"
-                " logs no value). Sample variables=('train_loss',), or give the module held-out data."
-            )
-        return tuple(default[1] if v == "test_metric" else v for v in self._variables)
 
     def _start(self, trainer, module_theta: torch.Tensor, bound: torch.Tensor, gen: torch.Generator,
                gradient) -> torch.Tensor:
@@ -286,13 +254,7 @@ class WangLandauSampling(SamplerMixin):
                                        steps=self.start_steps, lr=self.start_lr, time_budget=allowed)
         self.start_report = report
         if report.shortened:
-            warnings.warn(
-                f"start={self.start!r}: {report.requested} optimiser steps of {self.walkers} walkers would take about"
-                f" {report.requested * report.seconds_per_step:.0f} s, more than start_budget={self.start_budget:g} of"
-                f" the {left:.0f} s left of max_time; they ran {report.ran} steps ({report.seconds:.0f} s). Raise"
-                " max_time or start_budget, or lower start_steps or walkers, for the full start.",
-                stacklevel=2,
-            )
+            warnings.warn(report.shortfall(self.walkers, self.start_budget, left), stacklevel=2)
         if report.requested:  # an optimiser step of all walkers on the train set: about half a sampler step
             self._clock = budget.StepClock(prior=2.0 * report.seconds_per_step)
         return theta0
@@ -344,7 +306,7 @@ class WangLandauSampling(SamplerMixin):
         info = self._run.chunk(steps)
         self._state = self._run.state
         if isinstance(self._run, Run) and not self._run.frozen and self.production > 0 and (
-                self._progress() >= 1 - self.production):
+                budget.progress(self.lightning_module.trainer) >= 1 - self.production):
             self._run.freeze()
         self._after_chunk(steps, info)
 
@@ -354,23 +316,6 @@ class WangLandauSampling(SamplerMixin):
         if self._state.step >= self._next_snapshot:
             self.snapshot()
         self._log_progress(steps, info)
-
-    def _progress(self) -> float:
-        """Fraction of the run done: of the Trainer's steps, or of ``max_time``, whichever is further."""
-        trainer = self.lightning_module.trainer
-        done = 0.0
-        try:
-            total = float(trainer.estimated_stepping_batches)
-        except Exception:  # no loaders sized yet, or an unsized loader
-            total = math.inf
-        if math.isfinite(total) and total > 0:
-            done = (trainer.global_step + 1) / total
-        for callback in trainer.callbacks:
-            if isinstance(callback, lightning.pytorch.callbacks.Timer):
-                elapsed, remaining = callback.time_elapsed("train"), callback.time_remaining("train")
-                if remaining is not None and elapsed + remaining > 0:
-                    done = max(done, elapsed / (elapsed + remaining))
-        return done
 
     def on_train_end(self) -> None:
         super().on_train_end()
@@ -384,15 +329,6 @@ class WangLandauSampling(SamplerMixin):
                 1, self._snapshot_interval // 4):
             self.snapshot()
 
-    def _interval(self, trainer: lightning.pytorch.Trainer) -> int:
-        """Sampler steps between snapshots, a multiple of the chunk length."""
-        chunk = self.steps_per_lightning_step
-        if self.snapshot_every is not None:
-            return max(chunk, int(math.ceil(self.snapshot_every / chunk)) * chunk)
-        max_steps = int(getattr(trainer, "max_steps", -1) or -1)
-        total = max_steps * chunk if max_steps > 0 else 100 * chunk
-        return max(chunk, (total // 20) // chunk * chunk)
-
     def snapshot(self) -> dict[str, float]:
         """Record a convergence snapshot now (S change since the last one, flatness, round trips; see
         :meth:`Landscape.snapshot`). Called by the strategy every ``snapshot_every`` sampler steps."""
@@ -401,23 +337,9 @@ class WangLandauSampling(SamplerMixin):
         return entry
 
     def _log_progress(self, steps: int, info: dict[str, float] | None = None) -> None:
-        state, landscape = self._state, self._landscape
-        accepted = self._acceptance(state.accepted, steps)
-        x = state.cv[:, 0]
-        if info is not None:
-            factor = torch.tensor(info["log_f"])
-            flatness = torch.tensor(self._run.windows.flatness())
-        else:
-            factor = self._run.factor(self.schedule)
-            flatness = torch.tensor(landscape.flatness())
-        metrics = {"wl/factor": factor.float(), "wl/flatness": flatness, "wl/acceptance": accepted.float(),
-                   "wl/x_min": x.min().float(), "wl/x_max": x.max().float(),
-                   "wl/reverted": state.reverted.sum().float(), "wl/nonfinite": state.nonfinite.sum().float(),
-                   "wl/walker_steps": torch.tensor(float(landscape.walker_steps))}
-        if info is not None:
-            metrics["wl/exchange_acceptance"] = torch.tensor(info["exchange_acceptance"])
-            metrics["wl/production"] = torch.tensor(float(self._run.frozen))
-        log_step(self.lightning_module, metrics, PROGRESS)
+        accepted = self._acceptance(self._state.accepted, steps)
+        metrics = wang_landau_metrics(self._state, self._landscape, self._run, self.schedule, accepted, info)
+        log_step(self.lightning_module, metrics, WANG_LANDAU_PROGRESS)
 
     # -- checkpoints ---------------------------------------------------------------------------------------------------
 

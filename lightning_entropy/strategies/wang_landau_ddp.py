@@ -31,18 +31,15 @@ After a spawned fit the main process holds the shared landscape (``strategy.land
 (``strategy.walker_parameters``, ``(N W, P)`` in rank order), sent back by rank 0. ``sampler="mc"`` goes through the
 same code (not covered by the tests). ``chunk_seconds`` and ``sync_seconds`` add up each rank's host time in sampler
 chunks and in synchronisations (which includes waiting for the slowest rank); on GPUs the chunk time is launch time
-unless something synchronises.
+unless something synchronises. The pieces the ranks share apart from the strategy (seeds, the schedule's per-rank
+share, dealing pooled walkers, the launcher) are in :mod:`lightning_entropy.strategies.ranks`.
 """
 
 from __future__ import annotations
 
 import inspect
-import os
-import shutil
-import tempfile
 import time
 import warnings
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -51,7 +48,6 @@ import torch
 import torch.distributed as dist
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
 from lightning_entropy.core import round_trips
@@ -59,78 +55,9 @@ from lightning_entropy.core.fingerprint import ResumeMismatch
 from lightning_entropy.core.landscape import Landscape
 from lightning_entropy.core.step_run import StepRun
 from lightning_entropy.strategies.base import check_positive
+from lightning_entropy.strategies.ranks import RANK_SEED_STRIDE, RankShare, SamplerLauncher, deal, on_cpu
 from lightning_entropy.strategies.sampling import WangLandauSampling
 from lightning_entropy.strategies.wang_landau import LIGHTNING_ARGUMENTS, STATES, WangLandauStrategy
-
-#: Rank r seeds its walkers with ``seed + r * RANK_SEED_STRIDE`` (a CPU generator keeps only 32 bits of a seed, so a
-#: stride of 2**32 would give every rank the same walkers).
-RANK_SEED_STRIDE = 1_000_003
-
-
-@dataclass(frozen=True)
-class RankShare:
-    """A schedule seen by one of ``ranks`` processes: ``f_t / ranks`` per step, no histogram decisions in the loop.
-
-    The strategy applies the real schedule's ``update`` itself, after each synchronisation, on the shared landscape.
-    """
-
-    schedule: Any
-    ranks: int
-
-    def init(self, device=None) -> dict[str, torch.Tensor]:
-        return self.schedule.init(device)
-
-    def factor(self, state: dict[str, torch.Tensor], t: torch.Tensor) -> torch.Tensor:
-        return self.schedule.factor(state, t) / self.ranks
-
-    def update(self, state, landscape: Landscape, t: int):
-        return state
-
-    def describe(self) -> dict[str, Any]:
-        return self.schedule.describe()
-
-
-def deal(total: int, rank: int, walkers: int) -> torch.Tensor:
-    """Indices into a pool of ``total`` walkers that rank ``rank`` takes when every rank runs ``walkers`` walkers:
-    ``rank * walkers ...`` onwards, wrapping around the pool (walkers repeat when the pool is smaller)."""
-    if total < 1:
-        raise ValueError(f"The checkpoint holds {total} walkers; there is nothing to resume.")
-    return (rank * walkers + torch.arange(walkers)) % total
-
-
-def _cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu(v) for v in obj)
-    return obj
-
-
-class _SamplerLauncher(_MultiProcessingLauncher):
-    """Lightning's multiprocessing launcher that also hands rank 0's sampler state to the main process.
-
-    The state goes through a temporary file, like Lightning's weights: the result queue is a pipe that rank 0 writes
-    before it exits and the main process reads only after every rank exited, so a large payload there would block.
-    """
-
-    def get_extra_results(self, trainer: lightning.pytorch.Trainer) -> dict[str, Any]:
-        extra = super().get_extra_results(trainer)
-        final = getattr(self._strategy, "_final", None)
-        if final is not None:
-            path = os.path.join(tempfile.mkdtemp(), "wang_landau_state.pt")
-            torch.save(_cpu(final), path)
-            extra["wang_landau_path"] = path
-        return extra
-
-    def update_main_process_results(self, trainer: lightning.pytorch.Trainer, extra: dict[str, Any]) -> None:
-        super().update_main_process_results(trainer, extra)
-        path = extra.get("wang_landau_path")
-        if path is not None:
-            self._strategy._adopt(torch.load(path, weights_only=False))
-            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
-
 
 class WangLandauDDPStrategy(WangLandauSampling, DDPStrategy):
     """:class:`~lightning_entropy.WangLandauStrategy` on several processes (DDP) sharing one landscape.
@@ -215,12 +142,12 @@ class WangLandauDDPStrategy(WangLandauSampling, DDPStrategy):
 
     def _configure_launcher(self) -> None:
         """Processes started by a cluster, or ``popen``: Lightning's script launcher; otherwise a multiprocessing
-        launcher that also hands rank 0's sampler state back (:class:`_SamplerLauncher`)."""
+        launcher that also hands rank 0's sampler state back (:class:`SamplerLauncher`)."""
         assert self.cluster_environment is not None
         if self.cluster_environment.creates_processes_externally or self.start_method == "popen":
             self._launcher = _SubprocessScriptLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
         else:
-            self._launcher = _SamplerLauncher(self, start_method=self.start_method)
+            self._launcher = SamplerLauncher(self, start_method=self.start_method)
 
     def configure_ddp(self) -> None:
         """No ``DistributedDataParallel``: the ranks share the landscape, never gradients."""
@@ -337,7 +264,7 @@ class WangLandauDDPStrategy(WangLandauSampling, DDPStrategy):
 
     def _gathered_state_dict(self) -> dict[str, Any]:
         run = self._run
-        local = _cpu({"state": self._state.state_dict(), "last_accepted": self._last_accepted,
+        local = on_cpu({"state": self._state.state_dict(), "last_accepted": self._last_accepted,
                       "round_trips": self._round_trips.state_dict()})
         parts = [local]
         if self._distributed:
@@ -426,3 +353,6 @@ def sampling_defaults() -> dict[str, Any]:
     signature (their one source)."""
     parameters = inspect.signature(WangLandauStrategy.__init__).parameters
     return {name: p.default for name, p in parameters.items() if name != "self" and name not in LIGHTNING_ARGUMENTS}
+
+
+__all__ = ["RANK_SEED_STRIDE", "RankShare", "WangLandauDDPStrategy", "deal", "sampling_defaults"]

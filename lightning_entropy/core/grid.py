@@ -1,0 +1,182 @@
+"""The geometry of a landscape: a uniform grid over one or two collective variables, without anything sampled.
+
+:class:`Grid` knows its axes (``lo``, ``hi``, bin ``width``, ``shape``, ``names``, ``labels``), its bin edges and
+centres, which flat bin a walker's CVs fall in, the multilinear interpolation of any grid-shaped table between bin
+centres (value and exact gradient), the deposit kernel (a normalised Gaussian in bin units, mirrored at the edges of
+the region a walker can reach so that no mass is lost) and the soft-wall window. All of it is vectorized over
+walkers and never synchronises with the host. :class:`~lightning_entropy.core.landscape.Landscape` is a grid that
+also holds S, the visits, the observables and their snapshots.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+
+def check_axes(ranges: Sequence[tuple[float, float]], bins: Sequence[int], names: Sequence[str]) -> None:
+    """One or two axes, each with a finite range ``lo < hi`` and at least two bins."""
+    d = len(names)
+    if d not in (1, 2) or len(ranges) != d or len(bins) != d:
+        raise ValueError(
+            f"A landscape has one or two axes with one range and one bin count each; got names={list(names)},"
+            f" ranges={list(ranges)}, bins={list(bins)}."
+        )
+    for (lo, hi), n, name in zip(ranges, bins, names):
+        if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+            raise ValueError(f"Axis {name!r}: range ({lo}, {hi}) is empty or not finite; give lo < hi.")
+        if int(n) < 2:
+            raise ValueError(f"Axis {name!r}: bins={n}; a landscape needs at least 2 bins per axis.")
+
+
+class Grid:
+    """A uniform grid over ``d`` (1 or 2) collective variables.
+
+    Args:
+        ranges: ``(lo, hi)`` per axis, in CV units (``ln L`` in nats for loss axes).
+        bins: number of bins per axis.
+        names: axis names (e.g. ``("ln_train_loss", "test_accuracy")``).
+        labels: axis labels for figures; default the names.
+        kernel_sigma: standard deviation of the deposit Gaussian, in bins (``0`` deposits into one bin only).
+        kernel_cutoff: the Gaussian is cut at ``kernel_cutoff * kernel_sigma`` bins.
+        window: per axis ``(lo, hi)`` of the soft wall, CV units; default the grid range (no soft wall).
+        device: where the grid lives (the walkers' device).
+    """
+
+    def __init__(self, ranges: Sequence[tuple[float, float]], bins: Sequence[int], names: Sequence[str], *,
+                 labels: Sequence[str] | None = None, kernel_sigma: float = 1.0, kernel_cutoff: float = 4.0,
+                 window: Sequence[tuple[float, float]] | None = None, device: torch.device | str | None = None) -> None:
+        check_axes(ranges, bins, names)
+        d = len(names)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.names = tuple(names)
+        self.labels = tuple(labels) if labels is not None else self.names
+        self.shape = tuple(int(n) for n in bins)
+        self.lo = torch.tensor([float(r[0]) for r in ranges], dtype=torch.float64, device=self.device)
+        self.hi = torch.tensor([float(r[1]) for r in ranges], dtype=torch.float64, device=self.device)
+        self.width = (self.hi - self.lo) / torch.tensor(self.shape, dtype=torch.float64, device=self.device)
+        window = window if window is not None else ranges
+        self.window = torch.tensor([list(map(float, w)) for w in window], dtype=torch.float64, device=self.device)
+        self.kernel_sigma = float(kernel_sigma)
+        self.kernel_cutoff = float(kernel_cutoff)
+        self._strides = torch.tensor(
+            [math.prod(self.shape[i + 1 :]) for i in range(d)], dtype=torch.int64, device=self.device
+        )
+        self._offsets, self._weights = self._kernel()
+        self._corners = torch.tensor(list(itertools.product((0, 1), repeat=d)), device=self.device)
+
+    # -- axes and bins ----------------------------------------------------------------------------------------------
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def edges(self) -> list[np.ndarray]:
+        """Bin edges per axis (numpy)."""
+        return [np.linspace(float(lo), float(hi), n + 1) for lo, hi, n in zip(self.lo, self.hi, self.shape)]
+
+    @property
+    def centers(self) -> list[np.ndarray]:
+        return [0.5 * (e[1:] + e[:-1]) for e in self.edges]
+
+    def inside(self, cv: torch.Tensor) -> torch.Tensor:
+        """``(W,)`` mask: the CVs are finite and inside the grid (the hard wall)."""
+        return (torch.isfinite(cv) & (cv >= self.lo) & (cv < self.hi)).all(dim=-1)
+
+    def bin_index(self, cv: torch.Tensor) -> torch.Tensor:
+        """``(W,)`` flat bin index of each walker, clamped to the grid."""
+        idx = torch.floor((cv.to(torch.float64) - self.lo) / self.width).nan_to_num(0).long()
+        idx = torch.minimum(idx.clamp(min=0), torch.tensor(self.shape, device=self.device) - 1)
+        return (idx * self._strides).sum(-1)
+
+    def _kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
+        r = int(math.ceil(self.kernel_cutoff * self.kernel_sigma)) if self.kernel_sigma > 0 else 0
+        span = torch.arange(-r, r + 1, device=self.device)
+        offsets = torch.stack(torch.meshgrid(*([span] * self.ndim), indexing="ij"), dim=-1).reshape(-1, self.ndim)
+        if r == 0:
+            weights = torch.ones(1, dtype=torch.float64, device=self.device)
+        else:
+            dist2 = (offsets.to(torch.float64) ** 2).sum(-1)
+            weights = torch.exp(-dist2 / (2 * self.kernel_sigma**2))
+            keep = dist2 <= (self.kernel_cutoff * self.kernel_sigma) ** 2
+            offsets, weights = offsets[keep], weights[keep]
+            weights = weights / weights.sum()
+        return offsets, weights
+
+
+    def interpolate(self, table: torch.Tensor, cv: torch.Tensor, offset: torch.Tensor | None = None,
+                    lo: torch.Tensor | None = None,
+                    hi: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Multilinear interpolation between bin centres of a flat grid ``table`` at ``cv`` ``(W, d)``: the value
+        ``(W,)`` and its exact gradient ``(W, d)`` (CV units).
+
+        ``offset`` ``(W,)`` selects each walker's grid inside a stack of grids (flat offset of its first bin);
+        ``lo``/``hi`` ``(W, d)`` bin indices restrict each walker's interpolation cells to bins ``[lo, hi)`` (a
+        window), default the whole grid.
+        """
+        cv = cv.to(torch.float64)
+        n = torch.tensor(self.shape, device=self.device)
+        u = (cv - self.lo) / self.width - 0.5
+        if lo is None:
+            i0 = torch.minimum(torch.floor(u).nan_to_num(0).clamp(min=0), (n - 2).to(u.dtype))
+        else:
+            i0 = torch.minimum(torch.maximum(torch.floor(u).nan_to_num(0), lo.to(u.dtype)), (hi - 2).to(u.dtype))
+        t = (u - i0).clamp(0.0, 1.0)
+        i0 = i0.long()
+        corners = self._corners  # (C, d) of 0/1, C = 2**d
+        flat = ((i0.unsqueeze(1) + corners) * self._strides).sum(-1)  # (W, C)
+        if offset is not None:
+            flat = flat + offset.unsqueeze(1)
+        s = table[flat]  # S at the cell's corners
+        w = torch.where(corners.bool(), t.unsqueeze(1), 1 - t.unsqueeze(1))  # (W, C, d) per-axis weights
+        value = (s * w.prod(-1)).sum(-1)
+        sign = corners.to(s.dtype) * 2 - 1  # d weight_k / d t_k for each corner
+        slope = torch.stack(
+            [(s * sign[:, k] * torch.cat([w[..., :k], w[..., k + 1 :]], dim=-1).prod(-1)).sum(-1) / self.width[k]
+             for k in range(self.ndim)],
+            dim=-1,
+        )
+        return value, slope
+
+
+    def spread(self, cv: torch.Tensor, lo: torch.Tensor | None = None,
+               hi: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The flat bin of each walker ``(W,)`` and the flat bins its deposit kernel covers ``(W, K)`` (weights
+        :attr:`kernel_weights`), mirrored at the edges of bins ``[lo, hi)`` per walker and axis (default the grid)
+        so that no mass leaves the region a walker can reach."""
+        n = torch.tensor(self.shape, device=self.device)
+        lo = torch.zeros_like(n) if lo is None else lo
+        hi = n if hi is None else hi
+        idx = torch.floor((cv.to(torch.float64) - self.lo) / self.width).nan_to_num(0).long()
+        idx = torch.minimum(torch.maximum(idx, lo), hi - 1)
+        near = idx.unsqueeze(1) + self._offsets.unsqueeze(0)  # (W, K, d)
+        lo_, hi_ = (b.unsqueeze(-2) if b.dim() > 1 else b for b in (lo, hi))
+        near = torch.where(near < lo_, 2 * lo_ - near - 1, near)  # mirror at the edges: no mass is lost
+        near = torch.where(near >= hi_, 2 * hi_ - 1 - near, near)
+        near = torch.minimum(torch.maximum(near, lo_), hi_ - 1)
+        return (idx * self._strides).sum(-1), (near * self._strides).sum(-1)
+
+    @property
+    def kernel_weights(self) -> torch.Tensor:
+        """``(K,)`` weights of the deposit kernel (they sum to one)."""
+        return self._weights
+
+
+    def window_mask(self) -> torch.Tensor:
+        """Boolean grid of the bins whose centres lie inside the soft-wall window (all bins without a window)."""
+        mask = torch.ones(self.shape, dtype=torch.bool, device=self.device)
+        for axis, c in enumerate(self.centers):
+            lo, hi = (float(v) for v in self.window[axis])
+            inside = torch.from_numpy((c >= lo) & (c <= hi)).to(self.device)
+            shape = [1] * self.ndim
+            shape[axis] = -1
+            mask = mask & inside.view(shape)
+        return mask
+
+
+__all__ = ["Grid", "check_axes"]
