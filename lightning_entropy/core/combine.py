@@ -17,6 +17,29 @@ from __future__ import annotations
 import numpy as np
 
 
+HOLE_WEIGHT = 1e-3  # visits a hole's WL value counts as when windows are joined: only where nothing else is
+
+
+def fill_holes(pieces: np.ndarray, counts: np.ndarray, reached: np.ndarray, bias: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Production estimates ``pieces`` ``(E, n)`` (with visit ``counts``) where the bins a window ``reached`` while
+    filling but not in production (its walkers were elsewhere in the window when the bias froze) take the window's
+    frozen ``bias``, shifted onto the production estimate (visit-weighted mean difference); they weigh
+    :data:`HOLE_WEIGHT` visits, so a window's constant still ties to its neighbours through them when its production
+    left the overlap empty, which would otherwise cut the replica's grid there. Their error shows in the replicas'
+    spread, and the production histogram's flatness (the verdict) still says the bias was not flat there."""
+    pieces, counts = pieces.copy(), counts.astype(np.float64).copy()
+    for e in range(pieces.shape[0]):
+        seen = counts[e] > 0
+        holes = reached[e] & ~seen
+        if not seen.any() or not holes.any():
+            continue
+        shift = np.sum(counts[e][seen] * (pieces[e][seen] - bias[e][seen])) / np.sum(counts[e][seen])
+        pieces[e][holes] = bias[e][holes] + shift
+        counts[e][holes] = HOLE_WEIGHT
+    return pieces, counts
+
+
 def stitch(pieces: np.ndarray, masks: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """One grid from window estimates ``pieces`` ``(K, n)`` valid where ``masks`` ``(K, n)`` (NaN elsewhere): each
     window after the first is shifted by the mean difference on the bins it shares with the windows joined so far,

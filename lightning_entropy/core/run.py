@@ -40,12 +40,14 @@ import torch
 from lightning_entropy.core import combine
 from lightning_entropy.core import threads as threads_module
 from lightning_entropy.core import round_trips as trips
+from lightning_entropy.core import label_free, step_size
+from lightning_entropy.core.forces import JacobianForces
+from lightning_entropy.core.label_free import PICTURE_BINS
 from lightning_entropy.core.landscape import Landscape
 from lightning_entropy.core.samplers import wlmd
 from lightning_entropy.core.windows import Windows
 
 
-PICTURE_BINS = 41  # accuracy bins of the label-free picture: multiples of 1/40 at the bin centres
 R_HAT = 1.05  # the lenient rule of Vehtari et al. (2021); a snapshot records the share of bins at or above it
 
 
@@ -95,7 +97,7 @@ class Run:
         self.threads = threads_module.choose(evaluate, theta0, threads) if threads == "auto" else threads
         # 1-D walks keep d x / d theta per walker, so that a walker's force follows its window after an exchange at
         # no extra evaluation; walks in more CVs re-evaluate the forces on exchange steps instead
-        self._forces = _Jacobian(evaluate) if landscape.ndim == 1 else evaluate
+        self._forces = JacobianForces(evaluate) if landscape.ndim == 1 else evaluate
         self.state = wlmd.start(theta0, self._forces, windows.potential, seed=seed)
         self.jacobian = self._forces.last if landscape.ndim == 1 else None
         lo, hi = float(landscape.lo[0]), float(landscape.hi[0])
@@ -193,75 +195,20 @@ class Run:
         return dataclasses.replace(state, bias_grad=grad)
 
     def _record_picture(self, cv: torch.Tensor, y: torch.Tensor, counted: torch.Tensor) -> None:
-        """Production only: add each counting walker's reweighting weight ``exp(u(x) - reference)`` at (x bin,
-        accuracy bin) of its replica. The bias depends on x alone, so within an x bin the held-out metric is
-        sampled as the volume has it: no test label enters the dynamics."""
-        w, g = self.windows, self.landscape
-        weight = torch.exp((w.potential(cv)[0] - w.reference[w.owner]).clamp(max=700.0)) * counted
-        iy = torch.floor((torch.nan_to_num(y.to(torch.float64)) + 0.5 / (PICTURE_BINS - 1)) * (PICTURE_BINS - 1))
-        iy = iy.long().clamp(0, PICTURE_BINS - 1)
-        flat = (w.replica_of * g.shape[0] + g.bin_index(cv)) * PICTURE_BINS + iy
-        self._picture.view(-1).index_add_(0, flat, weight)
+        label_free.record(self._picture, self.windows, self.landscape, cv, y, counted)
 
     def picture(self) -> Landscape | None:
-        """The label-free 2-D picture of a 1-D walk with an accuracy observable: ``S(x, y) = S(x) + ln p(y | x)``,
-        with ``p(y | x)`` the held-out accuracy's reweighted production histogram per x bin, per replica (their
-        spread is its error). None for 2-D walks, without an accuracy observable, or before production."""
+        """The label-free 2-D picture of a 1-D walk with an accuracy observable (:func:`~lightning_entropy.core.
+        label_free.picture`); None for 2-D walks, without an accuracy observable, or before production."""
         if self._picture is None or float(self._picture.sum()) == 0:
             return None
-        g, w = self.landscape, self.windows
-        half = 0.5 / (PICTURE_BINS - 1)
-        names = (g.names[0], g.observable_names[0])
-        out = Landscape([(float(g.lo[0]), float(g.hi[0])), (-half, 1 + half)], [g.shape[0], PICTURE_BINS], names,
-                        labels=(g.labels[0], f"{g.observable_names[0]} (label-free)"), kernel_sigma=0.0,
-                        groups=w.replicas, device=g.device,
-                        metadata={**g.metadata, "test_labels_in_dynamics": False, "label_free_picture": True})
-        counts = self._picture.cpu().numpy()  # (R, nx, ny)
-        s_x = self.replica_entropy().reshape(w.replicas, -1)  # (R, nx)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            conditional = np.log(counts / counts.sum(-1, keepdims=True))
-        grids = np.where(counts > 0, s_x[..., None] + conditional, np.nan)
-        mean, _, _ = combine.replica_statistics(grids.reshape(w.replicas, -1))
-        mean = torch.from_numpy(mean.reshape(out.shape)).to(out.bias)
-        out.known.copy_(torch.isfinite(mean))
-        out.bias.copy_(torch.nan_to_num(mean, nan=0.0))
-        out.visits.copy_(torch.from_numpy((counts > 0).sum(0).astype(np.float64)).to(out.visits))
-        out.recent_visits[0].copy_(torch.from_numpy((counts > 0).astype(np.float64)).to(out.visits))
-        out.replica_entropy = grids
-        out.history = [dict(h) for h in g.history]
-        return out
+        return label_free.picture(self._picture.cpu().numpy(), self.landscape, self.windows.replicas,
+                                  self.replica_entropy().reshape(self.windows.replicas, -1))
 
     def _adapt_dt(self, acceptance: torch.Tensor, inside: torch.Tensor) -> None:
-        """Per window, shrink the time step when fewer than ``target[0]`` of its walkers' moves were accepted in the
-        last chunk and grow it above ``target[1]``, within ``[dt / 20, 4 dt]`` of the configured ``dt``; only walkers
-        inside their window count, or, while none is, those on their way in (so that they can move at all where
-        the loss is low). Wang-Landau phase only: production keeps the time step fixed."""
-        w = self.windows
-        e = w.replicas * w.windows
-        zeros = torch.zeros(e, dtype=torch.float64, device=self.dt.device)
-
-        def rate_of(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            total = zeros.index_add(0, w.owner, acceptance.double() * weight)
-            count = zeros.index_add(0, w.owner, weight)
-            return total / count.clamp(min=1.0), count
-
-        inside_rate, inside_count = rate_of(inside.to(torch.float64))
-        all_rate, _ = rate_of(torch.ones_like(acceptance, dtype=torch.float64))
-        rate = torch.where(inside_count > 0, inside_rate, all_rate)  # no walker in yet: those on their way in
-        lo, hi = self.acceptance_target
-        grown = (self.dt * 1.1).clamp(max=self.max_dt)
-        shrunk = (self.dt * 0.8).clamp(min=self.min_dt)
-        self.dt = torch.where(rate < lo, shrunk, torch.where(rate > hi, grown, self.dt))
-
-    acceptance_target = (0.6, 0.9)
-
-    @property
-    def max_dt(self) -> float:
-        return 4 * float(self.config.dt)
-
-    @property
-    def min_dt(self) -> float:
-        return float(self.config.dt) / 20
+        """Adapt each window's time step to the last chunk's acceptance (:func:`~lightning_entropy.core.step_size.
+        adapt`); Wang-Landau phase only: production keeps the time step fixed."""
+        self.dt = step_size.adapt(self.dt, acceptance, inside, self.windows.owner, float(self.config.dt))
 
     def freeze(self) -> None:
         """Start production: fix the biases; later visits fill the production histograms."""
@@ -320,27 +267,12 @@ class Run:
                               None if counts is None else counts[i * k:(i + 1) * k]) for i in range(w.replicas)]
         return np.stack(out).reshape(w.replicas, *g.shape)
 
-    HOLE_WEIGHT = 1e-3  # visits a hole's WL value counts as when windows are joined: only where nothing else is
+    HOLE_WEIGHT = combine.HOLE_WEIGHT
 
     def _fill_holes(self, pieces: np.ndarray, counts: np.ndarray, reached: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray]:
-        """Production estimates ``(E, n)`` with the bins a window reached while filling but not in production (its
-        walkers were elsewhere in the window when the bias froze) given the window's frozen bias, shifted onto the
-        production estimate (visit-weighted mean difference); they weigh :attr:`HOLE_WEIGHT` visits, so a window's
-        constant still ties to its neighbours through them when its production left the overlap empty, which would
-        otherwise cut the replica's grid there. Their error shows in the replicas' spread, and the production
-        histogram's flatness (the verdict) still says the bias was not flat there."""
-        bias = self.windows.bias.reshape(pieces.shape[0], -1).cpu().numpy()
-        pieces, counts = pieces.copy(), counts.astype(np.float64).copy()
-        for e in range(pieces.shape[0]):
-            seen = counts[e] > 0
-            holes = reached[e] & ~seen
-            if not seen.any() or not holes.any():
-                continue
-            shift = np.sum(counts[e][seen] * (pieces[e][seen] - bias[e][seen])) / np.sum(counts[e][seen])
-            pieces[e][holes] = bias[e][holes] + shift
-            counts[e][holes] = self.HOLE_WEIGHT
-        return pieces, counts
+        """See :func:`~lightning_entropy.core.combine.fill_holes`; the WL values are the windows' frozen biases."""
+        return combine.fill_holes(pieces, counts, reached, self.windows.bias.reshape(pieces.shape[0], -1).cpu().numpy())
 
     def rhat(self) -> np.ndarray:
         """``(nx,)`` R-hat of the x-marginal S per x bin (worst window covering the bin), replicas as chains and
@@ -466,26 +398,3 @@ class Run:
                 self._forces.value_and_grad(self.state.theta, self.windows.potential)
                 saved = self._forces.last
             self.jacobian = saved.to(self.jacobian)
-
-
-def _unit(cv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.zeros(cv.shape[0], dtype=torch.float64, device=cv.device), torch.ones_like(cv)
-
-
-class _Jacobian:
-    """The evaluator of a 1-D walk, seen by the integrator: ``value_and_grad`` computes ``d x / d theta`` in its one
-    backward pass, keeps it as :attr:`last` and returns ``slope * (d x / d theta)``, the same force. Every other
-    attribute is the evaluator's."""
-
-    def __init__(self, evaluate) -> None:
-        self.evaluate = evaluate
-        self.last: torch.Tensor | None = None
-
-    def value_and_grad(self, theta: torch.Tensor, potential) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        cv, _, jacobian = self.evaluate.value_and_grad(theta, _unit)
-        value, slope = potential(cv)
-        self.last = jacobian
-        return cv, value, slope[:, :1].to(jacobian.dtype) * jacobian
-
-    def __getattr__(self, name: str):
-        return getattr(self.evaluate, name)
