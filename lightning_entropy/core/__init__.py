@@ -6,7 +6,10 @@ Data flows one way: data -> collective variables (:mod:`variables`, :mod:`evalua
 sampler's other inputs. A run starts with :mod:`setup` (the
 grid, the walkers' admission, the metadata) and is driven by a run object: :mod:`run` (windows and replicas,
 ``fill="visit"``) or :mod:`step_run` (one landscape filled per step, ``fill="step"`` and WLMC), each with
-``chunk(steps)``, ``snapshot()`` and ``state_dict()``. The strategies and the command line are shells around them.
+``chunk(steps)``, ``snapshot()`` and ``state_dict()``. The windowed run's pieces: :mod:`windows` (estimates,
+exchange, deposits) with :mod:`placement` (where windows lie), :mod:`forces`, :mod:`step_size`, :mod:`combine`
+(joining windows and replicas, R-hat) and :mod:`label_free` (the 2-D picture of a 1-D walk). The strategies and
+the command line are shells around them.
 """
 
 from lightning_entropy.core.box import Box
