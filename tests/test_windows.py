@@ -210,6 +210,27 @@ def test_stitch_leaves_out_a_window_that_shares_no_bin():
     assert np.allclose(joined[:16], truth[:16]) and np.isnan(joined[16:]).all()
 
 
+def test_stitch_ties_2d_windows_by_their_x_marginal_when_they_share_no_bin():
+    """Two 2-D windows (6 x columns, 4 test bins) overlapping on columns 2-3, where window 0's walkers visited only
+    test bins 0-1 and window 1's only bins 2-3: no common bin, but the same x-marginal there. Joined by bins alone
+    window 1 would be left out; by columns it is placed at its true constant."""
+    x, y = np.meshgrid(np.arange(6.0), np.arange(4.0), indexing="ij")
+    truth = 3.0 * x - 0.5 * (y - 1.5) ** 2  # the same test-axis shape in every column
+    masks = np.zeros((2, 6, 4), bool)
+    masks[0, :4, :2] = True
+    masks[0, :2, :] = True  # below the overlap window 0 saw every test bin
+    masks[1, 2:, 2:] = True
+    masks[1, 4:, :] = True
+    pieces = np.stack([truth, truth + 11.0]).reshape(2, -1)
+    flat = masks.reshape(2, -1)
+    assert np.isnan(combine.stitch(pieces, flat).reshape(6, 4)[4:]).all()  # bins alone: window 1 left out
+    joined = combine.stitch(pieces, flat, columns=6).reshape(6, 4)
+    seen = masks.any(0)
+    # columns 2-3 hold half the test axis in each window: their marginals differ by the symmetric half, i.e. not at
+    # all here, so the shift is exact
+    assert np.allclose(joined[seen], truth[seen])
+
+
 def test_label_free_picture_of_a_1d_walk_is_a_2d_landscape_without_test_labels():
     from lightning_entropy.tasks.spiral import SpiralClassifier, SpiralDataModule
 

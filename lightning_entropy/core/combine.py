@@ -40,12 +40,35 @@ def fill_holes(pieces: np.ndarray, counts: np.ndarray, reached: np.ndarray, bias
     return pieces, counts
 
 
-def stitch(pieces: np.ndarray, masks: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+def _column_shift(current: np.ndarray, weight: np.ndarray, piece: np.ndarray, wk: np.ndarray, columns: int
+                  ) -> float | None:
+    """The shift that makes ``piece`` agree with ``current`` on their x-marginals (log-sum-exp over the other axis
+    of each, on the x columns both reached), weighted like bins; None without a common column."""
+    def marginal(grid, w):
+        g = grid.reshape(columns, -1)
+        finite = np.isfinite(g)
+        top = np.where(finite.any(1), np.nanmax(np.where(finite, g, -np.inf), axis=1), 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            m = top + np.log(np.where(finite, np.exp(np.where(finite, g, 0.0) - top[:, None]), 0.0).sum(1))
+        return np.where(finite.any(1), m, np.nan), np.where(finite, w.reshape(columns, -1), 0.0).sum(1)
+
+    (mc, wc), (mp, wp) = marginal(current, weight), marginal(piece, wk)
+    common = np.isfinite(mc) & np.isfinite(mp) & (wc > 0) & (wp > 0)
+    if not common.any():
+        return None
+    pair = 1.0 / (1.0 / wc[common] + 1.0 / wp[common])
+    return float(np.sum(pair * (mc[common] - mp[common])) / np.sum(pair))
+
+
+def stitch(pieces: np.ndarray, masks: np.ndarray, weights: np.ndarray | None = None, columns: int | None = None
+           ) -> np.ndarray:
     """One grid from window estimates ``pieces`` ``(K, n)`` valid where ``masks`` ``(K, n)`` (NaN elsewhere): each
     window after the first is shifted by the mean difference on the bins it shares with the windows joined so far,
     then all are averaged where they overlap. A window that shares no bin with them (e.g. after a window no walker
     reached) is left out: its constant is unknown. ``weights`` ``(K, n)`` (e.g. visits) weight both; default
-    equal."""
+    equal. ``columns``: for 2-D grids flattened x-major (``n = columns * ny``), a window that shares no bin but
+    shares x columns is tied by its x-marginal instead (two windows' walkers in the same x range may visit
+    different bins of the test axis when each bin of a 2-D window holds a few visits)."""
     pieces = np.where(masks, pieces, np.nan).astype(float)
     weights = np.ones_like(pieces) if weights is None else np.asarray(weights, dtype=float)
     weights = np.where(np.isfinite(pieces), weights, 0.0)
@@ -55,9 +78,14 @@ def stitch(pieces: np.ndarray, masks: np.ndarray, weights: np.ndarray | None = N
         piece, wk = pieces[k], weights[k]
         current = np.where(weight > 0, total / np.where(weight > 0, weight, 1), np.nan)
         common = np.isfinite(current) & np.isfinite(piece) & (wk > 0)
+        shift = None
         if common.any():
             pair = 1.0 / (1.0 / weight[common] + 1.0 / wk[common])  # inverse-variance weight of a difference
-            piece = piece + float(np.sum(pair * (current[common] - piece[common])) / np.sum(pair))
+            shift = float(np.sum(pair * (current[common] - piece[common])) / np.sum(pair))
+        elif columns and np.isfinite(current).any():
+            shift = _column_shift(current, weight, piece, wk, columns)
+        if shift is not None:
+            piece = piece + shift
         elif np.isfinite(current).any():
             continue  # shares no bin with the windows joined so far: nothing ties its constant, so it is left out
         ok = wk > 0

@@ -263,11 +263,11 @@ class Run:
             pieces = w.bias.reshape(e, -1).cpu().numpy()
             masks = masks & (w.visits.reshape(e, -1).cpu().numpy() > 0)
         k = w.windows
+        columns = g.shape[0] if g.ndim > 1 else None
         out = [combine.stitch(pieces[i * k:(i + 1) * k], masks[i * k:(i + 1) * k],
-                              None if counts is None else counts[i * k:(i + 1) * k]) for i in range(w.replicas)]
+                              None if counts is None else counts[i * k:(i + 1) * k], columns)
+               for i in range(w.replicas)]
         return np.stack(out).reshape(w.replicas, *g.shape)
-
-    HOLE_WEIGHT = combine.HOLE_WEIGHT
 
     def _fill_holes(self, pieces: np.ndarray, counts: np.ndarray, reached: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray]:
