@@ -28,13 +28,13 @@ visits fall below ``min_fraction`` of the median column; such bins are left out 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from lightning_entropy.core.combine import rhat
+from lightning_entropy.sweeps import width_table  # noqa: F401 - part of this module's public API
 
 READOUTS = ("max_s", "mean_curve", "label_free")
 
@@ -384,32 +384,3 @@ def convergence(landscape, *, walkers: int | None = None, thresholds: dict[str, 
                 tags.append("replicas disagree")
     return Convergence(flat, change, trips, with_trip, walkers, len(history), not reasons, reasons, tags, th,
                        history)
-
-
-# -- many runs ---------------------------------------------------------------------------------------------------------
-
-
-def width_table(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per run of a sweep, sorted by task and parameter count: the advantage against model size.
-
-    Each summary is a run's ``summary.json`` (as a dict).
-    """
-    rows = []
-    for s in summaries:
-        adv = s.get("advantage") or {}
-        conv = s.get("convergence") or {}
-        rows.append({
-            "run": s.get("run_name") or s.get("run_dir"),
-            "task": s.get("task"),
-            "model": s.get("model_config"),
-            "parameters": s.get("parameters"),
-            "sampler": s.get("sampler"),
-            "metric": adv.get("metric"),
-            "readout": adv.get("readout"),
-            "mean_advantage": adv.get("mean_advantage"),
-            "mean_advantage_error": adv.get("mean_advantage_error"),
-            "bins": adv.get("bins"),
-            "converged": conv.get("converged"),
-        })
-    rows.sort(key=lambda r: (str(r["task"]), r["parameters"] or 0))
-    return rows
