@@ -322,3 +322,14 @@ def test_forces_follow_the_window_a_walker_holds_after_exchanges():
     with pytest.raises(ValueError, match="dt_spread=0.5"):
         Run(evaluator, grid, bound, theta0, windows=Windows(grid, 16, replicas=2, windows=4), config=MDConfig(),
             seed=0, dt_spread=0.5)
+
+
+def test_a_checkpoint_from_before_soft_walls_resumes_with_hard_walls():
+    grid = Landscape([(0.0, 2.0)], [20], ["ln_train_loss"], kernel_sigma=0.0)
+    old = Windows(grid, 8, replicas=2, windows=2, walls="hard")
+    state = old.state_dict()
+    del state["config"]["walls"]  # as written before the option existed
+    new = Windows(grid, 8, replicas=2, windows=2)
+    assert new.walls == "soft"
+    new.load_state_dict(state)
+    assert new.walls == "hard" and torch.equal(new.bias, old.bias)

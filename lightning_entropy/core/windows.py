@@ -384,6 +384,7 @@ class Windows:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         theirs = {"walls": "hard", **state["config"]}  # checkpoints from before soft walls had hard ones
+        self.walls = theirs["walls"]  # a resumed run goes on as it started (the walls are not a user setting)
         if self.placement == "starts" and theirs.get("placement") == "starts" and "bounds" in theirs:
             # the bounds came from the run's starting walkers: they are the checkpoint's state, not a setting
             self._set_bounds([tuple(b) for b in theirs["bounds"]])
