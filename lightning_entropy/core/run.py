@@ -163,7 +163,7 @@ class Run:
             owner = w.owner
             trips.update(self.window_trips, x, w.x_lo[owner] + self.end_fraction * span[owner],
                          w.x_hi[owner] - self.end_fraction * span[owner])
-            if w.exchange_every and new.step % w.exchange_every == 0:
+            if w.exchange_every and w.windows > 1 and new.step % w.exchange_every == 0:
                 w.exchange(new.cv, new.generator)
                 new = self._refresh_forces(new)
             self.state = new
