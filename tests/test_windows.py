@@ -149,6 +149,28 @@ def test_exchange_accepts_with_the_wang_landau_probability():
     assert sorted(win.owner.tolist()) == [0] * m + [1] * m  # swaps keep m walkers per window
 
 
+def test_exchanges_keep_the_joint_distribution_of_windows_and_positions():
+    """Detailed balance of the exchange: two walkers that only exchange (no moves) between two windows with different
+    linear biases, both inside the overlap, spend the exact share of
+    attempts in the arrangement that exp(-S_0) favours (the lower walker in window 0)."""
+    grid = Landscape([(0.0, 2.0)], [20], ["ln_train_loss"], kernel_sigma=0.0)
+    win = Windows(grid, 2, replicas=1, windows=2, overlap=0.9, pull=1.0)
+    x = grid.centers[0]
+    win.bias[0] = torch.from_numpy(3.0 * x)
+    win.bias[1] = torch.zeros_like(win.bias[1])
+    cv = torch.tensor([[0.55], [1.45]], dtype=torch.float64)  # walker 0 low, walker 1 high, both in the overlap
+    gen = torch.Generator().manual_seed(2)
+    low_in_window_0 = 0
+    n = 20000
+    for _ in range(n):
+        win.exchanges = 0
+        win.exchange(cv, gen)
+        low_in_window_0 += int(win.owner[0] == 0)
+    # weight of (low in 0, high in 1) against (high in 0, low in 1): exp(-S_0(0.55)) / exp(-S_0(1.45)) = exp(2.7)
+    expected = 1 / (1 + math.exp(-3.0 * 0.9))
+    assert low_in_window_0 / n == pytest.approx(expected, abs=0.01)
+
+
 def test_windows_are_laid_out_from_walkers_and_bins():
     assert auto_windows(16, 45) == 4 and auto_windows(64, 45) == 8 and auto_windows(4, 45) == 1
     assert auto_windows(12, 45) == 3  # a divisor of the walkers of a replica
