@@ -317,7 +317,7 @@ class Convergence:
 
 
 THRESHOLDS = {"s_change": 0.1, "flatness": 0.2, "round_trip_fraction": 0.5, "r_hat": 1.05, "r_hat_share": 0.05,
-              "r_hat_max": 1.1, "production_blocks": 4}
+              "r_hat_max": 1.1, "production_blocks": 4, "window_crossings": 5.0}
 
 
 def convergence(landscape, *, walkers: int | None = None, thresholds: dict[str, float] | None = None) -> Convergence:
@@ -329,7 +329,9 @@ def convergence(landscape, *, walkers: int | None = None, thresholds: dict[str, 
     histogram flatness over the bins it reaches (the production histogram once the bias is frozen), round trips
     within each walker's window, and, in addition, a production phase of at least ``production_blocks`` blocks and
     the rank-normalized split R-hat of S across replicas (per x bin, production blocks as draws) below ``r_hat`` in
-    all but ``r_hat_share`` of the bins all replicas reached, and below ``r_hat_max`` in every one. (R-hat of a
+    all but ``r_hat_share`` of the bins all replicas reached, and below ``r_hat_max`` in every one, and walkers
+    that crossed even the slowest window at least ``window_crossings`` times during production (estimated from
+    their diffusion in x; the reason then says how much longer production would need to be). (R-hat of a
     single converged quantity scatters around 1 by about ``1/(2 n)`` with ``n`` draws per split chain; the worst of
     ~50 bins then exceeds 1.05 by chance in short runs, hence the share.)
     """
@@ -382,5 +384,14 @@ def convergence(landscape, *, walkers: int | None = None, thresholds: dict[str, 
                 reasons.append(f"replicas disagree: R-hat >= {th['r_hat']:g} in {share:.0%} of the bins (> "
                                f"{th['r_hat_share']:.0%} allowed), worst {r_hat:.3f} (< {th['r_hat_max']:g} required)")
                 tags.append("replicas disagree")
+        crossings = last.get("window_crossings")
+        if crossings is not None and math.isfinite(crossings) and crossings < th["window_crossings"]:
+            lo, hi = last.get("slowest_window_lo", math.nan), last.get("slowest_window_hi", math.nan)
+            more = th["window_crossings"] / max(crossings, 1e-3)
+            reasons.append(f"walkers diffuse too slowly for this production: in the slowest window ({lo:.2f} to"
+                           f" {hi:.2f} in x) a walker crossed it about {crossings:.2g} times (< "
+                           f"{th['window_crossings']:g}); a production about {more:.2g}x longer (more steps, or a"
+                           " larger `production`) would be needed")
+            tags.append("slow diffusion")
     return Convergence(flat, change, trips, with_trip, walkers, len(history), not reasons, reasons, tags, th,
                        history)

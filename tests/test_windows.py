@@ -40,6 +40,22 @@ def test_windowed_walk_matches_brute_force_to_005_nats(toy_walk, exact):
     assert land.history[-1]["production"] == 1.0 and land.history[-1]["production_blocks"] >= 20
 
 
+def test_production_measures_how_often_walkers_cross_their_windows(toy_walk):
+    """The toy's 13 parameters diffuse across their windows many times in production (the verdict has nothing to
+    say); the estimate is production steps times the per-step mean squared x displacement over the width squared."""
+    run = toy_walk._run
+    crossings = run.window_crossings()
+    assert crossings.shape == (16,) and (crossings >= 5).all(), crossings
+    total, walker_steps, chunks = run.displacement.numpy()
+    width2 = ((run.windows.x_hi - run.windows.x_lo) ** 2).numpy()
+    steps = run.state.step - run.production_start
+    direct = steps * total / walker_steps / width2
+    assert np.all(np.isclose(crossings, direct) | (crossings == len(run.blocks)))  # saturated: one per chunk
+    last = toy_walk.landscape.history[-1]
+    assert last["window_crossings"] == pytest.approx(crossings.min())
+    assert "slow diffusion" not in analysis.convergence(toy_walk.landscape, walkers=64).tags
+
+
 def test_stated_errors_cover_the_true_error(toy_walk, exact):
     """The replicas' standard error is honest: the deviation from exact is within 3 stated errors in most bins,
     and the RMS deviation is not larger than twice the RMS stated error."""
@@ -114,6 +130,7 @@ def test_windowed_resume_is_exact(tmp_path):
         assert torch.equal(getattr(a.windows, name), getattr(b.windows, name)), name
     assert torch.equal(straight.walker_parameters, resumed.walker_parameters)
     assert torch.equal(a.dt, b.dt)
+    assert torch.equal(a.displacement, b.displacement) and float(a.displacement[1].sum()) > 0
     assert np.array_equal(straight.landscape.entropy, resumed.landscape.entropy, equal_nan=True)
     assert len(a.blocks) == len(b.blocks) and all(np.array_equal(x, y) for x, y in zip(a.blocks, b.blocks))
 

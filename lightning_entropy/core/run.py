@@ -116,6 +116,10 @@ class Run:
                                         device=device)
         e = windows.replicas * windows.windows
         self.dt = torch.full((e,), float(config.dt), dtype=theta0.dtype, device=device)  # per window, adapted
+        # production: per estimate, the summed squared x displacement of its walkers over each chunk, and the
+        # walker-steps and walker-chunks they took (the walkers' diffusion in x: how often production crossed each
+        # window)
+        self.displacement = torch.zeros((3, e), dtype=torch.float64, device=device)
 
     def _regroup(self) -> None:
         """The landscape's walker groups are the replicas (their spread is the error of the readouts)."""
@@ -138,6 +142,7 @@ class Run:
         tried0, taken0 = windows.exchange_tried.clone(), windows.exchange_accepted.clone()
         everyone = torch.ones(w.walkers, dtype=torch.bool, device=self.state.theta.device)
         span = w.x_hi - w.x_lo
+        x0, owner0 = self.state.cv[:, 0].to(torch.float64), w.owner.clone()
         for _ in range(steps):
             previous = self.state.cv
             dt = self.dt[w.owner]
@@ -173,6 +178,10 @@ class Run:
         landscape.metadata["steps"] = self.state.step
         if windows.is_frozen:
             self._close_block()
+            moved = (self.state.cv[:, 0].to(torch.float64) - x0) ** 2
+            self.displacement[0].index_add_(0, owner0, torch.nan_to_num(moved, nan=0.0, posinf=0.0))
+            self.displacement[1].index_add_(0, owner0, torch.full_like(moved, float(steps)))
+            self.displacement[2].index_add_(0, owner0, torch.ones_like(moved))
         tried = float((windows.exchange_tried - tried0).sum())
         x = self.state.cv[:, 0]
         return {
@@ -306,6 +315,22 @@ class Run:
             out[lo[k]:hi[k]] = np.fmax(out[lo[k]:hi[k]], r_hat)
         return out
 
+    def window_crossings(self) -> np.ndarray:
+        """``(E,)`` how many times a walker of each estimate crossed its window during production, estimated from
+        diffusion: production steps times the mean squared x displacement per walker-step (over chunks), over the
+        window's width squared. A chunk whose displacement already averages a sixth of the width squared (a walker
+        that crossed within the chunk) counts at least one crossing per chunk. NaN before production."""
+        total, walker_steps, walker_chunks = self.displacement.cpu().numpy()
+        if self.production_start is None or not (walker_steps > 0).any():
+            return np.full(total.shape, np.nan)
+        w = self.windows
+        width2 = ((w.x_hi - w.x_lo) ** 2).cpu().numpy()
+        steps = self.state.step - self.production_start
+        per_step = total / np.maximum(walker_steps, 1.0)
+        crossings = steps * per_step / width2
+        saturated = total / np.maximum(walker_chunks, 1.0) >= width2 / 6
+        return np.where(saturated, np.maximum(crossings, len(self.blocks)), crossings)
+
     def empty_windows(self) -> int:
         """Estimates (replica x window) that no walker has visited inside their window yet."""
         w = self.windows
@@ -351,6 +376,11 @@ class Run:
             "empty_windows": float(self.empty_windows()),
             "production_blocks": float(len(self.blocks)),
         }
+        crossings = self.window_crossings()
+        if np.isfinite(crossings).any():
+            slowest = int(np.nanargmin(crossings))
+            extra.update(window_crossings=float(crossings[slowest]), slowest_window_lo=float(w.x_lo[slowest]),
+                         slowest_window_hi=float(w.x_hi[slowest]))
         return self.landscape.snapshot(self.state.step, **extra)
 
     # -- persistence ---------------------------------------------------------------------------------------------
@@ -368,6 +398,7 @@ class Run:
             "dt": self.dt.clone(),
             "picture": None if self._picture is None else self._picture.clone(),
             "jacobian": None if self.jacobian is None else self.jacobian.clone(),
+            "displacement": self.displacement.clone(),
             "observable_blocks": (torch.from_numpy(np.stack(self.observable_blocks)) if self.observable_blocks
                                   else None),
             "last_observed": None if self._last_observed is None else self._last_observed.clone(),
@@ -386,6 +417,8 @@ class Run:
         self._last_production.copy_(state["last_production"].to(device))
         self.production_start = state.get("production_start")
         self.dt = state["dt"].to(self.dt)
+        if state.get("displacement") is not None:  # checkpoints from before it was kept start it at zero
+            self.displacement.copy_(state["displacement"].to(self.displacement))
         if self._picture is not None and state.get("picture") is not None:
             self._picture.copy_(state["picture"].to(self._picture))
         saved = state.get("observable_blocks")
