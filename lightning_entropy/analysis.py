@@ -138,7 +138,8 @@ def readouts(landscape, *, exclude: int = 1, min_fraction: float = 0.05) -> dict
                             np.full((1, nb), np.nan))
             drift = value - fn(s_old, y, keep) if have_old else np.full(nb, np.nan)
             out[name] = Readout(name, x, value, _spread(groups_value), drift, sparse | ~np.isfinite(value),
-                                groups_value if replicas is not None else None)
+                                groups_value if replicas is not None else None,
+                                _per_block_grid(landscape, fn, y, keep))
 
     if landscape.observable_names and landscape.ndim == 1:
         s = landscape.group_obs_sum[0].cpu().numpy()  # (groups, *shape)
@@ -171,6 +172,21 @@ def _per_block(landscape) -> np.ndarray | None:
     with np.errstate(invalid="ignore", divide="ignore"):
         value = np.where(grouped[:, 1] > 0, grouped[:, 0] / grouped[:, 1], np.nan)  # (n, R, nx)
     return np.transpose(value, (1, 0, 2))
+
+
+def _per_block_grid(landscape, fn, y: np.ndarray, keep: np.ndarray) -> np.ndarray | None:
+    """``(R, draws, nx)``: a 2-D readout (``fn``: the max-S line or Eq. (1), both functions of each column's
+    p(y | x) alone, so no constant per window or column matters) of each replica's production mass over consecutive
+    groups of blocks (``landscape.replica_grid_blocks``), as :func:`_per_block`; None without them."""
+    blocks = getattr(landscape, "replica_grid_blocks", None)
+    if blocks is None or _replicas(landscape) is None or blocks.shape[0] < 4:
+        return None
+    n = min(BLOCK_DRAWS, blocks.shape[0])
+    size = blocks.shape[0] // n
+    grouped = blocks[blocks.shape[0] - n * size:].reshape(n, size, *blocks.shape[1:]).sum(1)  # (n, R, nx, ny)
+    with np.errstate(divide="ignore"):
+        log_mass = np.where(grouped > 0, np.log(np.where(grouped > 0, grouped, 1.0)), np.nan)
+    return np.transpose(fn(log_mass, y, keep), (1, 0, 2))
 
 
 def _replicas(landscape) -> np.ndarray | None:

@@ -251,3 +251,35 @@ def test_advantage_r_hat_comes_from_replicas_and_production_blocks():
     few = _label_free(blocks([0, 0, 0, 0])[:3])  # three blocks: no R-hat, and no claim of one
     assert analysis.advantage(analysis.readouts(few)["label_free"], base,
                               higher_is_better=True).mean_advantage_r_hat is None
+
+
+def test_2d_readouts_r_hat_comes_from_each_replicas_production_mass():
+    """A 2-D walk's max-S line and Eq. (1) per replica and group of production blocks depend on each column's
+    p(y | x) only: arbitrary constants per block, replica and column change nothing; replicas whose conditionals
+    agree give R-hat near 1, one replica whose conditional sits 0.1 higher gives a large one."""
+    rng = np.random.default_rng(1)
+    x = np.linspace(-4.75, -1.25, 8)
+    y = np.linspace(0.05, 0.95, 10)
+    base = pool(_records([[0.60] * 8, [0.62] * 8, [0.61] * 8], x), metric="test_metric",
+                edges=np.linspace(-5.0, -1.0, 9))
+
+    def landscape(offsets):
+        land = _grid()
+        centre = 0.7 + np.asarray(offsets)[None, :, None, None]  # (1, R, 1, 1)
+        p = np.exp(-0.5 * ((y - centre) / 0.12) ** 2) * rng.gamma(50.0, 1 / 50.0, (16, 4, 8, 10))
+        scale = np.exp(rng.normal(0, 5.0, (16, 4, 8, 1)))  # reweighting constants per block, replica, column
+        land.replica_grid_blocks = p * scale  # (B, R, nx, ny)
+        total = np.log((p * scale).sum(0))
+        land.replica_entropy = total
+        _fill(land, total.mean(0), np.full((4, 8, 10), 10.0))
+        return land
+
+    agree = analysis.readouts(landscape([0, 0, 0, 0]))
+    for name in ("max_s", "mean_curve"):
+        assert agree[name].per_block.shape == (4, analysis.BLOCK_DRAWS, 8)
+        fine = analysis.advantage(agree[name], base, higher_is_better=True)
+        assert fine.mean_advantage_r_hat is not None and fine.mean_advantage_r_hat < 1.05, name
+    assert np.allclose(agree["mean_curve"].per_block, 0.7, atol=0.03)
+    stuck = analysis.readouts(landscape([0, 0, 0, 0.1]))
+    for name in ("max_s", "mean_curve"):
+        assert analysis.advantage(stuck[name], base, higher_is_better=True).mean_advantage_r_hat > 1.2, name

@@ -109,11 +109,14 @@ def test_short_run_says_it_had_no_production():
     assert not verdict.converged and "no production" in verdict.tags
 
 
-def test_windowed_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("variables", [("train_loss",), ("train_loss", "test_loss")], ids=["1d", "2d"])
+def test_windowed_resume_is_exact(tmp_path, variables):
+    ranges = [RANGES["ln_train_loss"], RANGES["ln_test_loss"]][:len(variables)]
+
     def fit(max_steps, ckpt_path=None, every=None):
         callbacks = [ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=every, save_top_k=-1)] if every else []
-        strategy = WangLandauStrategy(walkers=32, replicas=2, windows=4, box=1.0, variables=("train_loss",),
-                                      ranges=[RANGES["ln_train_loss"]], start="uniform", seed=3,
+        strategy = WangLandauStrategy(walkers=32, replicas=2, windows=4, box=1.0, variables=variables,
+                                      ranges=ranges, start="uniform", seed=3,
                                       steps_per_lightning_step=20, production=0.5)
         trainer = Trainer(strategy=strategy, max_steps=max_steps, logger=False, enable_progress_bar=False,
                           enable_model_summary=False, limit_val_batches=0, enable_checkpointing=bool(every),
@@ -133,6 +136,8 @@ def test_windowed_resume_is_exact(tmp_path):
     assert torch.equal(a.displacement, b.displacement) and float(a.displacement[1].sum()) > 0
     assert np.array_equal(straight.landscape.entropy, resumed.landscape.entropy, equal_nan=True)
     assert len(a.blocks) == len(b.blocks) and all(np.array_equal(x, y) for x, y in zip(a.blocks, b.blocks))
+    assert len(a.grid_blocks) == (len(a.blocks) if len(variables) == 2 else 0) == len(b.grid_blocks)
+    assert all(np.array_equal(x, y) for x, y in zip(a.grid_blocks, b.grid_blocks))
 
 
 def test_exchange_accepts_with_the_wang_landau_probability():

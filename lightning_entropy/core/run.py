@@ -8,7 +8,8 @@ A run has two phases:
 2. *Production* (after :meth:`Run.freeze`): the biases are fixed and every visit is counted; S per replica is the
    reweighted production histograms of its windows (``ln sum exp(u)`` per bin) joined on the overlaps
    (:mod:`lightning_entropy.core.combine`). Production is cut into blocks (one per :meth:`chunk`); the blocks'
-   estimates, with replicas as chains, give the R-hat of S per bin.
+   estimates, with replicas as chains, give the R-hat of S per bin; a 2-D walk also keeps each replica's
+   production mass per block, from which the readouts (max-S line, Eq. (1)) get their R-hat.
 
 The landscape (``run.landscape``) receives the published S (the mean of the replicas; ``landscape.known`` marks the
 bins that have one), the
@@ -106,6 +107,7 @@ class Run:
         self.blocks: list[np.ndarray] = []  # per production chunk: (E, nx) reweighted x-marginal mass
         self._last_production = torch.zeros_like(windows.production)
         self.observable_blocks: list[np.ndarray] = []  # per production chunk: (2, R, nx), see _observed
+        self.grid_blocks: list[np.ndarray] = []  # 2-D walks, per production chunk: (R, nx, ny) reweighted mass
         observed = self._observed()
         self._last_observed = None if observed is None else torch.zeros_like(observed)
         self.production_start: int | None = None
@@ -239,6 +241,8 @@ class Run:
         w = self.windows
         mass = w.reweighted - self._last_production
         self._last_production.copy_(w.reweighted)
+        if mass.dim() == 3:  # each replica's windows summed: per column, a mixture of estimates of p(y | x)
+            self.grid_blocks.append(mass.reshape(w.replicas, w.windows, *mass.shape[1:]).sum(1).cpu().numpy())
         if mass.dim() > 2:
             mass = mass.sum(tuple(range(2, mass.dim())))
         self.blocks.append(mass.cpu().numpy())
@@ -348,6 +352,7 @@ class Run:
         self.landscape.bias.copy_(torch.nan_to_num(mean, nan=0.0))
         self.landscape.replica_entropy = per_replica
         self.landscape.replica_blocks = np.stack(self.observable_blocks) if self.observable_blocks else None
+        self.landscape.replica_grid_blocks = np.stack(self.grid_blocks) if self.grid_blocks else None
         return per_replica
 
     def snapshot(self) -> dict[str, float]:
@@ -402,6 +407,7 @@ class Run:
             "observable_blocks": (torch.from_numpy(np.stack(self.observable_blocks)) if self.observable_blocks
                                   else None),
             "last_observed": None if self._last_observed is None else self._last_observed.clone(),
+            "grid_blocks": torch.from_numpy(np.stack(self.grid_blocks)) if self.grid_blocks else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -421,6 +427,8 @@ class Run:
             self.displacement.copy_(state["displacement"].to(self.displacement))
         if self._picture is not None and state.get("picture") is not None:
             self._picture.copy_(state["picture"].to(self._picture))
+        saved = state.get("grid_blocks")
+        self.grid_blocks = [] if saved is None else [b for b in saved.cpu().numpy()]
         saved = state.get("observable_blocks")
         self.observable_blocks = [] if saved is None else [b for b in saved.cpu().numpy()]
         if self._last_observed is not None and state.get("last_observed") is not None:
