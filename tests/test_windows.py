@@ -56,6 +56,14 @@ def test_production_measures_how_often_walkers_cross_their_windows(toy_walk):
     assert "slow diffusion" not in analysis.convergence(toy_walk.landscape, walkers=64).tags
 
 
+def test_default_production_is_longer_for_a_1d_walk(toy_walk):
+    """production=None: the last 60 % of a 1-D walk (the toy: 15,000 steps, frozen at step 6,000), 30 % of a 2-D
+    walk; an explicit fraction is kept."""
+    assert toy_walk.production is None and toy_walk._run.production_start == 6000
+    assert toy_walk.landscape.metadata["production"] == 0.6
+    assert WangLandauStrategy()._production(2) == 0.3 and WangLandauStrategy(production=0.5)._production(1) == 0.5
+
+
 def test_stated_errors_cover_the_true_error(toy_walk, exact):
     """The replicas' standard error is honest: the deviation from exact is within 3 stated errors in most bins,
     and the RMS deviation is not larger than twice the RMS stated error."""

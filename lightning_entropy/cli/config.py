@@ -168,7 +168,7 @@ class WangLandauConfig(SamplerConfig):
     fill: Optional[str] = None  # visit (replica-exchange WL) or step (the reference study's); null: step if a schedule
     replicas: Any = "auto"
     windows: Any = "auto"
-    production: float = 0.6
+    production: Optional[float] = None
     log_f0: float = 0.1
     exchange_every: int = 10
     schedule: Optional[Any] = None

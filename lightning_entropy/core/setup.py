@@ -105,7 +105,7 @@ def visit_replicas(walkers: int, replicas: int | str, windows: int | str, *, pro
             f"walkers={walkers} cannot be split over replicas={replicas} x windows={windows}: use a multiple of"
             f" {per} walkers (e.g. walkers={per * max(1, round(walkers / per))}), or replicas=1."
         )
-    if not 0 <= production < 1:
+    if production is not None and not 0 <= production < 1:
         raise ValueError(f"production={production!r} is a fraction of the run in [0, 1), e.g. 0.3.")
     if not (math.isfinite(log_f0) and log_f0 > 0):
         raise ValueError(f"log_f0={log_f0!r}: the initial WL factor must be a positive number of nats, e.g. 0.1.")
