@@ -215,8 +215,8 @@ class WangLandauSampling(SamplerMixin):
         meta = grid_setup.metadata(
             model=type(module).__name__, parameters=layout.numel, box=self.box, kind=self._kind, config=self._config,
             fill=self.fill, schedule=self.schedule, log_f0=self.log_f0, replicas=self.replicas,
-            production=self._production(len(variables)), walkers=self.walkers, seed=self.seed, start=self.start, variables=variables,
-            vectorized=evaluate.vectorized, lightning_version=str(lightning.__version__))
+            production=self._production(len(variables)), walkers=self.walkers, seed=self.seed, start=self.start,
+            variables=variables, vectorized=evaluate.vectorized, lightning_version=str(lightning.__version__))
         meta.update(self._metadata_extra())
         self._landscape = Landscape(
             ranges, bins, [v.name for v in variables], labels=[v.label for v in variables],
