@@ -160,15 +160,23 @@ def readouts(landscape, *, exclude: int = 1, min_fraction: float = 0.05) -> dict
 BLOCK_DRAWS = 8  # production blocks are merged into this many draws per replica for the readouts' R-hat
 
 
-def _per_block(landscape) -> np.ndarray | None:
-    """``(R, draws, nx)``: the label-free readout of each replica over consecutive groups of its production blocks
-    (``landscape.replica_blocks``), at most :data:`BLOCK_DRAWS` draws and at least four; None without them."""
-    blocks = getattr(landscape, "replica_blocks", None)
+def _draws(landscape, name: str) -> np.ndarray | None:
+    """The landscape's per-block array ``name`` summed over consecutive groups of blocks: at most
+    :data:`BLOCK_DRAWS` draws (the most recent blocks), None without at least four blocks or two replicas."""
+    blocks = getattr(landscape, name, None)
     if blocks is None or _replicas(landscape) is None or blocks.shape[0] < 4:
         return None
     n = min(BLOCK_DRAWS, blocks.shape[0])
     size = blocks.shape[0] // n
-    grouped = blocks[blocks.shape[0] - n * size:].reshape(n, size, *blocks.shape[1:]).sum(1)  # (n, 2, R, nx)
+    return blocks[blocks.shape[0] - n * size:].reshape(n, size, *blocks.shape[1:]).sum(1)
+
+
+def _per_block(landscape) -> np.ndarray | None:
+    """``(R, draws, nx)``: the label-free readout of each replica over consecutive groups of its production blocks
+    (``landscape.replica_blocks``), at most :data:`BLOCK_DRAWS` draws and at least four; None without them."""
+    grouped = _draws(landscape, "replica_blocks")  # (n, 2, R, nx)
+    if grouped is None:
+        return None
     with np.errstate(invalid="ignore", divide="ignore"):
         value = np.where(grouped[:, 1] > 0, grouped[:, 0] / grouped[:, 1], np.nan)  # (n, R, nx)
     return np.transpose(value, (1, 0, 2))
@@ -178,12 +186,9 @@ def _per_block_grid(landscape, fn, y: np.ndarray, keep: np.ndarray) -> np.ndarra
     """``(R, draws, nx)``: a 2-D readout (``fn``: the max-S line or Eq. (1), both functions of each column's
     p(y | x) alone, so no constant per window or column matters) of each replica's production mass over consecutive
     groups of blocks (``landscape.replica_grid_blocks``), as :func:`_per_block`; None without them."""
-    blocks = getattr(landscape, "replica_grid_blocks", None)
-    if blocks is None or _replicas(landscape) is None or blocks.shape[0] < 4:
+    grouped = _draws(landscape, "replica_grid_blocks")  # (n, R, nx, ny)
+    if grouped is None:
         return None
-    n = min(BLOCK_DRAWS, blocks.shape[0])
-    size = blocks.shape[0] // n
-    grouped = blocks[blocks.shape[0] - n * size:].reshape(n, size, *blocks.shape[1:]).sum(1)  # (n, R, nx, ny)
     with np.errstate(divide="ignore"):
         log_mass = np.where(grouped > 0, np.log(np.where(grouped > 0, grouped, 1.0)), np.nan)
     return np.transpose(fn(log_mass, y, keep), (1, 0, 2))
