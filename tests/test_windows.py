@@ -117,8 +117,9 @@ def test_short_run_says_it_had_no_production():
     assert not verdict.converged and "no production" in verdict.tags
 
 
-@pytest.mark.parametrize("variables", [("train_loss",), ("train_loss", "test_loss")], ids=["1d", "2d"])
-def test_windowed_resume_is_exact(tmp_path, variables):
+@pytest.mark.parametrize("variables,at", [(("train_loss",), 6), (("train_loss", "test_loss"), 6),
+                                          (("train_loss",), 2)], ids=["1d", "2d", "1d-before-the-move"])
+def test_windowed_resume_is_exact(tmp_path, variables, at):
     ranges = [RANGES["ln_train_loss"], RANGES["ln_test_loss"]][:len(variables)]
 
     def fit(max_steps, ckpt_path=None, every=None):
@@ -132,11 +133,15 @@ def test_windowed_resume_is_exact(tmp_path, variables):
         trainer.fit(ToyModule(), datamodule=toy_datamodule(), ckpt_path=ckpt_path)
         return strategy
 
-    straight = fit(12, every=6)  # the checkpoint at 6 is right at the freeze: production state must round-trip
-    ckpt = next(p for p in tmp_path.glob("*.ckpt") if "step=6" in p.name)
+    # the checkpoint at 2 comes before the windows move (at 3: half the Wang-Landau phase), the one at 6 right at
+    # the freeze: the diffusion measured so far, the moved windows and the production state must round-trip
+    straight = fit(12, every=2)
+    ckpt = next(p for p in tmp_path.glob("*.ckpt") if f"step={at}" in p.name)
     resumed = fit(12, ckpt_path=str(ckpt))
     a, b = straight._run, resumed._run
     assert a.frozen and b.frozen
+    assert a.windows.relayouts == b.windows.relayouts == 1 and a.windows.config() == b.windows.config()
+    assert torch.equal(a.mobility, b.mobility)
     for name in ("bias", "production", "reweighted", "slots", "log_f", "exchange_accepted"):
         assert torch.equal(getattr(a.windows, name), getattr(b.windows, name)), name
     assert torch.equal(straight.walker_parameters, resumed.walker_parameters)
@@ -385,3 +390,97 @@ def test_a_checkpoint_from_before_soft_walls_resumes_with_hard_walls():
     assert new.walls == "soft"
     new.load_state_dict(state)
     assert new.walls == "hard" and torch.equal(new.bias, old.bias)
+
+
+def test_crossing_bounds_put_narrow_windows_where_crossing_is_slow():
+    """Cores hold equal shares of the per-bin crossing cost: where a bin costs 10x, cores are 10x narrower."""
+    from lightning_entropy.core.placement import crossing_bounds
+
+    cost = np.r_[np.full(20, 10.0), np.ones(80)]  # 200 + 80 = 280: four cores of 70
+    bounds = crossing_bounds(cost, 4, 0.5)
+    assert bounds[0][0] == 0 and bounds[-1][1] == 100
+    cores = [7, 14, 20 + 50]  # core edges at 70, 140 (bins 7, 14) and 210 (bin 20 + 70)
+    assert bounds[0][1] == pytest.approx(cores[0] + 0.5 * (cores[1] - cores[0]), abs=1)
+    assert bounds[1][0] == pytest.approx(cores[0] - 0.5 * cores[0], abs=1)
+    widths = [b - a for a, b in bounds]
+    assert widths[0] < widths[-1] / 3, bounds
+    with pytest.raises(ValueError, match="5 windows of at least 2 bins do not fit in 8 bins"):
+        crossing_bounds(np.ones(8), 5, 0.5)
+
+
+def test_crossing_cost_is_the_width_over_the_root_of_the_mean_squared_displacement_per_step():
+    """Chunk displacements with a drift and a known spread: the cost is width / sqrt(D), D the mean squared
+    displacement per step (a drift counts as motion)."""
+    from lightning_entropy.core.placement import crossing_cost
+
+    rng = np.random.default_rng(0)
+    steps, n = 100, 4000
+    d_true = np.array([1e-4, 1e-2])  # per step
+    moved, squared, walker_steps, chunks = (np.zeros(3) for _ in range(4))
+    for b, d in enumerate(d_true):
+        shift = 0.5 + rng.normal(0.0, math.sqrt(d * steps), n)  # drift 0.5 per chunk
+        moved[b], squared[b], walker_steps[b], chunks[b] = shift.sum(), (shift**2).sum(), n * steps, n
+    cost = crossing_cost(moved, squared, walker_steps, chunks, width=0.1)
+    assert cost[:2] == pytest.approx(0.1 / np.sqrt(d_true + 0.25 / steps), rel=0.05)
+    assert cost[2] == pytest.approx(cost[1])  # an unmeasured bin takes its nearest neighbour's D
+    assert crossing_cost(moved[:1], squared[:1], walker_steps[:1], chunks[:1], width=0.1) is None
+
+
+def test_windows_move_to_equal_crossing_times_and_replicas_stay_apart():
+    """`place` moves every replica's windows to one new layout; each window's walkers are copies of walkers of its
+    own replica that lay near it, its bias comes from its own replica's S, and its stage starts anew."""
+    from lightning_entropy.core.run import Run
+    from lightning_entropy.core.samplers.wlmd import MDConfig
+    from toy import toy_landscape, toy_problem
+
+    _, _, evaluator, bound = toy_problem(1)
+    grid = toy_landscape(1, groups=2)
+    gen = torch.Generator().manual_seed(0)
+    theta0 = (torch.rand(16, bound.numel(), generator=gen) * 2 - 1) * bound
+    windows = Windows(grid, 16, replicas=2, windows=4, exchange_every=5)
+    run = Run(evaluator, grid, bound, theta0, windows=windows, config=MDConfig(), seed=0)
+    for _ in range(4):
+        run.chunk(25)
+    before = {r: run.state.theta[windows.replica_of == r].clone() for r in range(2)}
+    shapes, _ = run.replica_shapes()
+    bounds = run.place()
+    assert windows.relayouts == 1 and len(bounds) == 4
+    assert [(int(a), int(b)) for a, b in zip(windows.bin_lo[:4, 0], windows.bin_hi[:4, 0])] == bounds
+    assert windows.replica_of.tolist() == [0] * 8 + [1] * 8
+    for r in range(2):  # every walker of replica r is one of replica r's walkers before the move
+        mine = run.state.theta[windows.replica_of == r]
+        assert all((before[r] == row).all(1).any() for row in mine)
+    masks = windows.window_masks()
+    for e in range(8):
+        inside = masks[e]
+        expected = torch.from_numpy(shapes[e // 4]).to(windows.bias)
+        torch.testing.assert_close(windows.bias[e][inside], expected[inside])
+        assert float(windows.bias[e][~inside].abs().sum()) == 0.0
+    assert float(windows.visits.sum()) == 0.0 and (windows.log_f == windows.log_f0).all()
+    _, _, fresh = evaluator.value_and_grad(run.state.theta, windows.potential)  # forces follow the new windows
+    torch.testing.assert_close(run.state.bias_grad, fresh, rtol=1e-4, atol=1e-6)
+    run.chunk(25)
+    run.freeze()
+    with pytest.raises(RuntimeError, match="already frozen"):
+        windows.relayout(bounds, shapes)
+
+
+def test_window_placement_is_checked_and_starts_keeps_the_windows():
+    with pytest.raises(ValueError, match="window_placement='moving'.*'crossing'.*'starts'"):
+        WangLandauStrategy(window_placement="moving")
+    strategy = WangLandauStrategy(walkers=32, replicas=2, windows=4, box=1.0, variables=("train_loss",),
+                                  ranges=[RANGES["ln_train_loss"]], start="uniform", seed=3,
+                                  steps_per_lightning_step=20, window_placement="starts")
+    _fit(strategy, ToyModule(), toy_datamodule(), 6)
+    assert strategy._run.windows.relayouts == 0
+
+
+def test_stitch_keeps_the_widest_run_of_tied_windows():
+    truth = np.linspace(0, 30, 40)
+    masks = np.zeros((3, 40), bool)
+    masks[0, :8], masks[1, 10:30], masks[2, 26:] = True, True, True  # window 0 shares no bin with window 1
+    pieces = np.stack([truth, truth + 3.0, truth - 5.0])
+    joined = combine.stitch(pieces, masks)
+    assert np.isnan(joined[:10]).all()
+    d = joined[10:] - truth[10:]
+    assert np.allclose(d, d[0])

@@ -42,7 +42,20 @@ WHOLE = ("theta", "velocity", "cv", "bias", "entropy", "histogram")  # stored wh
 def environment() -> dict[str, str]:
     """What the bits of a trajectory depend on besides the code."""
     return {"torch": torch.__version__.split("+")[0], "machine": platform.machine(), "numpy": np.__version__,
-            "cpu": torch.backends.cpu.get_cpu_capability()}  # AVX2 and AVX512 kernels round differently
+            "cpu": torch.backends.cpu.get_cpu_capability(),  # AVX2 and AVX512 kernels round differently
+            "cpu_model": _cpu_model()}  # and so do two vendors' AVX512 kernels (seen: 1e-7 on every scenario)
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:

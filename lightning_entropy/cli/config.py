@@ -168,6 +168,7 @@ class WangLandauConfig(SamplerConfig):
     fill: Optional[str] = None  # visit (replica-exchange WL) or step (the reference study's); null: step if a schedule
     replicas: Any = "auto"
     windows: Any = "auto"
+    window_placement: str = "crossing"
     production: Optional[float] = None
     log_f0: float = 0.1
     exchange_every: int = 10

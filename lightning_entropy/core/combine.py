@@ -65,17 +65,20 @@ def stitch(pieces: np.ndarray, masks: np.ndarray, weights: np.ndarray | None = N
     """One grid from window estimates ``pieces`` ``(K, n)`` valid where ``masks`` ``(K, n)`` (NaN elsewhere): each
     window after the first is shifted by the mean difference on the bins it shares with the windows joined so far,
     then all are averaged where they overlap. A window that shares no bin with them (e.g. after a window no walker
-    reached) is left out: its constant is unknown. ``weights`` ``(K, n)`` (e.g. visits) weight both; default
+    reached) starts a new run of windows, whose constant relative to the first is unknown: the widest run (most
+    bins) is returned and the others are left out. ``weights`` ``(K, n)`` (e.g. visits) weight both; default
     equal. ``columns``: for 2-D grids flattened x-major (``n = columns * ny``), a window that shares no bin but
     shares x columns is tied by its x-marginal instead (two windows' walkers in the same x range may visit
     different bins of the test axis when each bin of a 2-D window holds a few visits)."""
     pieces = np.where(masks, pieces, np.nan).astype(float)
     weights = np.ones_like(pieces) if weights is None else np.asarray(weights, dtype=float)
     weights = np.where(np.isfinite(pieces), weights, 0.0)
-    total = np.where(weights[0] > 0, pieces[0] * weights[0], 0.0)
-    weight = weights[0].copy()
-    for k in range(1, pieces.shape[0]):
+    parts: list[tuple[np.ndarray, np.ndarray]] = []  # runs of windows tied to each other: (total, weight)
+    total, weight = np.zeros(pieces.shape[1]), np.zeros(pieces.shape[1])
+    for k in range(pieces.shape[0]):
         piece, wk = pieces[k], weights[k]
+        if not (wk > 0).any():
+            continue
         current = np.where(weight > 0, total / np.where(weight > 0, weight, 1), np.nan)
         common = np.isfinite(current) & np.isfinite(piece) & (wk > 0)
         shift = None
@@ -86,11 +89,14 @@ def stitch(pieces: np.ndarray, masks: np.ndarray, weights: np.ndarray | None = N
             shift = _column_shift(current, weight, piece, wk, columns)
         if shift is not None:
             piece = piece + shift
-        elif np.isfinite(current).any():
-            continue  # shares no bin with the windows joined so far: nothing ties its constant, so it is left out
+        elif np.isfinite(current).any():  # shares no bin with the run so far: nothing ties its constant
+            parts.append((total, weight))
+            total, weight = np.zeros(pieces.shape[1]), np.zeros(pieces.shape[1])
         ok = wk > 0
         total[ok] += piece[ok] * wk[ok]
         weight[ok] += wk[ok]
+    parts.append((total, weight))
+    total, weight = max(parts, key=lambda part: (int((part[1] > 0).sum()), float(part[1].sum())))  # the widest run
     return np.where(weight > 0, total / np.where(weight > 0, weight, 1), np.nan)
 
 

@@ -45,6 +45,7 @@ from lightning_entropy.core import label_free, step_size
 from lightning_entropy.core.forces import JacobianForces
 from lightning_entropy.core.label_free import PICTURE_BINS
 from lightning_entropy.core.landscape import Landscape
+from lightning_entropy.core.placement import crossing_bounds, crossing_cost
 from lightning_entropy.core.samplers import wlmd
 from lightning_entropy.core.windows import Windows
 
@@ -122,6 +123,9 @@ class Run:
         # walker-steps and walker-chunks they took (the walkers' diffusion in x: how often production crossed each
         # window)
         self.displacement = torch.zeros((3, e), dtype=torch.float64, device=device)
+        # per x bin where a chunk started: the walkers' summed x displacement over the chunk, its square, the
+        # walker-steps and walker-chunks (their diffusion along x, from which :meth:`place` lays out the windows)
+        self.mobility = torch.zeros((4, landscape.shape[0]), dtype=torch.float64, device=device)
 
     def _regroup(self) -> None:
         """The landscape's walker groups are the replicas (their spread is the error of the readouts)."""
@@ -178,9 +182,16 @@ class Run:
         if not windows.is_frozen:
             self._adapt_dt((self.state.accepted - accepted0) / max(steps, 1), windows.inside(self.state.cv))
         landscape.metadata["steps"] = self.state.step
+        shift = self.state.cv[:, 0].to(torch.float64) - x0
+        counted = torch.isfinite(shift) & torch.isfinite(x0)
+        shift = torch.where(counted, shift, torch.zeros_like(shift))
+        start = ((x0 - float(landscape.lo[0])) / float(landscape.width[0])).nan_to_num(0.0).floor()
+        start = start.clamp(0, landscape.shape[0] - 1).long()
+        self.mobility.index_add_(1, start, torch.stack([shift, shift**2, counted.to(torch.float64) * float(steps),
+                                                        counted.to(torch.float64)]))
+        moved = shift**2
         if windows.is_frozen:
             self._close_block()
-            moved = (self.state.cv[:, 0].to(torch.float64) - x0) ** 2
             self.displacement[0].index_add_(0, owner0, torch.nan_to_num(moved, nan=0.0, posinf=0.0))
             self.displacement[1].index_add_(0, owner0, torch.full_like(moved, float(steps)))
             self.displacement[2].index_add_(0, owner0, torch.ones_like(moved))
@@ -229,6 +240,94 @@ class Run:
             self._last_production.copy_(self.windows.reweighted)
             if self._last_observed is not None:
                 self._last_observed.copy_(self._observed())
+
+    def place(self) -> list[tuple[int, int]]:
+        """Move the windows so that every window takes its walkers about the same time to cross, during the
+        Wang-Landau phase; returns the new bounds (x bins).
+
+        The crossing time of each x bin comes from the walkers' measured diffusion along x so far
+        (:func:`~lightning_entropy.core.placement.crossing_cost`; where the entropy is steep walkers move slowly
+        and the windows there get narrow). Each new window's bias starts from its own replica's S so far
+        (:meth:`replica_shapes`); the walkers are dealt to the new windows by their x; each window's time step comes
+        from its replica's old window nearest to it; the pull into the windows rises to twice the steepest rise of
+        S (95th percentile over bins) where that is larger than the pull, so that a walker can descend into a window
+        below it. Without two measured bins nothing moves."""
+        w, g = self.windows, self.landscape
+        current = [(int(a), int(b)) for a, b in zip(w.bin_lo[: w.windows, 0], w.bin_hi[: w.windows, 0])]
+        if w.windows < 2 or w.is_frozen:
+            return current
+        width = float(g.width[0])
+        cost = crossing_cost(*self.mobility.cpu().numpy(), width=width)
+        if cost is None:
+            return current
+        shapes, rise = self.replica_shapes()
+        bounds = crossing_bounds(cost, w.windows, w.overlap)
+        steep = float(np.quantile(np.abs(rise), 0.95)) / width if np.isfinite(rise).any() else 0.0
+        old = ((w.x_lo + w.x_hi) / 2).reshape(w.replicas, w.windows)
+        old_dt = self.dt.reshape(w.replicas, w.windows)
+        source = w.nearest_walkers(self.state.cv[:, 0], bounds)
+        self._copy_walkers(source)
+        w.relayout(bounds, shapes, pull=max(float(w.pull or 0.0), 2.0 * steep,
+                                                            2.0 * self.state.theta.shape[1]))
+        self._regroup()
+        new = ((w.x_lo + w.x_hi) / 2).reshape(w.replicas, w.windows)
+        nearest = (new.unsqueeze(2) - old.unsqueeze(1)).abs().argmin(2)  # (R, k) old window nearest each new one
+        self.dt = torch.gather(old_dt, 1, nearest).reshape(-1).clone()
+        lo, hi = float(g.lo[0]), float(g.hi[0])
+        device = self.state.theta.device
+        self.trips = trips.init(w.walkers, (lo, hi), end_fraction=self.end_fraction, device=device)
+        self.window_trips = trips.init(w.walkers, (lo, hi), end_fraction=self.end_fraction, device=device)
+        self.state = self._refresh_forces(self.state)
+        return bounds
+
+    def _copy_walkers(self, source: torch.Tensor) -> None:
+        """Walker ``i`` takes walker ``source[i]``'s configuration (position, velocity, CVs, forces, ``d x / d
+        theta``); counters stay with the slot. Only between chunks of the Wang-Landau phase, whose bias is still
+        adapting (a copy is a resampling of the walkers, not a move of a fixed-bias chain)."""
+        state = self.state
+        self.state = dataclasses.replace(state, theta=state.theta[source].clone(),
+                                         velocity=state.velocity[source].clone(), cv=state.cv[source].clone(),
+                                         bias_grad=state.bias_grad[source].clone())
+        if self.jacobian is not None:
+            self.jacobian = self.jacobian[source].clone()
+
+    def replica_shapes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each replica's S so far from its windows' biases, without joining the windows' constants:
+        ``(R, *shape)`` grids and ``(nx - 1,)`` the replicas' mean rise of the x-marginal S between neighbouring x
+        bins (NaN where no window saw both).
+
+        The x-marginal's rise between two bins is the mean over the replica's windows that visited both; S is its
+        running sum (a rise no window of the replica saw takes the other replicas' mean, else 0); a 2-D grid adds
+        each column's shape along the other axes from the window that visited that column most. Unlike the joined
+        S (:meth:`replica_entropy`), this needs no chain of overlapping visited windows, which early in a run
+        there often is not."""
+        w, g = self.windows, self.landscape
+        r, k, nx = w.replicas, w.windows, g.shape[0]
+        bias = w.bias.reshape(r, k, nx, -1).cpu().numpy()
+        visits = w.visits.reshape(r, k, nx, -1).cpu().numpy()
+        masks = w.window_masks().reshape(r, k, nx, -1)[..., 0].cpu().numpy()
+        seen_bins = visits > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            masked = np.where(seen_bins, bias, -np.inf)
+            top = masked.max(-1, keepdims=True)
+            marginal = np.log(np.exp(masked - np.where(np.isfinite(top), top, 0.0)).sum(-1)) + top[..., 0]
+        seen = seen_bins.any(-1) & masks  # (R, k, nx)
+        both = seen[..., 1:] & seen[..., :-1]
+        step = np.where(both, np.diff(np.where(seen, marginal, 0.0), axis=-1), 0.0)
+        with np.errstate(invalid="ignore"):
+            rise = step.sum(1) / both.sum(1)  # (R, nx - 1), NaN where no window saw both bins
+            mean_rise = np.nanmean(np.where(np.isfinite(rise), rise, np.nan), axis=0)
+        rise = np.where(np.isfinite(rise), rise, np.nan_to_num(mean_rise, nan=0.0)[None])
+        level = np.concatenate([np.zeros((r, 1)), np.cumsum(rise, axis=1)], axis=1)  # (R, nx)
+        best = visits.sum(-1).argmax(1)  # (R, nx) window that visited each column most
+        column = np.take_along_axis(bias, best[:, None, :, None], axis=1)[:, 0]  # (R, nx, rest)
+        column_seen = np.take_along_axis(seen_bins, best[:, None, :, None], axis=1)[:, 0]
+        column_top = np.take_along_axis(marginal, best[:, None, :], axis=1)[:, 0]
+        within = np.where(column_seen, column - np.where(np.isfinite(column_top), column_top, 0.0)[..., None], np.nan)
+        if within.shape[-1] == 1:
+            within = np.zeros_like(within)
+        shapes = (level[..., None] + within).reshape(r, *g.shape)
+        return shapes, mean_rise
 
     @property
     def frozen(self) -> bool:
@@ -404,6 +503,7 @@ class Run:
             "picture": None if self._picture is None else self._picture.clone(),
             "jacobian": None if self.jacobian is None else self.jacobian.clone(),
             "displacement": self.displacement.clone(),
+            "mobility": self.mobility.clone(),
             "observable_blocks": (torch.from_numpy(np.stack(self.observable_blocks)) if self.observable_blocks
                                   else None),
             "last_observed": None if self._last_observed is None else self._last_observed.clone(),
@@ -425,6 +525,8 @@ class Run:
         self.dt = state["dt"].to(self.dt)
         if state.get("displacement") is not None:  # checkpoints from before it was kept start it at zero
             self.displacement.copy_(state["displacement"].to(self.displacement))
+        if state.get("mobility") is not None:
+            self.mobility.copy_(state["mobility"].to(self.mobility))
         if self._picture is not None and state.get("picture") is not None:
             self._picture.copy_(state["picture"].to(self._picture))
         saved = state.get("grid_blocks")

@@ -45,6 +45,22 @@ import torch
 from lightning_entropy.core.landscape import Landscape
 from lightning_entropy.core.placement import auto_windows, start_bounds, window_bounds
 
+def _nearest_column_fill(grid: np.ndarray) -> np.ndarray:
+    """``(nx, rest)`` with every NaN of a column-less x bin replaced by the nearest x column that has values (and
+    NaNs left within a column replaced by that column's least value): a bias with no unknown bins."""
+    out = grid.copy()
+    has = np.isfinite(out).any(1)
+    if not has.any():
+        return np.zeros_like(out)
+    for j in np.flatnonzero(has):
+        column = out[j]
+        column[~np.isfinite(column)] = np.nanmin(column)
+    idx = np.flatnonzero(has)
+    for j in np.flatnonzero(~has):
+        out[j] = out[idx[np.argmin(np.abs(idx - j))]]
+    return out
+
+
 __all__ = ["Windows", "auto_windows", "start_bounds", "window_bounds"]
 
 
@@ -130,6 +146,7 @@ class Windows:
         self.exchange_tried = torch.zeros(max(windows - 1, 1), dtype=torch.float64, device=dev)
         self.exchange_accepted = torch.zeros(max(windows - 1, 1), dtype=torch.float64, device=dev)
         self.exchanges = 0  # exchange attempts made (alternating even and odd pairs)
+        self.relayouts = 0  # times relayout moved the windows
 
     # -- assignment ------------------------------------------------------------------------------------------------
 
@@ -179,6 +196,52 @@ class Windows:
         walkers_of = ranked.reshape(k * m, r).T  # (R, k*m): replica i gets ranks i, i + R, i + 2R, ...
         self.slots = walkers_of.reshape(r * k, m).contiguous()
         self._reassign()
+
+    def relayout(self, bounds: list[tuple[int, int]], entropy: np.ndarray, *, pull: float | None = None) -> None:
+        """Move every replica's windows to ``bounds`` (x bins ``[lo, hi)``, one list for all replicas) during the
+        Wang-Landau phase, in place.
+
+        ``entropy`` ``(R, *shape)`` is each replica's S so far (NaN where unknown); each new window's bias starts
+        from its own replica's S (unknown bins take the nearest known x column's value), so a replica stays
+        independent of the others. The stages start anew at ``log_f0`` (visits, stage histograms, 1/t clocks): the
+        new windows' biases are only a first guess, steepest where the windows are narrowest. Walker ``i`` then holds estimate ``i // per_estimate`` (replica-major): the caller
+        arranges the walkers so (:meth:`~lightning_entropy.core.run.Run.place` copies into each window walkers of
+        its replica that lie near it). ``pull``: a new pull into the windows (nats per CV unit)."""
+        if self.is_frozen:
+            raise RuntimeError("relayout moves windows during the Wang-Landau phase; the bias is already frozen.")
+        if len(bounds) != self.windows:
+            raise ValueError(f"relayout got {len(bounds)} windows' bounds for {self.windows} windows per replica.")
+        r, k = self.replicas, self.windows
+        grids = np.asarray(entropy, dtype=np.float64).reshape(r, self.grid.shape[0], -1)  # (R, nx, rest)
+        filled = np.stack([_nearest_column_fill(g) for g in grids])
+        self._set_bounds(bounds)
+        bias = torch.from_numpy(filled.reshape(r, 1, *self.grid.shape)).to(self.bias)
+        self.bias.copy_(bias.expand(r, k, *self.grid.shape).reshape(self.bias.shape))
+        self.bias.mul_(self.window_masks().to(self.bias.dtype))  # zero outside each window, as a fresh estimate
+        for name in ("visits", "stage", "deposits"):
+            getattr(self, name).zero_()
+        self.log_f.fill_(self.log_f0)
+        self.one_over_t.zero_()
+        self.reachable.fill_(1.0)
+        if pull is not None:
+            self.pull = float(pull)
+        self.slots = torch.arange(self.walkers, device=self.device).reshape(r * k, self.per_estimate)
+        self._reassign()
+        self.relayouts += 1
+
+    def nearest_walkers(self, x: torch.Tensor, bounds: list[tuple[int, int]]) -> torch.Tensor:
+        """``(W,)`` for each slot of windows at ``bounds`` (replica-major, as after :meth:`relayout`) a walker of the
+        same replica: the ``per_estimate`` walkers whose ``x`` lies nearest the window's middle (a walker may serve
+        several windows)."""
+        r, k, m = self.replicas, self.windows, self.per_estimate
+        width = float(self.grid.width[0])
+        middle = torch.tensor([self.grid.lo[0] + 0.5 * (a + b) * width for a, b in bounds], dtype=torch.float64,
+                              device=self.device)  # (k,)
+        members = self.slots.reshape(r, k * m)  # (R, k*m) walkers of each replica
+        xs = torch.nan_to_num(x.to(torch.float64)[members], nan=float("inf"))  # (R, k*m)
+        distance = (xs.unsqueeze(1) - middle.view(1, k, 1)).abs()  # (R, k, k*m)
+        nearest = distance.argsort(dim=2, stable=True)[..., :m]  # (R, k, m)
+        return torch.gather(members.unsqueeze(1).expand(r, k, k * m), 2, nearest).reshape(-1)
 
     # -- what the walkers feel ---------------------------------------------------------------------------------------
 
@@ -379,7 +442,7 @@ class Windows:
                            zip(self.bin_lo[: self.windows, 0], self.bin_hi[: self.windows, 0])]}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"config": self.config(), "exchanges": self.exchanges,
+        return {"config": self.config(), "exchanges": self.exchanges, "relayouts": self.relayouts,
                 **{k: getattr(self, k).clone() for k in self._TENSORS}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -388,6 +451,9 @@ class Windows:
         if self.placement == "starts" and theirs.get("placement") == "starts" and "bounds" in theirs:
             # the bounds came from the run's starting walkers: they are the checkpoint's state, not a setting
             self._set_bounds([tuple(b) for b in theirs["bounds"]])
+        if state.get("relayouts", 0):  # moved windows (and their pull) are the checkpoint's state, not settings
+            self._set_bounds([tuple(b) for b in theirs["bounds"]])
+            self.pull = theirs["pull"]
         mine = self.config()
         if mine != theirs:
             diff = {k: (theirs.get(k), mine[k]) for k in mine if theirs.get(k) != mine[k]}
@@ -396,5 +462,6 @@ class Windows:
         for k in self._TENSORS:
             getattr(self, k).copy_(state[k].to(self.device))
         self.exchanges = int(state["exchanges"])
+        self.relayouts = int(state.get("relayouts", 0))
         self.is_frozen = bool(self.frozen)
         self._reassign()

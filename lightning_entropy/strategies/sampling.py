@@ -51,13 +51,16 @@ class WangLandauSampling(SamplerMixin):
     #: fraction of the run, and its readouts gain from a long production; a 2-D walk has ~20x more bins per window
     #: to fill, and with 60 % production the main job's readouts were 2.6x noisier than with 30 %
     AUTO_PRODUCTION = {1: 0.6, 2: 0.3}
+    #: the share of the Wang-Landau phase after which the windows move to equal shares of the entropy found so far
+    PLACE_AT = 0.5
 
     def _production(self, ndim: int) -> float:
         """The production fraction of a walk in ``ndim`` CVs: the setting, or :attr:`AUTO_PRODUCTION`."""
         return self.production if self.production is not None else self.AUTO_PRODUCTION.get(ndim, 0.3)
 
     def _init_wang_landau(self, *, sampler: str, variables, walkers, box, seed, ranges, bin_width, range_margin,
-                          kernel_sigma, window, wall_strength, fill, replicas, windows, production, log_f0,
+                          kernel_sigma, window, wall_strength, fill, replicas, windows, window_placement,
+                          production, log_f0,
                           exchange_every, schedule, dt, friction, metropolis, mass, step_size, adapt_steps,
                           adapt_every, steps_per_lightning_step, start, start_steps, start_lr, start_budget,
                           observables, observe_every, loss, heldout, accuracy_slope, accuracy_axis, vectorize,
@@ -80,6 +83,10 @@ class WangLandauSampling(SamplerMixin):
                                                  exchange_every=exchange_every)
         self.replicas = int(replicas) if isinstance(replicas, int) else 1
         self.windows = windows
+        if window_placement not in ("crossing", "starts"):
+            raise ValueError(f"window_placement={window_placement!r}: use 'crossing' (windows moved to equal crossing"
+                             " times halfway through the Wang-Landau phase) or 'starts' (windows stay on the starts).")
+        self.window_placement = window_placement
         self.production = None if production is None else float(production)  # None: by the walk's dimension
         self.log_f0, self.exchange_every = float(log_f0), int(exchange_every)
         self._run: Run | StepRun | None = None
@@ -316,9 +323,14 @@ class WangLandauSampling(SamplerMixin):
         info = self._run.chunk(steps)
         self._state = self._run.state
         production = self._production(self._landscape.ndim) if self._landscape is not None else 0.0
-        if isinstance(self._run, Run) and not self._run.frozen and production > 0 and (
-                budget.progress(self.lightning_module.trainer) >= 1 - production):
-            self._run.freeze()
+        if isinstance(self._run, Run) and not self._run.frozen:
+            progress = budget.progress(self.lightning_module.trainer)
+            if (self.window_placement == "crossing" and self._run.windows.relayouts == 0
+                    and progress >= self.PLACE_AT * (1 - production)):
+                self._run.place()
+                self._landscape.metadata["windows"] = self._run.windows.config()
+            if production > 0 and progress >= 1 - production:
+                self._run.freeze()
         self._after_chunk(steps, info)
 
     def _after_chunk(self, steps: int, info: dict[str, float] | None) -> None:

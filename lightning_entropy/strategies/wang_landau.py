@@ -86,6 +86,14 @@ class WangLandauStrategy(WangLandauSampling, SamplerStrategy):
             multiple of ``replicas * windows``. ``"auto"``: the largest of 4, 3, 2, 1 that divides ``walkers``.
         windows: windows per replica along ln L_train for ``fill="visit"``: a positive integer or ``"auto"``
             (about one per four walkers of a replica, at most 8, each at least ~8 bins wide).
+        window_placement: where the windows lie (``fill="visit"``). ``"crossing"`` (default): first on the starting
+            walkers, then, halfway through the Wang-Landau phase, moved so that every window takes its walkers the
+            same time to cross, from their measured diffusion along x (narrow windows where S is steep; each new
+            window's bias starts from its replica's S, and takes walkers of its replica that lie near it). On the
+            spiral's 1-D walk (116 parameters, 32 windows, 12,000 steps) the production crossings went from about
+            0.05 in the lowest window and 0.3-1.5 in the middle ones to 0.1-0.4 and 0.4-5; on the toy and the
+            48-parameter quadratic accuracy stayed the same. ``"starts"``: the windows stay where the starts put
+            them.
         production: fraction of the run (of the Trainer's steps, or of ``max_time`` when that ends the run first)
             sampled with the bias frozen, for ``fill="visit"``; 0 never freezes. ``None`` (default): 0.6 for a walk
             in one CV, 0.3 in two. The reported S and readouts come from this phase (bias plus ln H), so in 1-D a
@@ -149,6 +157,7 @@ class WangLandauStrategy(WangLandauSampling, SamplerStrategy):
         fill: str | None = None,
         replicas: int | str = "auto",
         windows: int | str = "auto",
+        window_placement: str = "crossing",
         production: float | None = None,
         log_f0: float = 0.1,
         exchange_every: int = 10,
