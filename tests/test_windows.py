@@ -361,24 +361,17 @@ def test_soft_walls_let_a_walker_out_without_depositing_and_pull_it_back():
 def test_forces_follow_the_window_a_walker_holds_after_exchanges():
     """Every step the integrator's force must be the gradient of the potential the Metropolis test uses: after
     exchanges (and at the end of any chunk) a walker's stored force equals a fresh evaluation under its window."""
-    from lightning_entropy.core.run import Run
-    from lightning_entropy.core.samplers.wlmd import MDConfig
-    from toy import toy_landscape, toy_problem
-
-    _, _, evaluator, bound = toy_problem(1)
-    grid = toy_landscape(1, groups=2)
-    gen = torch.Generator().manual_seed(0)
-    theta0 = (torch.rand(16, bound.numel(), generator=gen) * 2 - 1) * bound
-    windows = Windows(grid, 16, replicas=2, windows=4, exchange_every=1)
-    run = Run(evaluator, grid, bound, theta0, windows=windows, config=MDConfig(), seed=0)
-    for _ in range(4):
-        run.chunk(25)
+    run, evaluator, windows = _toy_run(exchange_every=1)
     assert float(windows.exchange_accepted.sum()) > 0  # walkers did change windows
     _, _, fresh = evaluator.value_and_grad(run.state.theta, windows.potential)
     torch.testing.assert_close(run.state.bias_grad, fresh, rtol=1e-4, atol=1e-6)
+    from lightning_entropy.core.run import Run
+    from lightning_entropy.core.samplers.wlmd import MDConfig
+
+    grid = run.landscape
     with pytest.raises(ValueError, match="dt_spread=0.5"):
-        Run(evaluator, grid, bound, theta0, windows=Windows(grid, 16, replicas=2, windows=4), config=MDConfig(),
-            seed=0, dt_spread=0.5)
+        Run(evaluator, grid, run.bound, run.state.theta, windows=Windows(grid, 16, replicas=2, windows=4),
+            config=MDConfig(), seed=0, dt_spread=0.5)
 
 
 def test_a_checkpoint_from_before_soft_walls_resumes_with_hard_walls():
@@ -429,18 +422,7 @@ def test_crossing_cost_is_the_width_over_the_root_of_the_mean_squared_displaceme
 def test_windows_move_to_equal_crossing_times_and_replicas_stay_apart():
     """`place` moves every replica's windows to one new layout; each window's walkers are copies of walkers of its
     own replica that lay near it, its bias comes from its own replica's S, and its stage starts anew."""
-    from lightning_entropy.core.run import Run
-    from lightning_entropy.core.samplers.wlmd import MDConfig
-    from toy import toy_landscape, toy_problem
-
-    _, _, evaluator, bound = toy_problem(1)
-    grid = toy_landscape(1, groups=2)
-    gen = torch.Generator().manual_seed(0)
-    theta0 = (torch.rand(16, bound.numel(), generator=gen) * 2 - 1) * bound
-    windows = Windows(grid, 16, replicas=2, windows=4, exchange_every=5)
-    run = Run(evaluator, grid, bound, theta0, windows=windows, config=MDConfig(), seed=0)
-    for _ in range(4):
-        run.chunk(25)
+    run, evaluator, windows = _toy_run(exchange_every=5)
     before = {r: run.state.theta[windows.replica_of == r].clone() for r in range(2)}
     shapes, _ = run.replica_shapes()
     bounds = run.place()
@@ -484,3 +466,21 @@ def test_stitch_keeps_the_widest_run_of_tied_windows():
     assert np.isnan(joined[:10]).all()
     d = joined[10:] - truth[10:]
     assert np.allclose(d, d[0])
+
+
+def _toy_run(exchange_every: int):
+    """A windowed run (2 replicas x 4 windows, 16 walkers) on the toy after 100 steps from uniform starts; the run,
+    its evaluator and its windows."""
+    from lightning_entropy.core.run import Run
+    from lightning_entropy.core.samplers.wlmd import MDConfig
+    from toy import toy_landscape, toy_problem
+
+    _, _, evaluator, bound = toy_problem(1)
+    grid = toy_landscape(1, groups=2)
+    gen = torch.Generator().manual_seed(0)
+    theta0 = (torch.rand(16, bound.numel(), generator=gen) * 2 - 1) * bound
+    windows = Windows(grid, 16, replicas=2, windows=4, exchange_every=exchange_every)
+    run = Run(evaluator, grid, bound, theta0, windows=windows, config=MDConfig(), seed=0)
+    for _ in range(4):
+        run.chunk(25)
+    return run, evaluator, windows
