@@ -248,10 +248,12 @@ class Run:
         The crossing time of each x bin comes from the walkers' measured diffusion along x so far
         (:func:`~lightning_entropy.core.placement.crossing_cost`; where the entropy is steep walkers move slowly
         and the windows there get narrow). Each new window's bias starts from its own replica's S so far
-        (:meth:`replica_shapes`); the walkers are dealt to the new windows by their x; each window's time step comes
-        from its replica's old window nearest to it; the pull into the windows rises to twice the steepest rise of
-        S (95th percentile over bins) where that is larger than the pull, so that a walker can descend into a window
-        below it. Without two measured bins nothing moves."""
+        (:meth:`replica_shapes`); each window's walkers become copies of the walkers of its replica that lie nearest
+        its middle (:meth:`~lightning_entropy.core.windows.Windows.nearest_walkers`); each window's time step comes
+        from its replica's old window nearest to it; the pull into the windows rises to the largest of itself, twice
+        the steepest rise of S (95th percentile over bins, nats per CV unit) and twice the parameter count, so that
+        a walker can descend into a window below it; the round-trip counters start anew (the walkers are copies).
+        Without two measured bins nothing moves."""
         w, g = self.windows, self.landscape
         current = [(int(a), int(b)) for a, b in zip(w.bin_lo[: w.windows, 0], w.bin_hi[: w.windows, 0])]
         if w.windows < 2 or w.is_frozen:
