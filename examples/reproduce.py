@@ -193,6 +193,22 @@ def section(name: str, runs: Path, data: Path, docs: Path, status: dict) -> list
     return lines
 
 
+def training_section(docs: Path) -> list[str]:
+    """"Training with entropy_md": the table ``benchmarks/training_modes.py --markdown docs/training_modes.md``
+    wrote (it is not rerun here: about 40 minutes of its own)."""
+    lines = ["## Training with `entropy_md`", "",
+             "What to do with extra compute after training: from each seed's full-batch Adam endpoint, the same wall"
+             " time T is spent on Adam continued (`adam+T`), Lightning's `StochasticWeightAveraging` (`swa`), SAM"
+             " around Adam continued (`sam+T`), or `entropy_md` held at the endpoint's train loss (the module it"
+             " returns and its walkers' ensemble); `sam@L` is SAM trained from the same initial weights to the"
+             " endpoint's train loss (equal train loss). No held-out label enters any method.", "",
+             "Command: `python benchmarks/training_modes.py --markdown docs/training_modes.md`", ""]
+    table = docs / "training_modes.md"
+    if not table.exists():
+        return lines + ["Not measured yet: run the command above, then this script again with `--reuse`.", ""]
+    return lines + table.read_text().splitlines() + [""]
+
+
 def write_doc(names: list[str], runs: Path, data: Path, statuses: dict[str, dict]) -> Path:
     docs = REPO / "docs"
     lines = [
@@ -213,6 +229,7 @@ def write_doc(names: list[str], runs: Path, data: Path, statuses: dict[str, dict
     ]
     for name in names:
         lines += section(name, runs, data, docs, statuses.get(name, {}))
+    lines += training_section(docs)
     path = docs / "REPRODUCTION.md"
     path.write_text("\n".join(lines))
     return path
