@@ -154,6 +154,28 @@ def test_holds_the_starting_train_loss_and_returns_the_closest_walker(trained):
     assert 0.5 < strategy.acceptance <= 1
 
 
+def test_hold_mean_moves_the_centre_so_the_walkers_mean_sits_at_the_target(trained):
+    """A weak restraint (k = 10, width 0.32 nats) on a trained spiral net: the volume of low loss grows with ln L_train,
+    so walkers centred at the target settle well above it; ``hold="mean"`` moves the centre down until they do not."""
+    offsets = {}
+    for hold in ("center", "mean"):
+        strategy = _fit(_md(walkers=16, strength=10.0, hold=hold, adapt_steps=300, steps_per_lightning_step=50),
+                        _model(trained), max_steps=10)
+        offsets[hold] = float(strategy.walker_ln_train_loss.mean()) - strategy.target
+        if hold == "center":
+            assert strategy.center == strategy.target
+        else:
+            assert strategy.center < strategy.target - 0.1
+    assert offsets["center"] > strategy.width  # the entropic force: > 1 width above the target
+    assert abs(offsets["mean"]) < 0.5 * offsets["center"]  # within the burn-in's lag and the 16 walkers' noise
+
+
+def test_a_restraint_that_cannot_hold_its_target_says_so(trained):
+    with pytest.warns(UserWarning, match=r"mean ln L_train is .* restraint widths\) from target=.*larger strength"):
+        _fit(_md(strength=1.0, hold="center", adapt_steps=200, steps_per_lightning_step=50), _model(trained),
+             max_steps=4)
+
+
 def test_a_chosen_metric_is_observed_under_its_own_name(trained):
     strategy = _fit(_md(metric="smooth_test_accuracy"), _model(trained), max_steps=1)
     assert strategy.metric_name == "smooth_test_accuracy"
@@ -197,7 +219,7 @@ def test_heldout_labels_do_not_steer_the_trajectory(trained):
 def test_resume_from_checkpoint_continues_exactly(tmp_path, trained):
     def fit(max_steps, ckpt_path=None, every=None):
         callbacks = [ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=every, save_top_k=-1)] if every else []
-        strategy = _md(seed=5, steps_per_lightning_step=15, adapt_steps=1000, dt=0.02)
+        strategy = _md(seed=5, steps_per_lightning_step=15, adapt_steps=1000, dt=0.02, strength=100.0)
         trainer = Trainer(strategy=strategy, max_steps=max_steps, accelerator="cpu", enable_progress_bar=False,
                           enable_model_summary=False, limit_val_batches=0, logger=False,
                           enable_checkpointing=bool(every), callbacks=callbacks)
@@ -209,6 +231,7 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path, trained):
     resumed = fit(4, ckpt_path=str(ckpt))
     assert straight.dt != 0.02  # the time step adapted, and must resume adapted
     assert resumed.dt == straight.dt and resumed.box == straight.box and resumed.target == straight.target
+    assert straight.center != straight.target and resumed.center == straight.center  # the moved centre resumes
     assert torch.equal(straight.walker_parameters, resumed.walker_parameters)
     for key in ("step", "ln_train_loss", "hard_test_accuracy"):
         np.testing.assert_array_equal(straight.trace[key], resumed.trace[key])
@@ -222,6 +245,7 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path, trained):
     ({"select": "best"}, "select='best'"),
     ({"dt": -0.1}, "dt=-0.1"),
     ({"adapt_steps": -1}, "adapt_steps=-1"),
+    ({"hold": "median"}, "hold='median'.*'mean'"),
     ({"heldout": "train"}, "heldout='train'"),
 ])
 def test_bad_arguments_name_the_value_and_the_fix(kwargs, match):

@@ -213,6 +213,7 @@ class EntropyMDConfig(SamplerConfig):
     seed: int = 0
     target: Optional[float] = None
     strength: float = 1e4
+    hold: str = "mean"
     dt: float = 1e-3
     adapt_steps: int = 2000
     friction: float = 0.01

@@ -46,6 +46,9 @@ from lightning_entropy.strategies.base import SamplerStrategy
 from lightning_entropy.strategies.contract import inspect_module
 
 SELECT = ("closest", "best_train", "first", "ensemble")
+HOLD = ("mean", "center")
+HOLD_GAIN = 1.0  # the centre moves by this times the walkers' mean offset from the target per adaptation (1: the
+#                   step that would be exact if the entropic force did not change with ln L_train)
 
 
 def _metric_name(cv) -> str:
@@ -76,10 +79,18 @@ class EntropyMDStrategy(SamplerStrategy):
         seed: seeds the velocities and the Langevin noise. The same seed gives the same trajectory.
         target: the ln L_train (nats of ln loss) the walkers are held at; ``None``: the module's starting value.
         strength: restraint constant ``k`` in 1/nats²; the restraint's width is ``1/sqrt(k)`` nats (1e4: 0.01 nats).
+        hold: ``"mean"`` (default): during ``adapt_steps`` the restraint's centre moves so that the walkers' mean
+            ln L_train sits at the target (to within the burn-in's lag and the walkers' noise: on a trained spiral
+            net at ``k = 10``, 0.14-0.30 nats below it where the centred restraint leaves it 0.47-0.60 above). Without it, the walkers settle ``S'(x)/k`` above the centre, where
+            ``S'(x) = d ln(volume)/d ln L_train`` is the entropic force: about ``D/2`` for ``D`` stiff directions
+            (0.005 nats for a 100-parameter MLP at ``k = 1e4``, 0.3 nats for a 6,600-parameter transformer).
+            ``"center"``: the centre stays at the target (the stationary density ``Ω(x) exp(-k (x - target)²/2)``
+            as it is). :attr:`center` is the centre in use.
         dt: initial MD time step (box half-widths per unit velocity for ``mass="box"``). A trained module sits in a
             narrow valley: the step that keeps the Metropolis acceptance in 0.6-0.9 is found during ``adapt_steps``.
-        adapt_steps: MD steps at the start during which ``dt`` adapts, once per Lightning step (0: never). The
-            current step is :attr:`dt`; adaptation stops afterwards (it would break detailed balance).
+        adapt_steps: MD steps at the start during which ``dt`` (and, with ``hold="mean"``, the centre) adapts, once
+            per Lightning step (0: never). The current step is :attr:`dt`; adaptation stops afterwards (it would
+            break detailed balance).
         friction: Langevin γ per step, in (0, 1].
         metropolis: GHMC with a Metropolis test on the restraint energy (no time-step bias).
         mass: ``"box"`` (mass 1/b², scale-free ``dt``) or ``"unit"``.
@@ -110,6 +121,7 @@ class EntropyMDStrategy(SamplerStrategy):
         seed: int = 0,
         target: float | None = None,
         strength: float = 1e4,
+        hold: str = "mean",
         dt: float = 1e-3,
         adapt_steps: int = 2000,
         friction: float = 0.01,
@@ -141,6 +153,9 @@ class EntropyMDStrategy(SamplerStrategy):
         restrained.RestraintConfig(0.0 if target is None else float(target), strength, md)  # validates strength
         if not isinstance(adapt_steps, int) or isinstance(adapt_steps, bool) or adapt_steps < 0:
             raise ValueError(f"adapt_steps={adapt_steps!r} must be an integer >= 0 (MD steps; 0: keep dt fixed).")
+        if hold not in HOLD:
+            raise ValueError(f"hold={hold!r}: use 'mean' (the walkers' mean ln L_train at the target) or 'center'"
+                             " (the restraint centred at the target).")
         if select not in SELECT:
             raise ValueError(f"select={select!r}: use one of {SELECT}.")
         if not (isinstance(max_start_shift, (int, float)) and max_start_shift > 0):
@@ -152,6 +167,8 @@ class EntropyMDStrategy(SamplerStrategy):
         self.seed = int(seed)
         self._target = None if target is None else float(target)
         self.strength = float(strength)
+        self.hold = hold
+        self._goal: float | None = None  # the target once known; self._config.target is the restraint's centre
         self.md_config = md
         self.adapt_steps = adapt_steps
         self.select = select
@@ -179,6 +196,14 @@ class EntropyMDStrategy(SamplerStrategy):
             if self._target is not None:
                 return self._target
             raise RuntimeError("The target is the module's starting ln L_train: it is known once trainer.fit starts.")
+        return self._goal
+
+    @property
+    def center(self) -> float:
+        """The restraint's centre (nats of ln L_train): the target, moved during ``adapt_steps`` with
+        ``hold="mean"`` so that the walkers' mean sits at the target."""
+        if self._config is None:
+            raise RuntimeError("The restraint's centre is known once trainer.fit starts.")
         return self._config.target
 
     @property
@@ -296,7 +321,7 @@ class EntropyMDStrategy(SamplerStrategy):
                 stacklevel=2,
             )
         self.start_ln_train_loss = x_module
-        target = self._target if self._target is not None else x_module
+        self._goal = target = self._target if self._target is not None else x_module
         self._config = restrained.RestraintConfig(target, self.strength, self.md_config)
         self._state = restrained.observe(self._build_sampler().init(theta0, seed=self.seed + 1), evaluate)
         self._last_accepted = self._state.md.accepted.clone()
@@ -313,9 +338,50 @@ class EntropyMDStrategy(SamplerStrategy):
         self._state, _ = loop.run(self._build_sampler(), self._state, steps, observe_every=self.observe_every)
         self._layout.load_into(self.lightning_module, self._state.theta[self._selected()])
         accepted = self._log_progress(steps)
-        if self._state.step - steps < self.adapt_steps and self.md_config.metropolis:
-            dt = restrained.adapt_dt(self.dt, float(accepted))
-            self._config = dataclasses.replace(self._config, md=dataclasses.replace(self._config.md, dt=dt))
+        if self._state.step - steps < self.adapt_steps:
+            self._adapt(float(accepted))
+            if self._state.step >= self.adapt_steps:
+                self._say_if_not_held()
+
+    def _say_if_not_held(self) -> None:
+        """At the end of the burn-in: a warning when the walkers' mean ln L_train is more than 3 widths off the
+        target (the restraint cannot hold them there: the result is not a model at the target's train loss)."""
+        x = self._recent_ln_train_loss()
+        if not x.numel():
+            return
+        offset = float(x.mean()) - self._goal
+        if abs(offset) > 3 * self.width:
+            warnings.warn(
+                f"After adapt_steps={self.adapt_steps} the walkers' mean ln L_train is {float(x.mean()):.4f},"
+                f" {offset:+.4f} nats ({offset / self.width:+.1f} restraint widths) from target={self._goal:.4f}"
+                f" (restraint centre {self.center:.4f}, hold={self.hold!r}): the volume of low loss falls steeply"
+                " there (an endpoint at the floor of its basin). Give a larger strength or more adapt_steps, or a"
+                " target above the endpoint's train loss.",
+                stacklevel=2,
+            )
+
+    def _adapt(self, accepted: float) -> None:
+        """The burn-in's one adaptation per Lightning step: ``dt`` from the acceptance (Metropolis only) and, with
+        ``hold="mean"``, the centre by ``HOLD_GAIN`` times the walkers' mean offset from the target."""
+        config = self._config
+        if self.md_config.metropolis:
+            config = dataclasses.replace(config, md=dataclasses.replace(config.md, dt=restrained.adapt_dt(self.dt,
+                                                                                                     accepted)))
+        if self.hold == "mean":
+            x = self._recent_ln_train_loss()
+            if x.numel():
+                offset = float(x.mean()) - self._goal
+                config = dataclasses.replace(config, target=config.target - HOLD_GAIN * offset)
+        self._config = config
+
+    def _recent_ln_train_loss(self) -> torch.Tensor:
+        """The finite ln L_train values of the second half of the last chunk's observations, all walkers (the walkers'
+        current values when nothing was observed): averaged over steps, the mean is far less noisy than one snapshot."""
+        recent = self._state.observed[-1][..., 0, :] if self._state.observed else self._state.md.cv[:, 0]
+        if recent.dim() == 2:  # (n, W): the chunk's second half, after most of the response to the last move
+            recent = recent[recent.shape[0] // 2:]
+        recent = recent.reshape(-1)
+        return recent[torch.isfinite(recent)]
 
     def _build_sampler(self) -> restrained.RestrainedMD:
         """The sampler of the current restraint and time step (``dt`` adapts during ``adapt_steps``)."""
@@ -328,11 +394,11 @@ class EntropyMDStrategy(SamplerStrategy):
             return torch.zeros((), dtype=torch.long, device=x.device)
         if self.select == "best_train":
             return torch.nan_to_num(x, nan=math.inf).argmin()
-        return torch.nan_to_num((x - self._config.target).abs(), nan=math.inf).argmin()
+        return torch.nan_to_num((x - self._goal).abs(), nan=math.inf).argmin()
 
     def _log_progress(self, steps: int) -> torch.Tensor:
         accepted = self._acceptance(self._state.md.accepted, steps)
-        metrics = restraint_metrics(self._state, self._config.target, self.width, self._bound, self.dt, accepted,
+        metrics = restraint_metrics(self._state, self._goal, self.width, self._bound, self.dt, accepted,
                                     heldout=bool(self._metric_names))
         log_step(self.lightning_module, metrics, RESTRAINT_PROGRESS)
         return accepted
@@ -343,7 +409,8 @@ class EntropyMDStrategy(SamplerStrategy):
         return {
             "kind": "entropy_md",
             "walkers": self.walkers,
-            "target": self._config.target,
+            "target": self._goal,
+            "center": self._config.target,
             "dt": self._config.md.dt,
             "box": self.box.describe(),
             "start_ln_train_loss": self.start_ln_train_loss,
@@ -376,10 +443,12 @@ class EntropyMDStrategy(SamplerStrategy):
             self.box = box  # an automatic box was fitted to the weights of the first run, not to the resumed module
             self._bound = box.bounds(self._layout, device=device, dtype=self._bound.dtype)
         md = dataclasses.replace(self.md_config, dt=float(state["dt"]))
-        self._config = restrained.RestraintConfig(float(state["target"]), self.strength, md)
+        self._goal = float(state["target"])
+        center = float(state.get("center", self._goal))  # checkpoints from before ``hold`` kept the centre there
+        self._config = restrained.RestraintConfig(center, self.strength, md)
         self.start_ln_train_loss = state.get("start_ln_train_loss")
         self._state = restrained.RestrainedState.from_state_dict(state["state"], device)
         self._last_accepted = state["last_accepted"].to(device)
 
 
-__all__ = ["SELECT", "EntropyMDStrategy", "latest_heldout"]
+__all__ = ["HOLD", "SELECT", "EntropyMDStrategy", "latest_heldout"]
