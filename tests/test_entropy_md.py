@@ -170,9 +170,11 @@ def test_hold_mean_moves_the_centre_so_the_walkers_mean_sits_at_the_target(train
     assert abs(offsets["mean"]) < 0.5 * offsets["center"]  # within the burn-in's lag and the 16 walkers' noise
 
 
-def test_a_restraint_that_cannot_hold_its_target_says_so(trained):
-    with pytest.warns(UserWarning, match=r"mean ln L_train is .* restraint widths\) from target=.*larger strength"):
-        _fit(_md(strength=1.0, hold="center", adapt_steps=200, steps_per_lightning_step=50), _model(trained),
+@pytest.mark.parametrize("adapt_steps", [200, 10_000])  # the burn-in ends inside the fit / the fit ends inside it
+def test_a_restraint_that_cannot_hold_its_target_says_so(trained, adapt_steps):
+    with pytest.warns(UserWarning, match=r"After 200 MD steps .* mean ln L_train is .* restraint widths\) from"
+                                         r" target=.*larger strength"):
+        _fit(_md(strength=1.0, hold="center", adapt_steps=adapt_steps, steps_per_lightning_step=50), _model(trained),
              max_steps=4)
 
 

@@ -343,16 +343,24 @@ class EntropyMDStrategy(SamplerStrategy):
             if self._state.step >= self.adapt_steps:
                 self._say_if_not_held()
 
+    def on_train_end(self) -> None:
+        """A fit that ends inside the burn-in has not been told yet whether the restraint held: say it now."""
+        super().on_train_end()
+        if self._state is not None and self._state.step < self.adapt_steps:
+            self._say_if_not_held()
+
     def _say_if_not_held(self) -> None:
-        """At the end of the burn-in: a warning when the walkers' mean ln L_train is more than 3 widths off the
-        target (the restraint cannot hold them there: the result is not a model at the target's train loss)."""
+        """At the end of the burn-in (or of a fit shorter than it): a warning when the walkers' mean ln L_train is more
+        than 3 widths off the target (the restraint cannot hold them there: the result is not a model at the target's
+        train loss)."""
         x = self._recent_ln_train_loss()
         if not x.numel():
             return
         offset = float(x.mean()) - self._goal
         if abs(offset) > 3 * self.width:
             warnings.warn(
-                f"After adapt_steps={self.adapt_steps} the walkers' mean ln L_train is {float(x.mean()):.4f},"
+                f"After {self._state.step} MD steps (adapt_steps={self.adapt_steps}) the walkers' mean ln L_train is"
+                f" {float(x.mean()):.4f},"
                 f" {offset:+.4f} nats ({offset / self.width:+.1f} restraint widths) from target={self._goal:.4f}"
                 f" (restraint centre {self.center:.4f}, hold={self.hold!r}): the volume of low loss falls steeply"
                 " there (an endpoint at the floor of its basin). Give a larger strength or more adapt_steps, or a"
