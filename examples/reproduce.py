@@ -222,8 +222,8 @@ RECOMMENDATION = [
     " (`strategy.ensemble()`, `select='ensemble'`) that gains; the single returned walker is within errors of the"
     " endpoint. Keep the ensemble when you can afford W forward passes at inference.",
     "- **An endpoint that is still improving: train longer instead.** Where plain Adam continued for the same time"
-    " still lowers the train loss by several nats (spiral, house prices), it gains as much or more than any flat-minimum"
-    " method; `entropy_md` holds the train loss where it is by design.",
+    " still lowers the train loss by several nats (spiral, house prices), it gains as much or more than any"
+    " flat-minimum method; `entropy_md` holds the train loss where it is by design.",
     "- **An endpoint that overfits: `entropy_md` is the one method that gains.** On the char LM, Adam continued, SWA"
     " and SAM all lose held-out accuracy (they lower the train loss further); the ensemble gains. There it also sits"
     " slightly above the endpoint's train loss (see that line), which is part of why.",
