@@ -185,6 +185,53 @@ def test_mc_step_size_adapts_during_burn_in_only():
 # -- the batched Linear-chain fast path of the evaluator -----------------------------------------------------------------
 
 
+_CV_CASES = [
+    ("cross_entropy", ("train_loss", "smooth_test_accuracy", "hard_test_accuracy"), (), 3),
+    ("cross_entropy", ("train_loss", "smooth_test_accuracy"), (), 2),
+    ("cross_entropy", ("train_loss",), (5,), 7),  # a sequence model: logits (N, T, V), targets (N, T)
+    ("binary_cross_entropy", ("train_loss", "smooth_test_accuracy", "hard_test_accuracy"), (), 1),
+    ("mse", ("train_loss", "test_loss"), (), 1),
+]
+
+
+# the Linear chain's transposed output (W, N, C), class dimension outermost in storage, for the (N, C) cases
+@pytest.mark.parametrize("loss,names,shape,classes,layout", [case + ("contiguous",) for case in _CV_CASES]
+                         + [case + ("class-major",) for case in _CV_CASES if not case[2]])
+def test_built_in_variables_on_all_walkers_equal_the_per_walker_function(loss, names, shape, classes, layout):
+    """The evaluator calls a built-in CV's ``batched`` form on all walkers' outputs at once; it must give what the
+    per-walker function gives under vmap, for every output layout the fast paths produce."""
+    from torch.func import vmap
+
+    from lightning_entropy.core.variables import resolve
+
+    gen = torch.Generator().manual_seed(3)
+    walkers, n = 4, 11
+    if layout == "class-major":
+        out = torch.randn(walkers, classes, n, generator=gen, dtype=torch.float64).transpose(1, 2)
+    else:
+        out = torch.randn(walkers, n, *shape, classes, generator=gen, dtype=torch.float64)
+    if loss == "cross_entropy":
+        y = torch.randint(0, classes, (n, *shape), generator=gen)
+    elif loss == "binary_cross_entropy":
+        y = torch.randint(0, 2, (n,), generator=gen).double()
+    else:
+        y = torch.randn(n, generator=gen, dtype=torch.float64)
+    for axis in ("linear", "logit"):
+        for name in names:
+            cv = resolve(name, loss=loss, accuracy_axis=axis)
+            assert cv.batched is not None, name
+            leaf_a = out.detach().clone().requires_grad_(True)
+            leaf_b = out.detach().clone().requires_grad_(True)
+            got, want = cv.batched(leaf_a, y), vmap(cv.fn, in_dims=(0, None))(leaf_b, y)
+            assert got.shape == (walkers,)
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+            if cv.differentiable:
+                (ga,) = torch.autograd.grad(got.sum(), leaf_a)
+                (gb,) = torch.autograd.grad(want.sum(), leaf_b)
+                torch.testing.assert_close(ga, gb, rtol=1e-10, atol=1e-12)
+    assert resolve(lambda out, y: out.mean(), loss=loss).batched is None  # a user's callable keeps vmap
+
+
 def test_linear_chain_fast_path_matches_the_vmap_path():
     from lightning_entropy.core.box import uniform
     from lightning_entropy.core.evaluator import Evaluator, FullBatch, linear_chain

@@ -297,11 +297,13 @@ class Evaluator:
         return h.transpose(1, 2)
 
     def _apply(self, cv: CollectiveVariable, outputs, targets: torch.Tensor | None) -> torch.Tensor:
-        if isinstance(outputs, _Groups):
-            return torch.cat([vmap(cv.fn, in_dims=(0, None))(o, targets) for o in outputs])
-        if isinstance(outputs, list):
+        if isinstance(outputs, list) and not isinstance(outputs, _Groups):
             return torch.stack([cv.fn(o, targets) for o in outputs])
-        return vmap(cv.fn, in_dims=(0, None))(outputs, targets)
+        # a built-in CV runs on all walkers' outputs at once: vmap's per-op cost dominates small models
+        fn = cv.batched if cv.batched is not None and isinstance(targets, torch.Tensor) else vmap(cv.fn, in_dims=(0, None))
+        if isinstance(outputs, _Groups):
+            return torch.cat([fn(o, targets) for o in outputs])
+        return fn(outputs, targets)
 
     def _values(self, theta: torch.Tensor, cvs: Sequence[CollectiveVariable]) -> torch.Tensor:
         keys = tuple(dict.fromkeys((cv.split, self._source(cv)) for cv in cvs))

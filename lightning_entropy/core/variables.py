@@ -50,6 +50,9 @@ class CollectiveVariable:
     ``hook``: ``outputs`` is what the split's step hook (``training_step`` / ``validation_step``) returned and logged
     (a dict, see :func:`lightning_entropy.core.step_hooks.step_output`) and ``targets`` is ``None``; otherwise
     ``outputs`` are ``forward``'s.
+
+    ``batched``: the same function on all walkers' outputs at once, ``(W, N, ...) -> (W,)`` (the built-in CVs have
+    one; the evaluator then calls it directly instead of under ``vmap``, whose per-op cost dominates small models).
     """
 
     name: str
@@ -58,6 +61,7 @@ class CollectiveVariable:
     differentiable: bool = True
     label: str = ""
     hook: bool = False
+    batched: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.split not in ("train", "test"):
@@ -71,6 +75,38 @@ def _cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of logits ``(N, C)`` against class indices; written with ``log_softmax`` and ``gather``
     because ``F.cross_entropy`` under ``vmap`` takes a slow decomposition."""
     return -torch.log_softmax(out, dim=-1).gather(-1, y.long().unsqueeze(-1)).mean()
+
+
+def _per_walker(values: torch.Tensor) -> torch.Tensor:
+    """Mean over everything but the leading walker dimension."""
+    return values.reshape(values.shape[0], -1).mean(-1)
+
+
+def _class_major(out: torch.Tensor) -> bool:
+    """Logits ``(W, N, C)`` stored class-major (the Linear chain's transposed output): reductions over the classes
+    then run over a non-inner dimension, several times faster for few classes than over the strided last one."""
+    return out.dim() == 3 and out.shape[-1] > 1 and out.stride(-1) != 1
+
+
+def _cross_entropy_batched(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """:func:`_cross_entropy` of every walker: logits ``(W, N, ..., C)`` -> ``(W,)``."""
+    if _class_major(out):
+        index = y.long().view(1, 1, -1).expand(out.shape[0], 1, -1)
+        return -torch.log_softmax(out.transpose(1, 2), dim=1).gather(1, index).mean((1, 2))
+    index = y.long().unsqueeze(-1).expand(*out.shape[:-1], 1)
+    return _per_walker(-torch.log_softmax(out, dim=-1).gather(-1, index))
+
+
+def batched_loss_fn(kind: str | Callable) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """The built-in loss ``kind`` on all walkers' outputs at once, ``(W, N, ...) -> (W,)``; ``None`` for a callable."""
+    if kind == "cross_entropy":
+        return _cross_entropy_batched
+    if kind == "binary_cross_entropy":
+        return lambda out, y: _per_walker(F.binary_cross_entropy_with_logits(
+            out.reshape(out.shape[0], *y.shape), y.to(out.dtype).expand(out.shape[0], *y.shape), reduction="none"))
+    if kind == "mse":
+        return lambda out, y: _per_walker((out.reshape(out.shape[0], *y.shape) - y.to(out.dtype)) ** 2)
+    return None
 
 
 def loss_fn(kind: str | Callable) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -95,7 +131,24 @@ def _margin(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return true - others.amax(-1)
 
 
-def smooth_accuracy(slope: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def _margin_batched(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """:func:`_margin` of every walker: outputs ``(W, N, C)`` (or ``(W, N)``, one logit) -> ``(W, N)``."""
+    if out.dim() == 2 or out.shape[-1] == 1:
+        z = out.reshape(out.shape[0], *y.shape)
+        return torch.where(y > 0.5, z, -z)
+    if _class_major(out):
+        classes = out.transpose(1, 2)
+        index = y.long().view(1, 1, -1).expand(out.shape[0], 1, -1)
+        return classes.gather(1, index).squeeze(1) - classes.scatter(1, index, float("-inf")).amax(1)
+    index = y.long().unsqueeze(-1).expand(*out.shape[:-1], 1)
+    true = out.gather(-1, index).squeeze(-1)
+    others = out.scatter(-1, index, float("-inf"))
+    return true - others.amax(-1)
+
+
+def smooth_accuracy(slope: float, batched: bool = False) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if batched:
+        return lambda out, y: _per_walker(torch.sigmoid(slope * _margin_batched(out, y)))
     return lambda out, y: torch.sigmoid(slope * _margin(out, y)).mean()
 
 
@@ -103,7 +156,14 @@ def hard_accuracy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (_margin(out, y) > 0).to(out.dtype).mean()
 
 
-def logit_axis(fn: Callable, eps: float = 1e-4) -> Callable:
+def _hard_accuracy_batched(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return _per_walker((_margin_batched(out, y) > 0).to(out.dtype))
+
+
+def logit_axis(fn: Callable | None, eps: float = 1e-4) -> Callable | None:
+    if fn is None:
+        return None
+
     def wrapped(out, y):
         p = eps + (1 - 2 * eps) * fn(out, y)
         return torch.log(p) - torch.log1p(-p)
@@ -134,8 +194,8 @@ def logged_metric(name: str, split: str, *, differentiable: bool) -> CollectiveV
     return CollectiveVariable(name, split, fn, differentiable, name, hook=True)
 
 
-def _ln(fn: Callable) -> Callable:
-    return lambda out, y: torch.log(fn(out, y))
+def _ln(fn: Callable | None) -> Callable | None:
+    return None if fn is None else lambda out, y: torch.log(fn(out, y))
 
 
 # --- name resolution --------------------------------------------------------------------------------------------
@@ -185,7 +245,8 @@ def resolve(
         split = spec.split("_")[0]
         if loss is None:
             return CollectiveVariable(f"ln_{split}_loss", split, _ln_step_loss, True, f"ln L_{split}", hook=True)
-        return CollectiveVariable(f"ln_{split}_loss", split, _ln(loss_fn(loss)), True, f"ln L_{split}")
+        return CollectiveVariable(f"ln_{split}_loss", split, _ln(loss_fn(loss)), True, f"ln L_{split}",
+                                  batched=_ln(batched_loss_fn(loss)) if isinstance(loss, str) else None)
     if isinstance(loss, str) and loss == "mse" or callable(loss):
         raise ValueError(
             f"Collective variable {spec!r} is an accuracy, but the task's loss is {getattr(loss, '__name__', loss)!r}"
@@ -196,12 +257,13 @@ def resolve(
     split = "train" if spec == "train_accuracy" else "test"
     if spec == "smooth_test_accuracy":
         fn, diff, label = smooth_accuracy(accuracy_slope), True, f"smoothed A_test (k={accuracy_slope:g})"
+        batched = smooth_accuracy(accuracy_slope, batched=True)
     else:
-        fn, diff, label = hard_accuracy, False, f"A_{split}"
+        fn, diff, label, batched = hard_accuracy, False, f"A_{split}", _hard_accuracy_batched
     if accuracy_axis == "logit":
-        fn, label = logit_axis(fn), f"logit {label}"
+        fn, batched, label = logit_axis(fn), logit_axis(batched), f"logit {label}"
     name = {"smooth_test_accuracy": "test_accuracy", "hard_test_accuracy": "test_accuracy"}.get(spec, spec)
-    return CollectiveVariable(name, split, fn, diff, label)
+    return CollectiveVariable(name, split, fn, diff, label, batched=batched)
 
 
 def default_variables(loss: str | Callable | None, has_heldout: bool) -> tuple[str, ...]:
