@@ -30,7 +30,7 @@ def run(
     schedule_state: dict[str, torch.Tensor] | None = None,
     observe_every: int = 0,
     round_trips: trips.RoundTripState | None = None,
-    threads: int | None = None,
+    threads: int | threads_module.Trial | None = None,
 ) -> tuple[Any, dict[str, torch.Tensor] | None]:
     """Run ``steps`` steps of ``sampler`` from ``state``; return the new state and schedule state.
 
@@ -40,7 +40,7 @@ def run(
     first CV. ``threads``: intra-op threads for the loop (None: unchanged; see
     :func:`lightning_entropy.core.threads.choose`). The sampler's landscape, if it has one, is updated in place.
     """
-    with threads_module.using(threads):
+    with threads_module.using(threads, steps=steps):
         return _run(sampler, state, steps, schedule=schedule, schedule_state=schedule_state,
                     observe_every=observe_every, round_trips=round_trips)
 

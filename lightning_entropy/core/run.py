@@ -66,8 +66,9 @@ class Run:
         seed: seeds velocities, moves and exchanges.
         observe_every: record observables every this many steps (0: never).
         end_fraction: round trips count a walker reaching the lowest and highest this fraction of its window.
-        threads: intra-op threads inside chunks: an int, None (torch's setting) or ``"auto"`` (one thread for
-            small steps, see :mod:`lightning_entropy.core.threads`).
+        threads: intra-op threads inside chunks: an int, None (torch's setting), a
+            :class:`~lightning_entropy.core.threads.Trial` or ``"auto"`` (one thread for small steps, a timed trial
+            for large ones, see :mod:`lightning_entropy.core.threads`).
         dt_spread: each step, each walker's time step is its window's ``dt`` times ``spread**-u``, ``u`` uniform
             in [0, 1) (1: no spread). A step size drawn independently of the state keeps the chain exact (Neal
             2011, section 5.4.2.2); the window's ``dt`` suits its average walker, and a walker deep in a narrow
@@ -137,7 +138,7 @@ class Run:
     def chunk(self, steps: int) -> dict[str, float]:
         """Advance every walker ``steps`` steps; then update the schedule (and, in production, close a block).
         Returns figures of the chunk (acceptance, largest ``ln f``, exchange acceptance, x range)."""
-        with threads_module.using(self.threads):
+        with threads_module.using(self.threads, steps=steps):
             return self._chunk(steps)
 
     def _chunk(self, steps: int) -> dict[str, float]:

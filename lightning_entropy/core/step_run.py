@@ -34,7 +34,8 @@ class StepRun:
         seed: seeds the sampler's velocities and moves.
         x_range: ``(lo, hi)`` in ln L_train across which round trips are counted.
         observe_every: record observables every this many steps (0: never).
-        threads: intra-op threads inside chunks (None: torch's setting).
+        threads: intra-op threads inside chunks: an int, a :class:`~lightning_entropy.core.threads.Trial` (timed
+            choice) or None (torch's setting).
     """
 
     def __init__(self, sampler, theta0: torch.Tensor, *, schedule, seed: int, x_range: tuple[float, float],

@@ -130,7 +130,10 @@ class WangLandauStrategy(WangLandauSampling, SamplerStrategy):
         vectorize: ``"auto"`` (vmap when it traces), ``True`` or ``False`` (loop over walkers).
         threads: intra-op threads while the sampler runs: a positive int, or ``"auto"``: one thread when a step
             (all walkers, forward and backward) is below 2e8 FLOP on a CPU, where more threads only wait for each
-            other (10x slower beside a busy process), else torch's setting. Restored after every chunk.
+            other (10x slower beside a busy process); for larger steps on a CPU, the faster of one thread and torch's
+            setting, timed on the chunks and retried every 16 (beside a busy process one thread can be 2x faster,
+            on a quiet machine 2x slower). Restored after every chunk. Give an int for a fixed choice (thread counts
+            may change the rounding of some kernels).
         snapshot_every: sampler steps between convergence snapshots (S change, window flatness, round trips; see
             ``landscape.history``); default a twentieth of the run (``max_steps``), at least one Lightning step.
         groups: walker groups whose spread gives the readouts' error bars with ``fill="step"`` or MC; default
