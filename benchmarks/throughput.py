@@ -18,7 +18,8 @@ Task: the paper's spiral classifier (ReLU 2 -> 6 -> 6 -> 6 -> 2, 116 parameters)
     timed in the same WLMD step against (b) at 128 walkers. Printed as ratios: against the module with a ``loss_fn``
     (about 1x when the contract finds the same fast path) and against the per-walker loop.
 
-Target (issue): vectorized(128 walkers) >= 20x the loop, in walker-steps per second. The verdict uses the less
+Target: vectorized(128 walkers) >= 20x the loop, in walker-steps per second (the design's bar; issue 13 asks
+50x with one thread each side, ``BENCH_THREADS=1``, and the script prints both verdicts). The verdict uses the less
 favourable of the best-block ratio and the median of neighbouring-block ratios (see _common.py).
 Run: ``.venv/bin/python benchmarks/throughput.py [--profile]``.
 """
@@ -39,7 +40,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch.func import functional_call  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-TARGET = 20.0
+TARGET = 20.0  # the design's quality bar (DESIGN.md, "Fast")
+ISSUE_TARGET = 50.0  # issue 13: the spiral classifier at 128 walkers, one thread each side (BENCH_THREADS=1)
 WALKERS = (1, 16, 64, 128, 256)
 
 
@@ -200,7 +202,8 @@ def main() -> None:
           f" {best_loop} {16 / C.best(pair['loop']):,.0f} ws/s")
     print(f"ratio from the best blocks {ratio_best:.1f}x, median of paired blocks {ratio_paired:.1f}x")
     print(f"RESULT throughput: vectorized(128) / loop = {ratio:.1f}x   target >= {TARGET:.0f}x   "
-          f"{C.verdict(ratio >= TARGET)}")
+          f"{C.verdict(ratio >= TARGET)}; issue 13 asks >= {ISSUE_TARGET:.0f}x (one thread each side)   "
+          f"{C.verdict(ratio >= ISSUE_TARGET)}")
 
     # (c) the module written as Lightning's docs write it, through the contract's evaluator, at 128 walkers
     evaluator, origin = standard_module_evaluator(s)
