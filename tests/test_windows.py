@@ -59,7 +59,11 @@ def test_production_measures_how_often_walkers_cross_their_windows(toy_walk):
 def test_default_production_is_longer_for_a_1d_walk(toy_walk):
     """production=None: the last 60 % of a 1-D walk (the toy: 15,000 steps, frozen at step 6,000), 30 % of a 2-D
     walk; an explicit fraction is kept."""
-    assert toy_walk.production is None and toy_walk._run.production_start == 6000
+    run = toy_walk._run
+    # frozen at step 6,000; the first third of the 9,000 production steps (4 rounds of 750, each ending at the
+    # next 100-step chunk) refines the biases before production counts
+    assert toy_walk.production is None and run.production_start == 6000 + 4 * 800
+    assert len(run.refinements) == 4 and not run.refining
     assert toy_walk.landscape.metadata["production"] == 0.6
     assert WangLandauStrategy()._production(2) == 0.3 and WangLandauStrategy(production=0.5)._production(1) == 0.5
 
@@ -118,7 +122,8 @@ def test_short_run_says_it_had_no_production():
 
 
 @pytest.mark.parametrize("variables,at", [(("train_loss",), 6), (("train_loss", "test_loss"), 6),
-                                          (("train_loss",), 2)], ids=["1d", "2d", "1d-before-the-move"])
+                                          (("train_loss",), 2), (("train_loss",), 7)],
+                         ids=["1d", "2d", "1d-before-the-move", "1d-while-refining"])
 def test_windowed_resume_is_exact(tmp_path, variables, at):
     ranges = [RANGES["ln_train_loss"], RANGES["ln_test_loss"]][:len(variables)]
 
@@ -134,12 +139,15 @@ def test_windowed_resume_is_exact(tmp_path, variables, at):
         return strategy
 
     # the checkpoint at 2 comes before the windows move (at 3: half the Wang-Landau phase), the one at 6 right at
-    # the freeze: the diffusion measured so far, the moved windows and the production state must round-trip
-    straight = fit(12, every=2)
+    # the freeze, the one at 7 between the two rounds that refine the frozen biases (steps 7 and 8; production from
+    # step 9): the diffusion measured so far, the moved windows, the refinement and the production state must
+    # round-trip
+    straight = fit(12, every=1)
     ckpt = next(p for p in tmp_path.glob("*.ckpt") if f"step={at}" in p.name)
     resumed = fit(12, ckpt_path=str(ckpt))
     a, b = straight._run, resumed._run
-    assert a.frozen and b.frozen
+    assert a.frozen and b.frozen and a.production_start == b.production_start == 8 * 20
+    assert a.refinements == b.refinements and len(a.refinements) == 2
     assert a.windows.relayouts == b.windows.relayouts == 1 and a.windows.config() == b.windows.config()
     assert torch.equal(a.mobility, b.mobility)
     for name in ("bias", "production", "reweighted", "slots", "log_f", "exchange_accepted"):
@@ -182,6 +190,36 @@ def test_exchange_accepts_with_the_wang_landau_probability():
     expected = math.exp(-8.0 * 1.05 + 1.0 * 0.95 + 8.0 * 0.95 - 1.0 * 1.05)
     assert rate == pytest.approx(expected, abs=0.03)
     assert sorted(win.owner.tolist()) == [0] * m + [1] * m  # swaps keep m walkers per window
+
+
+def test_refine_takes_the_tilt_of_the_production_histogram_out_of_the_frozen_bias():
+    """A frozen bias that is off by a linear tilt makes the production histogram exp(tilt): refine adds the fitted
+    ln H to that window's bias (so the next production is flat), leaves a window whose histogram is flat alone,
+    gives the thin edge bins the fit's value, clears the production and refuses an unfrozen bias."""
+    grid = Landscape([(0.0, 2.0)], [20], ["ln_train_loss"], kernel_sigma=0.0)
+    win = Windows(grid, 4, replicas=1, windows=2, overlap=0.5, pull=1.0)
+    with pytest.raises(RuntimeError, match="freeze"):
+        win.refine()
+    win.bias[:] = torch.from_numpy(3.0 * grid.centers[0])
+    win.freeze()
+    (a0, a1), (b0, b1) = win.bin_lo[:, 0].tolist(), win.bin_hi[:, 0].tolist()  # window k: bins [a_k, b_k)
+    x = grid.centers[0]
+    tilted = np.exp(8.0 - 6.0 * (x[a0:b0] - x[a0]))  # 6 nats per CV unit: the low end over-visited
+    tilted[-1] = 0.0  # the top bin never reached
+    win.production[0, a0:b0] = torch.from_numpy(tilted)
+    win.production[1, a1:b1] = 500.0
+    before = win.bias.clone()
+    tilt = win.refine()
+    change = (win.bias - before).numpy()
+    span = 6.0 * (x[b0 - 2] - x[a0])
+    assert tilt[0] == pytest.approx(6.0 * (x[b0 - 1] - x[a0]), rel=0.02) and tilt[1] < 1e-6
+    slope = np.diff(change[0, a0:b0]) / np.diff(x[a0:b0])
+    assert np.allclose(slope, -6.0, atol=0.05), slope  # the next production: exp(-6 x) exp(6 x), flat
+    assert np.allclose(change[0, :a0], 0) and np.allclose(change[0, b0:], 0)
+    assert np.allclose(change[1], 0)
+    assert span > 1.0 and float(win.production.sum()) == 0 and float(win.reweighted.sum()) == 0
+    masks = win.window_masks()
+    assert torch.equal(win.reference, torch.where(masks, win.bias, torch.tensor(-math.inf)).amax(1))
 
 
 def test_exchanges_keep_the_joint_distribution_of_windows_and_positions():

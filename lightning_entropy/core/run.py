@@ -47,9 +47,10 @@ from lightning_entropy.core.label_free import PICTURE_BINS
 from lightning_entropy.core.landscape import Landscape
 from lightning_entropy.core.placement import crossing_bounds, crossing_cost
 from lightning_entropy.core.samplers import wlmd
-from lightning_entropy.core.windows import Windows
+from lightning_entropy.core.windows import REFINE_MIN_TILT, Windows
 
 
+REFINE_ROUNDS = 4  # rounds of :meth:`Run.freeze`'s refinement of the frozen biases
 R_HAT = 1.05  # the lenient rule of Vehtari et al. (2021); a snapshot records the share of bins at or above it
 
 
@@ -113,6 +114,9 @@ class Run:
         observed = self._observed()
         self._last_observed = None if observed is None else torch.zeros_like(observed)
         self.production_start: int | None = None
+        self.refining: list[int] = []  # after freeze(refine=...): the lengths (steps) of the rounds still to run
+        self._refined_steps = 0  # steps run in the current round
+        self.refinements: list[list[float]] = []  # per round: each estimate's range of ln H that it corrected
         self._picture = None  # (R, nx, ny) reweighted production counts of (x, first observable), 1-D runs only
         names = landscape.observable_names
         if landscape.ndim == 1 and names and "accuracy" in names[0]:
@@ -168,7 +172,7 @@ class Run:
             if observing and new.step % self.observe_every == 0:
                 observed = self.evaluate.observe(new.theta)
                 landscape.record(new.cv, observed, counted.bool())
-                if self._picture is not None and w.is_frozen:
+                if self._picture is not None and w.is_frozen and not self.refining:
                     self._record_picture(new.cv, observed[:, 0], counted)
             x = new.cv[:, 0].to(torch.float64)
             trips.update(self.trips, x)
@@ -191,7 +195,9 @@ class Run:
         self.mobility.index_add_(1, start, torch.stack([shift, shift**2, counted.to(torch.float64) * float(steps),
                                                         counted.to(torch.float64)]))
         moved = shift**2
-        if windows.is_frozen:
+        if self.refining:
+            self._refine_after(steps)
+        elif windows.is_frozen:
             self._close_block()
             self.displacement[0].index_add_(0, owner0, torch.nan_to_num(moved, nan=0.0, posinf=0.0))
             self.displacement[1].index_add_(0, owner0, torch.full_like(moved, float(steps)))
@@ -233,14 +239,45 @@ class Run:
         adapt`); Wang-Landau phase only: production keeps the time step fixed."""
         self.dt = step_size.adapt(self.dt, acceptance, inside, self.windows.owner, float(self.config.dt))
 
-    def freeze(self) -> None:
-        """Start production: fix the biases; later visits fill the production histograms."""
-        if not self.windows.is_frozen:
-            self.windows.freeze()
-            self.production_start = self.state.step
-            self._last_production.copy_(self.windows.reweighted)
-            if self._last_observed is not None:
-                self._last_observed.copy_(self._observed())
+    def freeze(self, refine: int = 0, rounds: int = REFINE_ROUNDS) -> None:
+        """Fix the biases; with ``refine`` steps, first correct them in ``rounds`` rounds of about ``refine / rounds``
+        steps each (:meth:`~lightning_entropy.core.windows.Windows.refine`: each round's production histogram
+        flattens the next round's), then start production: later visits fill the production histograms.
+
+        Rounds end at the first chunk boundary after their length; nothing of a round enters the reported S, its
+        blocks or its R-hat. Measured on the spiral's 1-D walk in ln L_train from -3.5 (256 walkers, 12,000 steps,
+        production 7,200 of them): the low-loss windows' production histograms spanned 8-10 nats of ``ln H`` after
+        the Wang-Landau phase (walkers piled up at the window's low end and crossed it 0.3-2.7 times); four rounds
+        of 600 steps brought that to 1-4 nats and the crossings to 1.3-7 per walker."""
+        if self.windows.is_frozen:
+            return
+        self.windows.freeze()
+        per_round = int(math.ceil(refine / rounds)) if refine > 0 and rounds > 0 else 0
+        self.refining = [per_round] * rounds if per_round else []
+        self._refined_steps = 0
+        if not self.refining:
+            self._start_production()
+
+    def _start_production(self) -> None:
+        self.production_start = self.state.step
+        self._last_production.copy_(self.windows.reweighted)
+        if self._last_observed is not None:
+            self._last_observed.copy_(self._observed())
+
+    def _refine_after(self, steps: int) -> None:
+        """Count a refinement chunk; at the end of a round correct the biases (and the forces that follow them)."""
+        self._refined_steps += steps
+        if self._refined_steps < self.refining[0]:
+            return
+        tilt = self.windows.refine()
+        self.refinements.append(tilt.tolist())
+        self.refining.pop(0)
+        self._refined_steps = 0
+        self.state = self._refresh_forces(self.state)
+        if tilt.max() < REFINE_MIN_TILT:  # every bias was already flat enough: production starts now
+            self.refining = []
+        if not self.refining:
+            self._start_production()
 
     def place(self) -> list[tuple[int, int]]:
         """Move the windows so that every window takes its walkers about the same time to cross, during the
@@ -479,7 +516,8 @@ class Run:
             "r_hat": float(np.nanmax(r_hat)) if np.isfinite(r_hat).any() else float("nan"),
             "r_hat_above": (float(np.mean(r_hat[np.isfinite(r_hat)] >= R_HAT)) if np.isfinite(r_hat).any()
                             else float("nan")),
-            "production": float(self.frozen),
+            "production": float(self.frozen and not self.refining),
+            "refine_rounds_left": float(len(self.refining)),
             "empty_windows": float(self.empty_windows()),
             "production_blocks": float(len(self.blocks)),
         }
@@ -502,6 +540,8 @@ class Run:
             "blocks": torch.from_numpy(np.stack(self.blocks)) if self.blocks else None,
             "last_production": self._last_production.clone(),
             "production_start": self.production_start,
+            "refining": list(self.refining), "refined_steps": self._refined_steps,
+            "refinements": [list(r) for r in self.refinements],
             "dt": self.dt.clone(),
             "picture": None if self._picture is None else self._picture.clone(),
             "jacobian": None if self.jacobian is None else self.jacobian.clone(),
@@ -525,6 +565,9 @@ class Run:
         self.blocks = [] if blocks is None else [b for b in blocks.cpu().numpy()]
         self._last_production.copy_(state["last_production"].to(device))
         self.production_start = state.get("production_start")
+        self.refining = list(state.get("refining", []))
+        self._refined_steps = int(state.get("refined_steps", 0))
+        self.refinements = [list(r) for r in state.get("refinements", [])]
         self.dt = state["dt"].to(self.dt)
         if state.get("displacement") is not None:  # checkpoints from before it was kept start it at zero
             self.displacement.copy_(state["displacement"].to(self.displacement))

@@ -26,7 +26,7 @@ from lightning_entropy.core import schedule as schedules
 from lightning_entropy.core.box import Box
 from lightning_entropy.core.evaluator import Evaluator
 from lightning_entropy.core.landscape import Landscape
-from lightning_entropy.core.run import Run
+from lightning_entropy.core.run import REFINE_ROUNDS, Run
 from lightning_entropy.core.samplers import wlmc, wlmd
 from lightning_entropy.core.start import start_walkers
 from lightning_entropy.core.step_run import StepRun
@@ -53,6 +53,9 @@ class WangLandauSampling(SamplerMixin):
     AUTO_PRODUCTION = {1: 0.6, 2: 0.3}
     #: the share of the Wang-Landau phase after which the windows move to equal shares of the entropy found so far
     PLACE_AT = 0.5
+    #: the share of the production phase that first refines the frozen biases from their production histograms
+    #: (:meth:`~lightning_entropy.core.run.Run.freeze`); the reported S, its errors and R-hat come from the rest
+    REFINE = 1 / 3
 
     def _production(self, ndim: int) -> float:
         """The production fraction of a walk in ``ndim`` CVs: the setting, or :attr:`AUTO_PRODUCTION`."""
@@ -330,7 +333,11 @@ class WangLandauSampling(SamplerMixin):
                 self._run.place()
                 self._landscape.metadata["windows"] = self._run.windows.config()
             if production > 0 and progress >= 1 - production:
-                self._run.freeze()
+                # the Wang-Landau phase took the first 1 - production of the run: production takes about this long
+                left = self._run.state.step * production / max(1 - production, 1e-9)
+                refine, chunk = int(self.REFINE * left), max(int(steps), 1)
+                rounds = min(REFINE_ROUNDS, refine // chunk)  # rounds end at chunk boundaries: at least a chunk each
+                self._run.freeze(refine=refine if rounds else 0, rounds=max(rounds, 1))
         self._after_chunk(steps, info)
 
     def _after_chunk(self, steps: int, info: dict[str, float] | None) -> None:
