@@ -64,6 +64,8 @@ def test_default_production_is_longer_for_a_1d_walk(toy_walk):
     # next 100-step chunk) refines the biases before production counts
     assert toy_walk.production is None and run.production_start == 6000 + 4 * 800
     assert len(run.refinements) == 4 and not run.refining
+    meta = toy_walk.landscape.metadata["refinement"]
+    assert meta["rounds"] == 4 and meta["steps"] == 3200 and len(meta["largest_tilt"]) == 4
     assert toy_walk.landscape.metadata["production"] == 0.6
     assert WangLandauStrategy()._production(2) == 0.3 and WangLandauStrategy(production=0.5)._production(1) == 0.5
 

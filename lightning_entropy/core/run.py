@@ -116,6 +116,7 @@ class Run:
         self.production_start: int | None = None
         self.refining: list[int] = []  # after freeze(refine=...): the lengths (steps) of the rounds still to run
         self._refined_steps = 0  # steps run in the current round
+        self._frozen_at = 0  # the step at which freeze() fixed the biases
         self.refinements: list[list[float]] = []  # per round: each estimate's range of ln H that it corrected
         self._picture = None  # (R, nx, ny) reweighted production counts of (x, first observable), 1-D runs only
         names = landscape.observable_names
@@ -255,11 +256,16 @@ class Run:
         per_round = int(math.ceil(refine / rounds)) if refine > 0 and rounds > 0 else 0
         self.refining = [per_round] * rounds if per_round else []
         self._refined_steps = 0
+        self._frozen_at = self.state.step
         if not self.refining:
             self._start_production()
 
     def _start_production(self) -> None:
         self.production_start = self.state.step
+        if self.refinements:  # what the rounds found: the largest tilt (nats) of any window, per round
+            self.landscape.metadata["refinement"] = {
+                "rounds": len(self.refinements), "largest_tilt": [round(max(t), 3) for t in self.refinements],
+                "steps": self.production_start - self._frozen_at}
         self._last_production.copy_(self.windows.reweighted)
         if self._last_observed is not None:
             self._last_observed.copy_(self._observed())
@@ -540,7 +546,7 @@ class Run:
             "blocks": torch.from_numpy(np.stack(self.blocks)) if self.blocks else None,
             "last_production": self._last_production.clone(),
             "production_start": self.production_start,
-            "refining": list(self.refining), "refined_steps": self._refined_steps,
+            "refining": list(self.refining), "refined_steps": self._refined_steps, "frozen_at": self._frozen_at,
             "refinements": [list(r) for r in self.refinements],
             "dt": self.dt.clone(),
             "picture": None if self._picture is None else self._picture.clone(),
@@ -567,6 +573,7 @@ class Run:
         self.production_start = state.get("production_start")
         self.refining = list(state.get("refining", []))
         self._refined_steps = int(state.get("refined_steps", 0))
+        self._frozen_at = int(state.get("frozen_at", 0))
         self.refinements = [list(r) for r in state.get("refinements", [])]
         self.dt = state["dt"].to(self.dt)
         if state.get("displacement") is not None:  # checkpoints from before it was kept start it at zero
