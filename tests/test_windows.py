@@ -487,6 +487,19 @@ def test_windows_move_to_equal_crossing_times_and_replicas_stay_apart():
         windows.relayout(bounds, shapes)
 
 
+@pytest.mark.parametrize("bad", [1.0, -0.1, "half", True])
+def test_refine_is_checked_and_zero_keeps_the_wang_landau_biases(bad):
+    with pytest.raises(ValueError, match=rf"refine={bad!r}.*\[0, 1\)"):
+        WangLandauStrategy(refine=bad)
+    assert WangLandauStrategy().refine == pytest.approx(1 / 3)
+    strategy = WangLandauStrategy(walkers=16, box=1.0, variables=("train_loss",), ranges=[RANGES["ln_train_loss"]],
+                                  start="uniform", production=0.5, steps_per_lightning_step=20, refine=0)
+    _fit(strategy, ToyModule(), toy_datamodule(), 8)
+    run = strategy._run
+    assert run.refinements == [] and run.production_start == 4 * 20 and len(run.blocks) == 4
+    assert "refinement" not in strategy.landscape.metadata
+
+
 def test_window_placement_is_checked_and_starts_keeps_the_windows():
     with pytest.raises(ValueError, match="window_placement='moving'.*'crossing'.*'starts'"):
         WangLandauStrategy(window_placement="moving")

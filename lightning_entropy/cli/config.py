@@ -170,6 +170,7 @@ class WangLandauConfig(SamplerConfig):
     windows: Any = "auto"
     window_placement: str = "crossing"
     production: Optional[float] = None
+    refine: Optional[float] = None
     log_f0: float = 0.1
     exchange_every: int = 10
     schedule: Optional[Any] = None

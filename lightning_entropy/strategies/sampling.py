@@ -53,8 +53,9 @@ class WangLandauSampling(SamplerMixin):
     AUTO_PRODUCTION = {1: 0.6, 2: 0.3}
     #: the share of the Wang-Landau phase after which the windows move to equal shares of the entropy found so far
     PLACE_AT = 0.5
-    #: the share of the production phase that first refines the frozen biases from their production histograms
-    #: (:meth:`~lightning_entropy.core.run.Run.freeze`); the reported S, its errors and R-hat come from the rest
+    #: ``refine=None``: the share of the production phase that first refines the frozen biases from their
+    #: production histograms (:meth:`~lightning_entropy.core.run.Run.freeze`); S, its errors and R-hat come from the
+    #: rest
     REFINE = 1 / 3
 
     def _production(self, ndim: int) -> float:
@@ -63,7 +64,7 @@ class WangLandauSampling(SamplerMixin):
 
     def _init_wang_landau(self, *, sampler: str, variables, walkers, box, seed, ranges, bin_width, range_margin,
                           kernel_sigma, window, wall_strength, fill, replicas, windows, window_placement,
-                          production, log_f0,
+                          production, refine, log_f0,
                           exchange_every, schedule, dt, friction, metropolis, mass, step_size, adapt_steps,
                           adapt_every, steps_per_lightning_step, start, start_steps, start_lr, start_budget,
                           observables, observe_every, loss, heldout, accuracy_slope, accuracy_axis, vectorize,
@@ -91,6 +92,11 @@ class WangLandauSampling(SamplerMixin):
                              " times halfway through the Wang-Landau phase) or 'starts' (windows stay on the starts).")
         self.window_placement = window_placement
         self.production = None if production is None else float(production)  # None: by the walk's dimension
+        if refine is not None and not (isinstance(refine, (int, float)) and not isinstance(refine, bool)
+                                       and 0 <= refine < 1):
+            raise ValueError(f"refine={refine!r} is a share of the production phase in [0, 1), e.g. 0.33 (0: the"
+                             " biases stay as the Wang-Landau phase left them).")
+        self.refine = float(self.REFINE if refine is None else refine)
         self.log_f0, self.exchange_every = float(log_f0), int(exchange_every)
         self._run: Run | StepRun | None = None
         self.sampler, self._kind = sampler, kind
@@ -335,7 +341,7 @@ class WangLandauSampling(SamplerMixin):
             if production > 0 and progress >= 1 - production:
                 # the Wang-Landau phase took the first 1 - production of the run: production takes about this long
                 left = self._run.state.step * production / max(1 - production, 1e-9)
-                refine, chunk = int(self.REFINE * left), max(int(steps), 1)
+                refine, chunk = int(self.refine * left), max(int(steps), 1)
                 rounds = min(REFINE_ROUNDS, refine // chunk)  # rounds end at chunk boundaries: at least a chunk each
                 self._run.freeze(refine=refine if rounds else 0, rounds=max(rounds, 1))
         self._after_chunk(steps, info)
