@@ -117,7 +117,7 @@ class Run:
         self.refining: list[int] = []  # after freeze(refine=...): the lengths (steps) of the rounds still to run
         self._refined_steps = 0  # steps run in the current round
         self._frozen_at = 0  # the step at which freeze() fixed the biases
-        self.refinements: list[list[float]] = []  # per round: each estimate's range of ln H that it corrected
+        self.refinements: list[list[float]] = []  # per round: each estimate's fitted tilt (nats)
         self._picture = None  # (R, nx, ny) reweighted production counts of (x, first observable), 1-D runs only
         names = landscape.observable_names
         if landscape.ndim == 1 and names and "accuracy" in names[0]:
@@ -246,10 +246,11 @@ class Run:
         flattens the next round's), then start production: later visits fill the production histograms.
 
         Rounds end at the first chunk boundary after their length; nothing of a round enters the reported S, its
-        blocks or its R-hat. Measured on the spiral's 1-D walk in ln L_train from -3.5 (256 walkers, 12,000 steps,
-        production 7,200 of them): the low-loss windows' production histograms spanned 8-10 nats of ``ln H`` after
-        the Wang-Landau phase (walkers piled up at the window's low end and crossed it 0.3-2.7 times); four rounds
-        of 600 steps brought that to 1-4 nats and the crossings to 1.3-7 per walker."""
+        blocks or its R-hat; a round after which no window was tilted ends the refinement. Measured on the spiral's
+        1-D walk in ln L_train from -3.5 (256 walkers, 12,000 steps, the first third of the 7,200 production steps
+        refining, seeds 1-3): the four lowest windows' production crossings went from 1.24 to 2.01 per walker on
+        average; at 48,000 steps the Wang-Landau phase leaves little tilt and refining gains nothing
+        (docs/PERFORMANCE.md, "The frozen bias's tilt")."""
         if self.windows.is_frozen:
             return
         self.windows.freeze()
