@@ -72,6 +72,21 @@ class Evaluation(NamedTuple):
 
 _ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Softplus, nn.Identity)
 
+# d act / d input from the activation's output (what autograd's own backward formulas use), for the hand-written
+# backward pass of a Linear chain; an activation not listed here keeps autograd.
+_aten = torch.ops.aten
+_DERIVATIVES: dict[type, Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    nn.ReLU: lambda act, out, delta: _aten.threshold_backward(delta, out, 0),
+    nn.Tanh: lambda act, out, delta: _aten.tanh_backward(delta, out),
+    nn.Sigmoid: lambda act, out, delta: _aten.sigmoid_backward(delta, out),
+    nn.Identity: lambda act, out, delta: delta,
+    nn.LeakyReLU: lambda act, out, delta: _aten.leaky_relu_backward(delta, out, act.negative_slope, True),
+}
+
+
+def _has_derivative(act: nn.Module) -> bool:
+    return type(act) in _DERIVATIVES and not (isinstance(act, nn.LeakyReLU) and act.negative_slope < 0)
+
 
 def linear_chain(module: nn.Module) -> list[tuple[str, Any]] | None:
     """If ``module``'s forward is a plain chain of ``nn.Linear`` layers and elementwise activations (found by
@@ -162,6 +177,12 @@ class Evaluator:
         if self.vectorized and uses_forward and self._chain is None and isinstance(train_x, torch.Tensor):
             self._program = self._probe_program()
         self._differentiable = torch.tensor([cv.differentiable for cv in self.variables])
+        # the chain back-propagates by hand when every variable's gradient in the outputs is known in closed form
+        self._manual = (
+            self._chain is not None
+            and all(cv.batched_grad is not None and self._source(cv) == "forward" for cv in self.variables)
+            and all(_has_derivative(item) for kind, item in self._chain if kind == "act")
+        )
         test_x = data.test[0] if data.test is not None else None
         self._joint = (
             isinstance(train_x, torch.Tensor)
@@ -296,6 +317,95 @@ class Evaluator:
             h = torch.bmm(weight, h) if bias is None else torch.baddbmm(bias.unsqueeze(-1), weight, h)
         return h.transpose(1, 2)
 
+    def _chain_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor, walkers: int
+                       ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """:meth:`_run_chain`'s forward, also returning each step's output (feature-major) for the backward pass."""
+        h = x.T.expand(walkers, *x.T.shape)
+        outs = []
+        for kind, item in self._chain:
+            if kind == "act":
+                h = item(h)
+            else:
+                weight = params.get(item + ".weight")
+                if weight is None:
+                    weight = self.frozen[item + ".weight"].expand(walkers, -1, -1)
+                bias = params.get(item + ".bias", self.frozen.get(item + ".bias"))
+                h = torch.bmm(weight, h) if bias is None else torch.baddbmm(bias.unsqueeze(-1), weight, h)
+            outs.append(h)
+        return h.transpose(1, 2), outs
+
+    def _chain_backward(self, params: dict[str, torch.Tensor], x: torch.Tensor, outs: list[torch.Tensor],
+                        delta: torch.Tensor, grads: dict[str, torch.Tensor]) -> None:
+        """Back-propagate ``delta`` ``(W, N, C)`` (the gradient of the weighted CVs in the chain's outputs) through
+        the chain by hand, adding each sampled parameter's gradient ``(W, *shape)`` into ``grads``: per Linear layer
+        ``dW = delta h_in^T``, ``db = sum delta`` and ``delta <- W^T delta``; per activation ``delta *= act'``."""
+        delta = delta.transpose(1, 2)  # feature-major, as the forward
+        for i in range(len(self._chain) - 1, -1, -1):
+            kind, item = self._chain[i]
+            if kind == "act":
+                delta = _DERIVATIVES[type(item)](item, outs[i], delta)
+                continue
+            name_w, name_b = item + ".weight", item + ".bias"
+            weight = params.get(name_w)
+            if weight is not None:  # the first layer's input is x itself: one GEMM over every walker's rows
+                g = torch.matmul(delta, x) if i == 0 else torch.bmm(delta, outs[i - 1].transpose(1, 2))
+                grads[name_w] = grads[name_w] + g if name_w in grads else g
+            if name_b in params:
+                g = delta.sum(-1)
+                grads[name_b] = grads[name_b] + g if name_b in grads else g
+            if i > 0:
+                if weight is None:
+                    weight = self.frozen[name_w].expand(delta.shape[0], -1, -1)
+                delta = torch.bmm(weight.transpose(1, 2), delta)
+
+    @torch.no_grad()
+    def _manual_value_and_grad(self, theta: torch.Tensor, bias) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`value_and_grad` of a Linear chain whose variables have closed-form output gradients: one forward
+        without autograd and a hand-written backward (a small network's step is otherwise mostly autograd's
+        bookkeeping). The CV values are those of the autograd path; the gradient agrees to rounding."""
+        params = self.layout.unflatten(theta)
+        walkers = theta.shape[0]
+        splits = tuple(dict.fromkeys(cv.split for cv in self.variables))
+        targets = {"train": self.data.train[1], "test": self.data.test[1] if self.data.test is not None else None}
+        runs: dict[str, tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, slice]] = {}
+        if len(splits) == 2 and self._joint:  # the same joint forward as _outputs, so the values are its own
+            x_train, x_test = self.data.train[0], self.data.test[0]
+            x = torch.cat([x_train, x_test])
+            out, outs = self._chain_forward(params, x, walkers)
+            n = x_train.shape[0]
+            runs = {"train": (out[:, :n], outs, x, slice(0, n)), "test": (out[:, n:], outs, x, slice(n, None))}
+        else:
+            for split in splits:
+                x = self.data.pair(split)[0]
+                out, outs = self._chain_forward(params, x, walkers)
+                runs[split] = (out, outs, x, slice(None))
+        values, d_out = [], []
+        for cv in self.variables:
+            value, grad = cv.batched_grad(runs[cv.split][0], targets[cv.split])
+            values.append(value)
+            d_out.append(grad)
+        values = torch.stack(values, dim=1)
+        value, slope = bias(values)
+        weights = torch.where(self._differentiable.to(values.device), slope.to(values.dtype),
+                              torch.zeros((), dtype=values.dtype))
+        weights = torch.where(torch.isfinite(values), torch.nan_to_num(weights, nan=0.0, posinf=0.0, neginf=0.0), 0.0)
+        grads: dict[str, torch.Tensor] = {}
+        if len(splits) == 2 and self._joint:
+            out, outs, x, _ = runs["train"]
+            delta = torch.zeros(walkers, x.shape[0], out.shape[-1], dtype=out.dtype, device=out.device)
+            for k, cv in enumerate(self.variables):
+                delta[:, runs[cv.split][3]] += weights[:, k].view(-1, 1, 1) * d_out[k]
+            self._chain_backward(params, x, outs, delta, grads)
+        else:
+            for split in splits:
+                out, outs, x, _ = runs[split]
+                delta = sum(weights[:, k].view(-1, 1, 1) * d_out[k]
+                            for k, cv in enumerate(self.variables) if cv.split == split)
+                self._chain_backward(params, x, outs, delta, grads)
+        grad = torch.cat([grads[n].reshape(walkers, -1) if n in grads else theta.new_zeros(walkers, size)
+                          for n, size in zip(self.layout.names, self.layout.sizes)], dim=1)
+        return values, value, grad
+
     def _apply(self, cv: CollectiveVariable, outputs, targets: torch.Tensor | None) -> torch.Tensor:
         if isinstance(outputs, list) and not isinstance(outputs, _Groups):
             return torch.stack([cv.fn(o, targets) for o in outputs])
@@ -339,6 +449,8 @@ class Evaluator:
         returns ``(cv (W, d), value (W,), grad (W, P))`` with ``grad = sum_k slope_k * d cv_k / d theta``.
         Non-differentiable CVs contribute no gradient.
         """
+        if self._manual:
+            return self._manual_value_and_grad(theta.detach(), bias)
         leaf = theta.detach().requires_grad_(True)
         with torch.enable_grad():
             values = self._values(leaf, self.variables)

@@ -120,6 +120,8 @@ class Grid:
         window), default the whole grid.
         """
         cv = cv.to(torch.float64)
+        if self.ndim == 1:  # the 1-D walk's hot path: two gathers, no corner products (same numbers)
+            return self._interpolate_1d(table, cv, offset, lo, hi)
         n = torch.tensor(self.shape, device=self.device)
         u = (cv - self.lo) / self.width - 0.5
         if lo is None:
@@ -143,6 +145,21 @@ class Grid:
         )
         return value, slope
 
+    def _interpolate_1d(self, table: torch.Tensor, cv: torch.Tensor, offset: torch.Tensor | None,
+                        lo: torch.Tensor | None, hi: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`interpolate` on a 1-D grid (``cv`` float64 ``(W, 1)``)."""
+        u = (cv[:, 0] - self.lo[0]) / self.width[0] - 0.5
+        i0 = torch.floor(u).nan_to_num(0)
+        if lo is None:
+            i0 = i0.clamp(0.0, float(self.shape[0] - 2))
+        else:
+            i0 = torch.minimum(torch.maximum(i0, lo[:, 0].to(u.dtype)), (hi[:, 0] - 2).to(u.dtype))
+        t = (u - i0).clamp(0.0, 1.0)
+        i0 = i0.long()
+        if offset is not None:
+            i0 = i0 + offset
+        s0, s1 = table[i0], table[i0 + 1]
+        return s0 * (1 - t) + s1 * t, ((s1 - s0) / self.width[0]).unsqueeze(-1)
 
     def spread(self, cv: torch.Tensor, lo: torch.Tensor | None = None,
                hi: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

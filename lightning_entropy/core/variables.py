@@ -53,6 +53,9 @@ class CollectiveVariable:
 
     ``batched``: the same function on all walkers' outputs at once, ``(W, N, ...) -> (W,)`` (the built-in CVs have
     one; the evaluator then calls it directly instead of under ``vmap``, whose per-op cost dominates small models).
+
+    ``batched_grad``: ``(outputs (W, N, ...), targets) -> (value (W,), d value / d outputs)`` in closed form (the ln
+    losses have one); with it the Linear chain back-propagates by hand instead of through autograd.
     """
 
     name: str
@@ -62,6 +65,8 @@ class CollectiveVariable:
     label: str = ""
     hook: bool = False
     batched: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = field(default=None, compare=False)
+    batched_grad: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = field(
+        default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.split not in ("train", "test"):
@@ -107,6 +112,39 @@ def batched_loss_fn(kind: str | Callable) -> Callable[[torch.Tensor, torch.Tenso
     if kind == "mse":
         return lambda out, y: _per_walker((out.reshape(out.shape[0], *y.shape) - y.to(out.dtype)) ** 2)
     return None
+
+
+def _ln_loss_grad(kind: str) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+    """``ln L`` of the built-in loss ``kind`` on all walkers' outputs ``(W, N, ...)`` and its gradient with respect to
+    them, in closed form: ``d ln L / d out = (d L / d out) / L`` with ``d L / d out`` = (softmax - one-hot) / N for
+    cross-entropy, (sigmoid - y) / n for binary cross-entropy with logits, 2 (out - y) / n for MSE. The value is
+    the one :func:`batched_loss_fn` gives, to the bit."""
+    value = batched_loss_fn(kind)
+    if value is None:
+        return None
+
+    def grad(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = value(out, y)
+        walkers = out.shape[0]
+        if kind == "cross_entropy":
+            axis = 1 if _class_major(out) else -1  # the softmax over the classes in their storage order
+            logits = out.transpose(1, 2) if axis == 1 else out
+            d = torch.softmax(logits, dim=axis)
+            if axis == 1:
+                index = y.long().view(1, 1, -1).expand(walkers, 1, -1)
+            else:
+                index = y.long().unsqueeze(-1).expand(*out.shape[:-1], 1)
+            d = d.scatter_add(axis, index, torch.full(index.shape, -1.0, dtype=d.dtype, device=d.device))
+            d = d / (out[..., 0].numel() // walkers)
+            d = d.transpose(1, 2) if axis == 1 else d
+        else:
+            shaped = out.reshape(walkers, *y.shape)
+            target = y.to(out.dtype)
+            d = torch.sigmoid(shaped) - target if kind == "binary_cross_entropy" else 2 * (shaped - target)
+            d = (d / y.numel()).reshape(out.shape)
+        return torch.log(loss), d / loss.view(-1, *([1] * (out.dim() - 1)))
+
+    return grad
 
 
 def loss_fn(kind: str | Callable) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -246,7 +284,8 @@ def resolve(
         if loss is None:
             return CollectiveVariable(f"ln_{split}_loss", split, _ln_step_loss, True, f"ln L_{split}", hook=True)
         return CollectiveVariable(f"ln_{split}_loss", split, _ln(loss_fn(loss)), True, f"ln L_{split}",
-                                  batched=_ln(batched_loss_fn(loss)) if isinstance(loss, str) else None)
+                                  batched=_ln(batched_loss_fn(loss)) if isinstance(loss, str) else None,
+                                  batched_grad=_ln_loss_grad(loss) if isinstance(loss, str) else None)
     if isinstance(loss, str) and loss == "mse" or callable(loss):
         raise ValueError(
             f"Collective variable {spec!r} is an accuracy, but the task's loss is {getattr(loss, '__name__', loss)!r}"
