@@ -236,11 +236,15 @@ def test_built_in_variables_on_all_walkers_equal_the_per_walker_function(loss, n
 @pytest.mark.parametrize("loss,names", [("cross_entropy", ("train_loss",)),
                                         ("cross_entropy", ("train_loss", "test_loss")),
                                         ("mse", ("train_loss",)),
-                                        ("binary_cross_entropy", ("train_loss", "test_loss"))])
+                                        ("binary_cross_entropy", ("train_loss", "test_loss")),
+                                        ("cross_entropy", ("train_loss", "test_accuracy")),
+                                        ("binary_cross_entropy", ("train_loss", "test_accuracy")),
+                                        ("cross_entropy", ("train_loss", "logit_test_accuracy"))])
 def test_hand_written_chain_backward_matches_autograd(act, loss, names):
-    """The Linear chain's hand-written backward (ln losses with closed-form output gradients) gives the autograd
-    path's CV values to the bit and its gradient to rounding, with a frozen bias in the middle of the chain; a CV
-    without a closed form (smoothed accuracy) and an activation without a listed derivative keep autograd."""
+    """The Linear chain's hand-written backward (ln losses and the smoothed accuracy, linear or logit axis, with
+    closed-form output gradients) gives the autograd path's CV values to the bit and its gradient to rounding, with
+    a frozen bias in the middle of the chain; a CV without a closed form (a callable) and an activation without a
+    listed derivative keep autograd."""
     from lightning_entropy.core.evaluator import Evaluator, FullBatch
     from lightning_entropy.core.variables import resolve
 
@@ -256,7 +260,9 @@ def test_hand_written_chain_backward_matches_autograd(act, loss, names):
     else:
         y, y_test = (torch.rand(40, 1) > 0.5).float(), (torch.rand(30, 1) > 0.5).float()
     layout = ParameterLayout.of(model)
-    evaluator = Evaluator(model, layout, FullBatch((x, y), (x_test, y_test)), [resolve(n, loss=loss) for n in names])
+    variables = [resolve(n, loss=loss) if n != "logit_test_accuracy" else
+                 resolve("test_accuracy", loss=loss, accuracy_axis="logit") for n in names]
+    evaluator = Evaluator(model, layout, FullBatch((x, y), (x_test, y_test)), variables)
     assert evaluator._manual and evaluator.path == "linear chain"
     theta = layout.flatten(model) + 0.3 * torch.randn(16, layout.numel)
 
@@ -270,10 +276,9 @@ def test_hand_written_chain_backward_matches_autograd(act, loss, names):
     assert torch.equal(cv, cv_ref) and torch.equal(value, value_ref)
     assert torch.allclose(grad, grad_ref, rtol=1e-5, atol=1e-6 * float(grad_ref.abs().max()))
     assert grad.shape == (16, layout.numel) and float(grad_ref.abs().max()) > 0
-    if loss == "cross_entropy":
-        accuracy = Evaluator(model, layout, FullBatch((x, y), (x_test, y_test)),
-                             [resolve("train_loss", loss=loss), resolve("test_accuracy", loss=loss)])
-        assert not accuracy._manual
+    custom = Evaluator(model, layout, FullBatch((x, y), (x_test, y_test)),
+                       [resolve("train_loss", loss=loss), resolve(lambda out, t: out.mean(), loss=loss)])
+    assert not custom._manual  # a callable CV has no closed form
     gelu = nn.Sequential(nn.Linear(2, 4), nn.GELU(), nn.Linear(4, classes))
     assert not Evaluator(gelu, ParameterLayout.of(gelu), FullBatch((x, y), (x_test, y_test)),
                          [resolve("train_loss", loss=loss)])._manual

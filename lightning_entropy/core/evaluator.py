@@ -449,7 +449,7 @@ class Evaluator:
         returns ``(cv (W, d), value (W,), grad (W, P))`` with ``grad = sum_k slope_k * d cv_k / d theta``.
         Non-differentiable CVs contribute no gradient.
         """
-        if self._manual:
+        if self._manual and self._chain is not None:
             return self._manual_value_and_grad(theta.detach(), bias)
         leaf = theta.detach().requires_grad_(True)
         with torch.enable_grad():

@@ -190,6 +190,46 @@ def smooth_accuracy(slope: float, batched: bool = False) -> Callable[[torch.Tens
     return lambda out, y: torch.sigmoid(slope * _margin(out, y)).mean()
 
 
+def _smooth_accuracy_grad(slope: float) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """The batched smoothed accuracy ``mean sigmoid(k m)`` and its gradient in the outputs: ``k s (1 - s) / N`` on
+    the true logit and minus that on the largest other logit (shared equally by tied largest logits, as autograd's
+    ``amax`` does)."""
+
+    def grad(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = torch.sigmoid(slope * _margin_batched(out, y))
+        value = _per_walker(s)
+        dm = slope * s * (1 - s) / (s[0].numel())
+        if out.dim() == 2 or out.shape[-1] == 1:
+            return value, torch.where(y > 0.5, dm, -dm).reshape(out.shape)
+        axis = 1 if _class_major(out) else -1
+        logits = out.transpose(1, 2) if axis == 1 else out
+        if axis == 1:
+            index = y.long().view(1, 1, -1).expand(out.shape[0], 1, -1)
+        else:
+            index = y.long().unsqueeze(-1).expand(*out.shape[:-1], 1)
+        others = logits.scatter(axis, index, float("-inf"))
+        rival = (others == others.amax(axis, keepdim=True)).to(logits.dtype)
+        step = dm.unsqueeze(axis)
+        d = (rival * (-step / rival.sum(axis, keepdim=True))).scatter_add(axis, index, step)
+        return value, d.transpose(1, 2) if axis == 1 else d
+
+    return grad
+
+
+def _logit_grad(fn: Callable | None, eps: float = 1e-4) -> Callable | None:
+    """:func:`logit_axis` of a closed-form gradient ``fn``: ``d y / d A = (1 - 2 eps) / (p (1 - p))``."""
+    if fn is None:
+        return None
+
+    def wrapped(out, y):
+        value, d = fn(out, y)
+        p = eps + (1 - 2 * eps) * value
+        scale = (1 - 2 * eps) / (p * (1 - p))
+        return torch.log(p) - torch.log1p(-p), d * scale.view(-1, *([1] * (d.dim() - 1)))
+
+    return wrapped
+
+
 def hard_accuracy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (_margin(out, y) > 0).to(out.dtype).mean()
 
@@ -297,12 +337,15 @@ def resolve(
     if spec == "smooth_test_accuracy":
         fn, diff, label = smooth_accuracy(accuracy_slope), True, f"smoothed A_test (k={accuracy_slope:g})"
         batched = smooth_accuracy(accuracy_slope, batched=True)
+        closed_form = _smooth_accuracy_grad(accuracy_slope)
     else:
         fn, diff, label, batched = hard_accuracy, False, f"A_{split}", _hard_accuracy_batched
+        closed_form = None
     if accuracy_axis == "logit":
         fn, batched, label = logit_axis(fn), logit_axis(batched), f"logit {label}"
+        closed_form = _logit_grad(closed_form)
     name = {"smooth_test_accuracy": "test_accuracy", "hard_test_accuracy": "test_accuracy"}.get(spec, spec)
-    return CollectiveVariable(name, split, fn, diff, label, batched=batched)
+    return CollectiveVariable(name, split, fn, diff, label, batched=batched, batched_grad=closed_form)
 
 
 def default_variables(loss: str | Callable | None, has_heldout: bool) -> tuple[str, ...]:
