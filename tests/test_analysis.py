@@ -235,12 +235,12 @@ def test_advantage_r_hat_comes_from_replicas_and_production_blocks():
                 edges=np.linspace(-5.0, -1.0, 9))
 
     def blocks(offsets):
-        count = np.full((16, 4, 8), 50.0)
-        accuracy = 0.8 + np.asarray(offsets)[None, :, None] + rng.normal(0, 0.02, (16, 4, 8))
+        count = np.full((64, 4, 8), 50.0)
+        accuracy = 0.8 + np.asarray(offsets)[None, :, None] + rng.normal(0, 0.02, (64, 4, 8))
         return np.stack([accuracy * count, count], axis=1)  # (B, 2, R, nx)
 
     agree = analysis.readouts(_label_free(blocks([0, 0, 0, 0]))).get("label_free")
-    assert agree.per_block.shape == (4, analysis.BLOCK_DRAWS, 8)
+    assert agree.per_block.shape == (4, min(analysis.BLOCK_DRAWS, 64), 8)
     fine = analysis.advantage(agree, base, higher_is_better=True)
     assert fine.mean_advantage == pytest.approx(0.09, abs=0.01)
     assert fine.mean_advantage_r_hat < 1.05
@@ -276,10 +276,36 @@ def test_2d_readouts_r_hat_comes_from_each_replicas_production_mass():
 
     agree = analysis.readouts(landscape([0, 0, 0, 0]))
     for name in ("max_s", "mean_curve"):
-        assert agree[name].per_block.shape == (4, analysis.BLOCK_DRAWS, 8)
+        assert agree[name].per_block.shape == (4, min(analysis.BLOCK_DRAWS, 16), 8)
         fine = analysis.advantage(agree[name], base, higher_is_better=True)
         assert fine.mean_advantage_r_hat is not None and fine.mean_advantage_r_hat < 1.05, name
     assert np.allclose(agree["mean_curve"].per_block, 0.7, atol=0.03)
     stuck = analysis.readouts(landscape([0, 0, 0, 0.1]))
     for name in ("max_s", "mean_curve"):
         assert analysis.advantage(stuck[name], base, higher_is_better=True).mean_advantage_r_hat > 1.2, name
+
+
+def test_a_readout_whose_replicas_have_not_mixed_fails_the_verdict():
+    """with_readouts adds each advantage's R-hat across replicas to a verdict: a readout at or above the threshold
+    turns a converged landscape's verdict into NOT converged, naming the readout; one below it, or without an
+    R-hat (no replicas), changes nothing."""
+    rng = np.random.default_rng(1)
+    x = np.linspace(-4.75, -1.25, 8)
+    base = pool(_records([[0.70] * 8, [0.72] * 8, [0.71] * 8], x), metric="test_metric",
+                edges=np.linspace(-5.0, -1.0, 9))
+
+    def label_free(offsets):
+        count = np.full((64, 4, 8), 50.0)
+        accuracy = 0.8 + np.asarray(offsets)[None, :, None] + rng.normal(0, 0.02, (64, 4, 8))
+        land = _label_free(np.stack([accuracy * count, count], axis=1))
+        return analysis.advantage(analysis.readouts(land)["label_free"], base, higher_is_better=True)
+
+    converged = analysis.Convergence(0.5, 0.01, 100.0, 64.0, 64, 20, True, [], [], dict(analysis.THRESHOLDS), [])
+    mixed, stuck = label_free([0, 0, 0, 0]), label_free([0, 0, 0, 0.03])
+    assert mixed.mean_advantage_r_hat < 1.05 <= stuck.mean_advantage_r_hat
+    assert analysis.with_readouts(converged, {"label_free": mixed}).converged
+    verdict = analysis.with_readouts(converged, {"label_free": stuck})
+    assert not verdict.converged and verdict.tags == ["readout not mixed"]
+    assert "label-free Eq. (1)" in verdict.reasons[0] and f"{stuck.mean_advantage_r_hat:.3f}" in verdict.reasons[0]
+    no_replicas = analysis.Advantage("label_free", "m", True, x, x, x, x > 0, 0.1, 0.01, None, [], None)
+    assert analysis.with_readouts(converged, {"label_free": no_replicas}).converged

@@ -77,7 +77,7 @@ API_ERRORS = [
     ("accuracy_axis", "log", r"accuracy_axis='log': use 'linear' or 'logit'"),
     ("kernel_sigma", -0.5, r"kernel_sigma=-0\.5: give a deposit width >= 0"),
     ("wall_strength", -1.0, r"wall_strength=-1\.0: give a number >= 0"),
-    ("bin_width", [0.1, 0.0], r"bin_width=\[0\.1, 0\.0\]: give one positive width"),
+    ("bin_width", [0.0], r"bin_width=\[0\.0\]: give one positive width"),
     ("schedule", 5, r"schedule=5 is not a schedule"),
     ("heldout", "train", r"heldout='train': use 'val'"),
 ]

@@ -84,7 +84,11 @@ def test_default_main_job_is_the_spiral_with_vectorized_walkers():
     assert (cfg.task.name, cfg.task.n_train, cfg.task.n_test) == ("spiral", 40, 40)
     assert (cfg.model.width, cfg.model.depth) == (6, 3)
     assert cfg.sampler.kind == "wang_landau" and cfg.sampler.walkers >= 128
-    assert list(cfg.sampler.variables) == ["train_loss", "test_metric"]
+    # the label-free 1-D walk on the train-loss range that converges here (conf/tuning/spiral_wang_landau.yaml)
+    assert list(cfg.sampler.variables) == ["train_loss"] and cfg.sampler.ranges is None and cfg.sampler.start_steps == 150
+    assert cfg.trainer.max_time == "00:00:04:50" and cfg.trainer.max_steps * cfg.sampler.steps_per_lightning_step == 120000
+    two_d = compose_config(["experiment=spiral"])  # the 2-D walk on (ln L_train, smoothed test accuracy)
+    assert list(two_d.sampler.variables) == ["train_loss", "test_metric"] and two_d.sampler.start_steps == 1000
     assert cfg.baseline.optimizer == "adam" and cfg.baseline.lr == pytest.approx(1e-3)
     assert cfg.logger.kind == "none"
 
@@ -121,7 +125,7 @@ def test_wrong_type_is_rejected_naming_the_key():
         ("logger.kind=mlflow", "logger.kind"),
         ("baseline.seeds=[]", "baseline.seeds"),
         ("sampler.box=-1.0", "box"),
-        ("sampler.window=[[-6.0,-0.5]]", "sampler.window"),
+        ("sampler.window=[[-6.0,-0.5],[0.0,1.0]]", "sampler.window"),
     ],
 )
 def test_bad_values_fail_before_any_work_naming_the_key(tmp_path, override, key):
@@ -134,9 +138,9 @@ def test_bad_values_fail_before_any_work_naming_the_key(tmp_path, override, key)
 # -- the main job --------------------------------------------------------------------------------------------------
 
 
-def test_wang_landau_run_writes_the_four_files(tmp_path):
+def test_two_axis_run_writes_the_four_files(tmp_path):
     lines: list[str] = []
-    summary = run(compose_config(TINY), tmp_path, echo=lines.append)
+    summary = run(compose_config([*TINY, "experiment=spiral"]), tmp_path, echo=lines.append)
     for name in ("landscape.npz", "landscape.png", "curves.csv", "summary.json", "baseline.csv"):
         assert (tmp_path / name).is_file(), name
     assert (tmp_path / "landscape.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -201,6 +205,19 @@ def test_monte_carlo_run_uses_hard_accuracy_for_axis_and_baseline(tmp_path):
     assert (tmp_path / "landscape.png").is_file() and (tmp_path / "landscape.npz").is_file()
 
 
+def test_main_job_is_a_label_free_walk_with_its_picture(tmp_path):
+    """The main job as composed (shortened): a 1-D walk on its range, the label-free Eq. (1) as the readout, the
+    label-free picture S(x) + ln p(y | x) written beside the landscape, no test label in the dynamics."""
+    summary = run(compose_config([*TINY, "trainer.max_steps=40"]), tmp_path, echo=lambda _: None)
+    assert summary["variables"] == ["ln_train_loss"] and summary["test_labels_in_dynamics"] is False
+    assert {"landscape_label_free.npz", "landscape_label_free.png"} <= set(summary["files"])
+    landscape = Landscape.load(tmp_path / "landscape.npz")
+    assert landscape.ndim == 1
+    picture = Landscape.load(tmp_path / "landscape_label_free.npz")
+    assert picture.ndim == 2 and picture.shape[0] == landscape.shape[0]
+    assert summary["advantage"]["readout"] == "label_free"
+
+
 def test_one_axis_landscape_reports_the_unbiased_mean_curve(tmp_path):
     overrides = [*TINY, "sampler.variables=[train_loss]", "sampler.window=[[-10,-0.7]]", "sampler.bin_width=[0.1]"]
     summary = run(compose_config(overrides), tmp_path, echo=lambda _: None)
@@ -254,7 +271,7 @@ def test_trainer_arguments_are_checked_naming_the_key(override, message):
 def test_window_accepts_integers_and_null_axes():
     from lightning_entropy.cli.job import OPEN_WINDOW, make_strategy
 
-    cfg = compose_config(["sampler.window=[[-6,-1],null]"])
+    cfg = compose_config(["experiment=spiral", "sampler.window=[[-6,-1],null]"])
     validate(cfg)
     strategy = make_strategy(cfg)
     assert strategy._window == [[-6, -1], [-OPEN_WINDOW, OPEN_WINDOW]]

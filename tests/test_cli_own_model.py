@@ -33,13 +33,17 @@ def test_own_module_and_data_get_the_landscape_the_baseline_and_the_report(tmp_p
     summary = run(compose_config([*OWN, *TINY]), tmp_path, echo=lambda _: None)
     assert summary["task"] == "XorData" and summary["model"] == "LitClassifier"
     assert summary["parameters"] == 2 * 6 + 6 + 6 * 2 + 2
-    # the contract found the inline cross-entropy: the accuracy axis, vectorized, and a baseline of the same metric
-    assert summary["variables"] == ["ln_train_loss", "test_accuracy"]
+    # the contract found the inline cross-entropy: the main job's label-free walk records the held-out accuracy,
+    # vectorized, against a baseline of the same metric
+    assert summary["variables"] == ["ln_train_loss"] and summary["test_labels_in_dynamics"] is False
     assert Landscape.load(tmp_path / "landscape.npz").metadata["vectorized"] is True
-    assert summary["baseline"]["metric"] == "smooth_test_accuracy" and summary["baseline"]["records"] == 2 * 6
+    assert summary["baseline"]["metric"] == "hard_test_accuracy" and summary["baseline"]["records"] == 2 * 6
     records = load_records(tmp_path / "baseline.csv")
     assert all(math.isfinite(r["ln_train_loss"]) and 0 <= r["hard_test_accuracy"] <= 1 for r in records)
-    assert set(summary["advantage_by_readout"]) == {"max_s", "mean_curve"}
+    assert set(summary["advantage_by_readout"]) == {"label_free"}
+    two_d = run(compose_config([*OWN, *TINY, "experiment=spiral"]), tmp_path / "2d", echo=lambda _: None)
+    assert two_d["variables"] == ["ln_train_loss", "test_accuracy"]  # the accuracy axis of the 2-D walk
+    assert set(two_d["advantage_by_readout"]) == {"max_s", "mean_curve"}
     data = summary["data"]
     assert data["datamodule"] == "lit_docs.XorData" and data["model_arguments"] == {"hidden": 6}
     assert data["task_knobs_not_passed"] == ["width", "depth", "heads"]  # LitClassifier takes none of them

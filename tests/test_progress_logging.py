@@ -156,7 +156,7 @@ def test_main_log_holds_the_report(tmp_path, monkeypatch, capsys):
     main()
     log = (out / "main.log").read_text()
     stdout = capsys.readouterr().out
-    for line in ("lightning-entropy: spiral, SpiralClassifier", "advantage of the max-S line", "run directory"):
+    for line in ("lightning-entropy: spiral, SpiralClassifier", "advantage of the label-free Eq. (1)", "run directory"):
         assert line in log and line in stdout, line
     assert log.count("run directory") == 1
     assert stdout.count("run directory:") == 1  # printed once, not again by the log's console handler

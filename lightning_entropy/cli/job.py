@@ -275,6 +275,7 @@ def _landscape_report(cfg: DictConfig, task, model, strategy, landscape, records
         better = "accuracy" in column
         advantages = {name: analysis.advantage(r, curve, higher_is_better=better, in_window=in_window)
                       for name, r in reads.items()}
+        conv = analysis.with_readouts(conv, advantages)
     fig = plotting.landscape_figure(landscape, baseline=curve, baseline_label=optimizer_name, title=title,
                                     exclude=int(cfg.plot.exclude), readouts=reads, convergence=conv)
     plotting.save(fig, out / "landscape.png", dpi=int(cfg.plot.dpi))

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_entropy import analysis
 from lightning_entropy.cli import upload
 
 log = logging.getLogger("lightning_entropy.cli")
@@ -159,7 +160,7 @@ def report_lines(summary: dict[str, Any]) -> list[str]:
         end = f"; final ln L_train {min(finals):.2f}..{max(finals):.2f}" if finals else ""
         lines.append(f"  baseline: {base['optimizer']} lr {base['lr']:g}, {len(base['seeds'])} seeds x"
                      f" {base['epochs']} epochs ({base['records']} records, metric {base['metric']}){end}")
-    names = {"max_s": "max-S line", "mean_curve": "Eq. (1) mean", "label_free": "label-free Eq. (1)"}
+    names = analysis.READOUT_NAMES
     for key, adv in (summary.get("advantage_by_readout") or {}).items():
         if adv["bins"]:
             drift = adv.get("mean_advantage_drift")
