@@ -305,21 +305,11 @@ class Evaluator:
         stored ``(out, in)`` layout: for narrow layers this orientation is several times faster than ``h @ W^T``.
         A frozen weight or bias is the module's own tensor, shared by all walkers.
         """
-        h = x.T.expand(walkers, *x.T.shape)
-        for kind, item in self._chain:
-            if kind == "act":
-                h = item(h)
-                continue
-            weight = params.get(item + ".weight")
-            if weight is None:
-                weight = self.frozen[item + ".weight"].expand(walkers, -1, -1)
-            bias = params.get(item + ".bias", self.frozen.get(item + ".bias"))
-            h = torch.bmm(weight, h) if bias is None else torch.baddbmm(bias.unsqueeze(-1), weight, h)
-        return h.transpose(1, 2)
+        return self._chain_forward(params, x, walkers)[0]
 
     def _chain_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor, walkers: int
                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """:meth:`_run_chain`'s forward, also returning each step's output (feature-major) for the backward pass."""
+        """The chain's outputs ``(W, N, C)`` and each step's output (feature-major, kept for the backward pass)."""
         h = x.T.expand(walkers, *x.T.shape)
         outs = []
         for kind, item in self._chain:
@@ -388,7 +378,8 @@ class Evaluator:
         value, slope = bias(values)
         weights = torch.where(self._differentiable.to(values.device), slope.to(values.dtype),
                               torch.zeros((), dtype=values.dtype))
-        weights = torch.where(torch.isfinite(values), torch.nan_to_num(weights, nan=0.0, posinf=0.0, neginf=0.0), 0.0)
+        weights = torch.nan_to_num(weights, nan=0.0, posinf=0.0, neginf=0.0)
+        weights = torch.where(torch.isfinite(values), weights, 0.0)
         grads: dict[str, torch.Tensor] = {}
         if len(splits) == 2 and self._joint:
             out, outs, x, _ = runs["train"]

@@ -55,7 +55,8 @@ class CollectiveVariable:
     one; the evaluator then calls it directly instead of under ``vmap``, whose per-op cost dominates small models).
 
     ``batched_grad``: ``(outputs (W, N, ...), targets) -> (value (W,), d value / d outputs)`` in closed form (the ln
-    losses have one); with it the Linear chain back-propagates by hand instead of through autograd.
+    losses and the smoothed accuracy have one); with it the Linear chain back-propagates by hand instead of through
+    autograd.
     """
 
     name: str
