@@ -226,18 +226,28 @@ def _label_free(blocks):
     return land
 
 
+def _flat_baseline():
+    """A baseline of three seeds at 0.70-0.72 on 8 bins of ln L_train -5..-1, and the bins' centres."""
+    x = np.linspace(-4.75, -1.25, 8)
+    return x, pool(_records([[0.70] * 8, [0.72] * 8, [0.71] * 8], x), metric="test_metric",
+                   edges=np.linspace(-5.0, -1.0, 9))
+
+
+def _accuracy_blocks(rng, offsets, blocks=64):
+    """``(B, 2, R, nx)`` label-free production sums and counts: accuracy 0.8 plus each replica's offset plus noise."""
+    count = np.full((blocks, 4, 8), 50.0)
+    accuracy = 0.8 + np.asarray(offsets)[None, :, None] + rng.normal(0, 0.02, (blocks, 4, 8))
+    return np.stack([accuracy * count, count], axis=1)
+
+
 def test_advantage_r_hat_comes_from_replicas_and_production_blocks():
     """Replicas that sample the same conditional means give R-hat near 1; one replica stuck elsewhere (its own,
     wrong bias) gives a large R-hat, although each replica's blocks agree with each other."""
     rng = np.random.default_rng(0)
-    x = np.linspace(-4.75, -1.25, 8)
-    base = pool(_records([[0.70] * 8, [0.72] * 8, [0.71] * 8], x), metric="test_metric",
-                edges=np.linspace(-5.0, -1.0, 9))
+    _, base = _flat_baseline()
 
     def blocks(offsets):
-        count = np.full((64, 4, 8), 50.0)
-        accuracy = 0.8 + np.asarray(offsets)[None, :, None] + rng.normal(0, 0.02, (64, 4, 8))
-        return np.stack([accuracy * count, count], axis=1)  # (B, 2, R, nx)
+        return _accuracy_blocks(rng, offsets)
 
     agree = analysis.readouts(_label_free(blocks([0, 0, 0, 0]))).get("label_free")
     assert agree.per_block.shape == (4, min(analysis.BLOCK_DRAWS, 64), 8)
@@ -290,14 +300,10 @@ def test_a_readout_whose_replicas_have_not_mixed_fails_the_verdict():
     turns a converged landscape's verdict into NOT converged, naming the readout; one below it, or without an
     R-hat (no replicas), changes nothing."""
     rng = np.random.default_rng(1)
-    x = np.linspace(-4.75, -1.25, 8)
-    base = pool(_records([[0.70] * 8, [0.72] * 8, [0.71] * 8], x), metric="test_metric",
-                edges=np.linspace(-5.0, -1.0, 9))
+    x, base = _flat_baseline()
 
     def label_free(offsets):
-        count = np.full((64, 4, 8), 50.0)
-        accuracy = 0.8 + np.asarray(offsets)[None, :, None] + rng.normal(0, 0.02, (64, 4, 8))
-        land = _label_free(np.stack([accuracy * count, count], axis=1))
+        land = _label_free(_accuracy_blocks(rng, offsets))
         return analysis.advantage(analysis.readouts(land)["label_free"], base, higher_is_better=True)
 
     converged = analysis.Convergence(0.5, 0.01, 100.0, 64.0, 64, 20, True, [], [], dict(analysis.THRESHOLDS), [])

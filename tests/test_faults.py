@@ -24,8 +24,8 @@ from lightning_entropy.cli.rundir import claim
 # on two processes aborted rank 1 after fit ("terminate called without an active exception") in about half the
 # full-suite runs on a clean clone (never alone); that is an open finding of its own, not what these tests are about.
 RUN = ["experiment=spiral", "trainer.max_steps=40", "trainer.max_time=null", "trainer.progress_bar=false",
-       "trainer.threads=1", "baseline.enabled=false", "sampler.walkers=8", "sampler.steps_per_lightning_step=40", "sampler.start_steps=10",
-       "trainer.checkpoint_minutes=0.0001", "plot.dpi=40"]
+       "trainer.threads=1", "baseline.enabled=false", "sampler.walkers=8", "sampler.steps_per_lightning_step=40",
+       "sampler.start_steps=10", "trainer.checkpoint_minutes=0.0001", "plot.dpi=40"]
 CLI = [sys.executable, "-c", "from lightning_entropy.cli import main; main()"]
 
 
