@@ -93,6 +93,24 @@ def test_label_free_readout_errors_come_from_replicas(toy_walk, exact):
     assert np.abs(readout.value[good] - exact["mean_test"][good]).max() < 0.1
 
 
+def test_readouts_count_production_only(toy_walk):
+    """The per-bin observables start anew with production (the Wang-Landau phase's walkers still remember their
+    starts): every recorded observation is one of the production blocks', and there are no more of them than the
+    production steps allow."""
+    run, land = toy_walk._run, toy_walk.landscape
+    assert land.metadata["observables_from_step"] == run.production_start > 0
+    blocks = np.stack(run.observable_blocks)  # (blocks, 2, replicas, nx): sums and counts per production chunk
+    assert land.group_obs_count.sum().item() == pytest.approx(blocks[:, 1].sum())
+    assert land.obs_count.sum().item() == pytest.approx(blocks[:, 1].sum())
+    most = (run.state.step - run.production_start) // run.observe_every * run.windows.walkers
+    assert 0 < land.obs_count.sum().item() <= most
+    readout = analysis.readouts(land)["label_free"]
+    with np.errstate(invalid="ignore"):
+        from_blocks = blocks[:, 0].sum((0, 1)) / blocks[:, 1].sum((0, 1))
+    seen = np.isfinite(from_blocks)
+    np.testing.assert_allclose(readout.value[seen], from_blocks[seen])
+
+
 def test_steep_quadratic_is_accurate_and_its_errors_honest():
     """24 parameters, S spanning 54 nats over 45 bins, known in closed form: every bin reached, the error within a
     small multiple of the replicas' stated error, and a verdict of converged only if the error is small

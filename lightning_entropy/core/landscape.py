@@ -153,6 +153,14 @@ class Landscape(Grid):
         self.group_obs_sum.view(k, -1).index_add_(1, grouped, obs.T)
         self.group_obs_count.view(-1).index_add_(0, grouped, m)
 
+    def clear_observables(self) -> None:
+        """Forget the per-bin observables recorded so far (in place; S, the histogram and the walker-step count are
+        untouched). A run calls it when its production phase starts, so the per-bin averages come from the frozen
+        bias's equilibrium alone and not from the Wang-Landau phase, whose walkers still carry the memory of their
+        starting points (``metadata["observables_from_step"]`` records the step)."""
+        for tensor in (self.obs_sum, self.obs_sq, self.obs_count, self.group_obs_sum, self.group_obs_count):
+            tensor.zero_()
+
     def assign_groups(self, group_of: torch.Tensor) -> None:
         """Put walker ``w`` in group ``group_of[w]`` (``(W,)`` ints in ``[0, groups)``) instead of ``w % groups``,
         e.g. its replica, so that the group statistics are those of independent replicas."""

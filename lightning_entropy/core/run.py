@@ -9,12 +9,14 @@ A run has two phases:
    reweighted production histograms of its windows (``ln sum exp(u)`` per bin) joined on the overlaps
    (:mod:`lightning_entropy.core.combine`). Production is cut into blocks (one per :meth:`chunk`); the blocks'
    estimates, with replicas as chains, give the R-hat of S per bin; a 2-D walk also keeps each replica's
-   production mass per block, from which the readouts (max-S line, Eq. (1)) get their R-hat.
+   production mass per block, from which the readouts (max-S line, Eq. (1)) get their R-hat. The per-bin
+   observables (the label-free readout of a 1-D walk) are recorded anew from the start of production, so that
+   every readout comes from the frozen bias's equilibrium and none from the Wang-Landau phase.
 
 The landscape (``run.landscape``) receives the published S (the mean of the replicas; ``landscape.known`` marks the
-bins that have one), the
-replicas' grids (``landscape.replica_entropy``, whose spread is the error of S and of every readout), the visit
-histogram and the unbiased per-bin observables; :meth:`snapshot` publishes and appends a convergence entry.
+bins that have one), the replicas' grids (``landscape.replica_entropy``, whose spread is the error of S and of every
+readout), the visit histogram and the per-bin observables; :meth:`snapshot` publishes and appends a convergence
+entry.
 
 Usage::
 
@@ -268,8 +270,11 @@ class Run:
                 "rounds": len(self.refinements), "largest_tilt": [round(max(t), 3) for t in self.refinements],
                 "steps": self.production_start - self._frozen_at}
         self._last_production.copy_(self.windows.reweighted)
+        # the per-bin observables (the label-free readout) count production only, like S
+        self.landscape.clear_observables()
+        self.landscape.metadata["observables_from_step"] = self.production_start
         if self._last_observed is not None:
-            self._last_observed.copy_(self._observed())
+            self._last_observed.zero_()
 
     def _refine_after(self, steps: int) -> None:
         """Count a refinement chunk; at the end of a round correct the biases (and the forces that follow them)."""
