@@ -307,3 +307,31 @@ def test_linear_chain_fast_path_matches_the_vmap_path():
     cv_gen, value_gen, grad_gen = general.value_and_grad(theta, land.value_and_slope)
     assert torch.allclose(cv_fast, cv_gen, atol=1e-5)
     assert torch.allclose(grad_fast, grad_gen, atol=1e-4)
+
+
+def test_automatic_ranges_share_bin_edges_across_seeds():
+    """Ranges found from the starts begin an ln-loss axis at a whole multiple of its bin width, so two seeds (whose
+    lowest starts differ) bin alike and compare bin for bin; an explicit range and the accuracy axis are kept."""
+    from lightning.pytorch import Trainer
+    from toy import ToyModule, toy_datamodule
+
+    from lightning_entropy import WangLandauStrategy
+    from lightning_entropy.core import setup
+    from lightning_entropy.core.variables import resolve
+
+    edges = []
+    for seed in (0, 1):
+        strategy = WangLandauStrategy(walkers=8, box=1.0, variables=("train_loss",), start="uniform", seed=seed,
+                                      bin_width=0.1, replicas=1, windows=1, steps_per_lightning_step=2)
+        Trainer(strategy=strategy, max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                limit_val_batches=0, enable_checkpointing=False).fit(ToyModule(), datamodule=toy_datamodule())
+        edges.append(strategy.landscape.edges[0])
+    assert edges[0][0] != edges[1][0]  # the seeds' starts reach different depths
+    for e in edges:
+        assert e[0] / 0.1 == pytest.approx(round(e[0] / 0.1), abs=1e-6), e[0]
+    shared = np.intersect1d(np.round(edges[0], 6), np.round(edges[1], 6))
+    assert shared.size >= min(e.size for e in edges) - 2
+    variables = [resolve("train_loss", loss="cross_entropy"), resolve("test_accuracy", loss="cross_entropy")]
+    got = setup.aligned(variables, [(-3.27, 2.0), (-0.0125, 1.0125)], [0.1, 1 / 40])
+    assert got[0][0] == pytest.approx(-3.3) and got[1] == (-0.0125, 1.0125)
+    assert setup.aligned(variables[:1], [(-3.3, 2.0)], 0.1)[0][0] == pytest.approx(-3.3)  # already aligned

@@ -220,6 +220,19 @@ def grid(variables, ranges, bin_width) -> tuple[list[tuple[float, float]], list[
     return [(lo, lo + n * w) for (lo, _), n, w in zip(ranges, bins, widths)], bins
 
 
+def aligned(variables, ranges, bin_width) -> list[tuple[float, float]]:
+    """Automatic ``ranges`` with the low end of every ln-loss axis moved down to a whole multiple of its bin width,
+    so that runs whose starts differ (another seed, another machine) share bin edges and their per-bin readouts and
+    advantages compare bin for bin. Other axes keep their ranges (accuracy bins are centred on multiples of 1/40)."""
+    widths = bin_widths(variables, ranges, bin_width)
+    out = []
+    for cv, (lo, hi), w in zip(variables, ranges, widths):
+        if cv.name.startswith("ln_") and math.isfinite(lo):
+            lo = math.floor(lo / w + 1e-9) * w
+        out.append((lo, hi))
+    return out
+
+
 def resumed_grid(saved: Mapping[str, Any] | None, resume: Mapping[str, Any], variables, *, ranges, bin_width
                  ) -> tuple[list[tuple[float, float]], list[int]]:
     """The checkpoint's grid (never found again from the restored weights, which are walker 0's); explicit
@@ -322,7 +335,7 @@ def metadata(*, model: str, parameters: int, box, kind: SamplerKind, config, fil
 
 
 __all__ = [
-    "MAX_TOTAL_BINS", "RANGE_PROBE", "SAMPLERS", "SamplerKind", "admit", "auto_ranges", "bin_widths", "check_grid",
+    "MAX_TOTAL_BINS", "RANGE_PROBE", "SAMPLERS", "SamplerKind", "admit", "aligned", "auto_ranges", "bin_widths", "check_grid",
     "grid", "metadata", "package_version", "resumed_grid", "resumed_walkers", "round_trip_range", "sampler_kind",
     "unit_slope", "visit_replicas",
 ]

@@ -224,9 +224,9 @@ class WangLandauSampling(SamplerMixin):
                 theta0 = self._start(trainer, theta_module, bound, gen,
                                      lambda th: train_only.value_and_grad(th, grid_setup.unit_slope)[2])
                 cv0 = self._start_values(evaluate, theta0)  # the starting walkers' CVs, timed once
-                ranges = self._ranges or self._shared_ranges(grid_setup.auto_ranges(
+                ranges = self._ranges or self._shared_ranges(grid_setup.aligned(variables, grid_setup.auto_ranges(
                     variables, evaluate, theta0, bound, gen, range_margin=self.range_margin, start_values=cv0,
-                    per_point=self._probe_seconds, time_left=budget.remaining(trainer)))
+                    per_point=self._probe_seconds, time_left=budget.remaining(trainer)), self._bin_width))
             ranges, bins = grid_setup.grid(variables, ranges, self._bin_width)
         meta = grid_setup.metadata(
             model=type(module).__name__, parameters=layout.numel, box=self.box, kind=self._kind, config=self._config,
