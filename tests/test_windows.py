@@ -314,6 +314,25 @@ def test_quadratic_task_loss_is_the_stated_quadratic_form():
     assert float(eig.min()) == pytest.approx(1.0, rel=1e-4) and float(eig.max()) == pytest.approx(4.0, rel=1e-4)
 
 
+def test_holes_inside_production_are_interpolated_and_edge_holes_take_the_shifted_bias():
+    """A bin that production skipped between visited neighbours is off in the frozen bias (walkers sample
+    exp(S - bias)): on a line it takes its neighbours' interpolation; a hole at a window's edge, which production
+    says nothing against, takes the bias shifted onto production; both weigh next to nothing."""
+    truth = np.linspace(0.0, 9.0, 10)  # S, linear in x
+    bias = truth + 5.0
+    bias[4] += 12.0  # one bin over-filled while ln f was large
+    counts = np.array([0, 30, 40, 50, 0, 60, 70, 80, 90, 0.0])
+    pieces = np.where(counts > 0, truth + 2.0, np.nan)  # production: S up to the window's constant
+    reached = np.ones(10, dtype=bool)
+    reached[9] = False  # never visited: stays empty
+    filled, weights = combine.fill_holes(pieces[None], counts[None], reached[None], bias[None], line=True)
+    assert filled[0, 4] == pytest.approx(truth[4] + 2.0)  # interpolated, not bias + shift (12 nats off)
+    assert filled[0, 0] == pytest.approx(truth[0] + 2.0)  # edge hole: the bias shifted onto production
+    assert np.isnan(filled[0, 9]) and weights[0, 4] == weights[0, 0] == combine.HOLE_WEIGHT
+    grid, _ = combine.fill_holes(pieces[None], counts[None], reached[None], bias[None])  # 2-D grids: the bias
+    assert grid[0, 4] == pytest.approx(truth[4] + 14.0)
+
+
 def test_stitch_leaves_out_a_window_that_shares_no_bin():
     """A window beyond an empty one has no overlap with the joined pieces: its constant is unknown, so its bins stay
     unknown instead of being tied by a guess."""

@@ -436,7 +436,8 @@ class Run:
     def _fill_holes(self, pieces: np.ndarray, counts: np.ndarray, reached: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray]:
         """See :func:`~lightning_entropy.core.combine.fill_holes`; the WL values are the windows' frozen biases."""
-        return combine.fill_holes(pieces, counts, reached, self.windows.bias.reshape(pieces.shape[0], -1).cpu().numpy())
+        return combine.fill_holes(pieces, counts, reached, self.windows.bias.reshape(pieces.shape[0], -1).cpu().numpy(),
+                                  line=self.landscape.ndim == 1)
 
     def rhat(self) -> np.ndarray:
         """``(nx,)`` R-hat of the x-marginal S per x bin (worst window covering the bin), replicas as chains and
