@@ -12,7 +12,7 @@ from toy import RANGES, ToyModule, rms_error, toy_datamodule
 from lightning_entropy import WangLandauStrategy, analysis
 from lightning_entropy.core import combine
 from lightning_entropy.core.landscape import Landscape
-from lightning_entropy.core.windows import Windows, auto_windows, window_bounds
+from lightning_entropy.core.windows import REFINE_MIN_TILT, Windows, auto_windows, window_bounds
 from lightning_entropy.tasks.quadratic import QuadraticModule, exact_entropy, quadratic_data, quadratic_datamodule
 
 
@@ -25,7 +25,9 @@ def _fit(strategy, module, datamodule, max_steps):
 
 @pytest.fixture(scope="module")
 def toy_walk():
-    strategy = WangLandauStrategy(walkers=64, box=1.0, variables=("train_loss",), observables=("test_loss",),
+    # 256 walkers cost about what 64 do here (a step of this 13-parameter net is kernel launches, not arithmetic):
+    # seeds 0-3 end 0.016-0.024 nats RMS from the brute force, where 64 walkers ended 0.034-0.086 around the bar
+    strategy = WangLandauStrategy(walkers=256, windows=4, box=1.0, variables=("train_loss",), observables=("test_loss",),
                                   ranges=[RANGES["ln_train_loss"]], bin_width=0.1, start="uniform", seed=0)
     return _fit(strategy, ToyModule(), toy_datamodule(), 150)
 
@@ -53,19 +55,22 @@ def test_production_measures_how_often_walkers_cross_their_windows(toy_walk):
     assert np.all(np.isclose(crossings, direct) | (crossings == len(run.blocks)))  # saturated: one per chunk
     last = toy_walk.landscape.history[-1]
     assert last["window_crossings"] == pytest.approx(crossings.min())
-    assert "slow diffusion" not in analysis.convergence(toy_walk.landscape, walkers=64).tags
+    assert "slow diffusion" not in analysis.convergence(toy_walk.landscape, walkers=256).tags
 
 
 def test_default_production_is_longer_for_a_1d_walk(toy_walk):
     """production=None: the last 60 % of a 1-D walk (the toy: 15,000 steps, frozen at step 6,000), 30 % of a 2-D
     walk; an explicit fraction is kept."""
     run = toy_walk._run
-    # frozen at step 6,000; the first third of the 9,000 production steps (4 rounds of 750, each ending at the
-    # next 100-step chunk) refines the biases before production counts
-    assert toy_walk.production is None and run.production_start == 6000 + 4 * 800
-    assert len(run.refinements) == 4 and not run.refining
+    # frozen at step 6,000; the first third of the 9,000 production steps (up to 4 rounds of 750, each ending at
+    # the next 100-step chunk) refines the biases before production counts; a round that finds no window tilted
+    # by REFINE_MIN_TILT ends the refinement early
+    rounds = len(run.refinements)
+    assert 1 <= rounds <= 4 and not run.refining
+    assert toy_walk.production is None and run.production_start == 6000 + rounds * 800
+    assert rounds == 4 or max(run.refinements[-1]) < REFINE_MIN_TILT
     meta = toy_walk.landscape.metadata["refinement"]
-    assert meta["rounds"] == 4 and meta["steps"] == 3200 and len(meta["largest_tilt"]) == 4
+    assert meta["rounds"] == rounds and meta["steps"] == rounds * 800 and len(meta["largest_tilt"]) == rounds
     assert toy_walk.landscape.metadata["production"] == 0.6
     assert WangLandauStrategy()._production(2) == 0.3 and WangLandauStrategy(production=0.5)._production(1) == 0.5
 
