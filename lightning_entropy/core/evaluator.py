@@ -312,15 +312,20 @@ class Evaluator:
         """The chain's outputs ``(W, N, C)`` and each step's output (feature-major, kept for the backward pass)."""
         h = x.T.expand(walkers, *x.T.shape)
         outs = []
-        for kind, item in self._chain:
+        for i, (kind, item) in enumerate(self._chain):
             if kind == "act":
                 h = item(h)
             else:
                 weight = params.get(item + ".weight")
-                if weight is None:
-                    weight = self.frozen[item + ".weight"].expand(walkers, -1, -1)
                 bias = params.get(item + ".bias", self.frozen.get(item + ".bias"))
-                h = torch.bmm(weight, h) if bias is None else torch.baddbmm(bias.unsqueeze(-1), weight, h)
+                if i == 0 and weight is not None:  # every walker reads the same x: one GEMM over all walkers' rows
+                    rows = weight.reshape(-1, weight.shape[-1])
+                    h = (rows @ x.T if bias is None else
+                         torch.addmm(bias.expand(walkers, -1).reshape(-1, 1), rows, x.T)).view(walkers, -1, len(x))
+                else:
+                    if weight is None:
+                        weight = self.frozen[item + ".weight"].expand(walkers, -1, -1)
+                    h = torch.bmm(weight, h) if bias is None else torch.baddbmm(bias.unsqueeze(-1), weight, h)
             outs.append(h)
         return h.transpose(1, 2), outs
 
@@ -338,7 +343,10 @@ class Evaluator:
             name_w, name_b = item + ".weight", item + ".bias"
             weight = params.get(name_w)
             if weight is not None:  # the first layer's input is x itself: one GEMM over every walker's rows
-                g = torch.matmul(delta, x) if i == 0 else torch.bmm(delta, outs[i - 1].transpose(1, 2))
+                # (a contiguous sample-major copy of the layer's input makes the batched product 2-4x faster than
+                # reading the feature-major activations transposed, copy included)
+                g = (torch.matmul(delta, x) if i == 0 else
+                     torch.bmm(delta, outs[i - 1].transpose(1, 2).contiguous()))
                 grads[name_w] = grads[name_w] + g if name_w in grads else g
             if name_b in params:
                 g = delta.sum(-1)
