@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 MAX_S_COLOR = "#ff00ff"  # the paper's magenta line
 MEAN_COLOR = "white"
 BASELINE_COLOR = "#ff7f0e"
+MARK_COLOR = "#b00000"  # the not-converged mark
 
 
 def axis_label(name: str, label: str | None = None) -> str:
@@ -127,6 +128,10 @@ def draw_landscape(
     s = landscape.entropy
     xe = landscape.edges[0]
     xlabel = axis_label(landscape.names[0], landscape.labels[0])
+    mark = None  # the not-converged mark: a legend's title where the legend could cover a box in the corner
+    if convergence is not None and not convergence.converged:
+        mark = "NOT CONVERGED\n" + "\n".join(convergence.tags)
+    top = ax  # the axes drawn last (a twin axes covers the one below it)
     if landscape.ndim == 2:
         ye = landscape.edges[1]
         finite = np.isfinite(s)
@@ -180,15 +185,19 @@ def draw_landscape(
             ax2.set_ylabel(axis_label(landscape.observable_names[0]))
             handles, labels = ax.get_legend_handles_labels()
             more_handles, more_labels = ax2.get_legend_handles_labels()
+            top = ax2
             if legend:
-                ax2.legend(handles + more_handles, labels + more_labels, loc="best", fontsize=8)
+                box = ax2.legend(handles + more_handles, labels + more_labels, loc="best", fontsize=8, title=mark,
+                                 title_fontsize=7)
+                if mark is not None:
+                    box.get_title().set_color(MARK_COLOR)
+                    mark = None
         elif legend:
             ax.legend(loc="best", fontsize=8)
     ax.set_xlabel(xlabel)
-    if convergence is not None and not convergence.converged:
-        text = "NOT CONVERGED\n" + "\n".join(convergence.tags)
-        ax.text(0.98, 0.98, text, transform=ax.transAxes, ha="right", va="top", fontsize=7, color="#b00000",
-                bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "#b00000"})
+    if mark is not None:
+        top.text(0.98, 0.98, mark, transform=top.transAxes, ha="right", va="top", fontsize=7, color=MARK_COLOR,
+                 bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": MARK_COLOR}, zorder=10)
 
 
 def convergence_figure(history: list[dict[str, float]], *, walkers: int | None = None, title: str | None = None,

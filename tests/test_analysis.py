@@ -315,3 +315,29 @@ def test_a_readout_whose_replicas_have_not_mixed_fails_the_verdict():
     assert "label-free Eq. (1)" in verdict.reasons[0] and f"{stuck.mean_advantage_r_hat:.3f}" in verdict.reasons[0]
     no_replicas = analysis.Advantage("label_free", "m", True, x, x, x, x > 0, 0.1, 0.01, None, [], None)
     assert analysis.with_readouts(converged, {"label_free": no_replicas}).converged
+
+
+def test_not_converged_mark_is_never_under_a_legend():
+    """A 1-D landscape with its per-bin observable draws on a twin axes whose legend used to cover the mark in the
+    corner: the mark is then the legend's title; without a legend it is a box on the topmost axes."""
+    from lightning_entropy import plotting
+
+    land = Landscape([(-3.0, 2.0)], [50], ["ln_train_loss"], observables=["hard_test_accuracy"])
+    x = torch.tensor(land.centers[0], dtype=torch.float64).unsqueeze(1)
+    land.bias += torch.linspace(-60.0, 0.0, 50, dtype=torch.float64)
+    land.visits += 10.0
+    land.record(x, torch.linspace(0.9, 0.5, 50, dtype=torch.float64).unsqueeze(1), torch.ones(50, dtype=torch.bool))
+    verdict = analysis.convergence(land, walkers=8)
+    assert not verdict.converged
+    for legend in (True, False):
+        fig = plotting.Figure(figsize=(6, 4))
+        ax = fig.add_subplot()
+        plotting.draw_landscape(fig, ax, land, convergence=verdict, legend=legend)
+        twin = [a for a in fig.axes if a is not ax][-1]
+        legends = [a.get_legend() for a in fig.axes if a.get_legend() is not None]
+        boxes = [t for a in fig.axes for t in a.texts if t.get_text().startswith("NOT CONVERGED")]
+        if legend:
+            assert len(legends) == 1 and legends[0].get_title().get_text().startswith("NOT CONVERGED")
+            assert boxes == []
+        else:
+            assert legends == [] and len(boxes) == 1 and boxes[0].axes is twin
