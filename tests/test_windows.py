@@ -27,8 +27,9 @@ def _fit(strategy, module, datamodule, max_steps):
 def toy_walk():
     # 256 walkers cost about what 64 do here (a step of this 13-parameter net is kernel launches, not arithmetic):
     # seeds 0-3 end 0.016-0.024 nats RMS from the brute force, where 64 walkers ended 0.034-0.086 around the bar
-    strategy = WangLandauStrategy(walkers=256, windows=4, box=1.0, variables=("train_loss",), observables=("test_loss",),
-                                  ranges=[RANGES["ln_train_loss"]], bin_width=0.1, start="uniform", seed=0)
+    strategy = WangLandauStrategy(walkers=256, windows=4, box=1.0, variables=("train_loss",),
+                                  observables=("test_loss",), ranges=[RANGES["ln_train_loss"]], bin_width=0.1,
+                                  start="uniform", seed=0)
     return _fit(strategy, ToyModule(), toy_datamodule(), 150)
 
 

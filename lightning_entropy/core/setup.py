@@ -335,7 +335,7 @@ def metadata(*, model: str, parameters: int, box, kind: SamplerKind, config, fil
 
 
 __all__ = [
-    "MAX_TOTAL_BINS", "RANGE_PROBE", "SAMPLERS", "SamplerKind", "admit", "aligned", "auto_ranges", "bin_widths", "check_grid",
-    "grid", "metadata", "package_version", "resumed_grid", "resumed_walkers", "round_trip_range", "sampler_kind",
-    "unit_slope", "visit_replicas",
+    "MAX_TOTAL_BINS", "RANGE_PROBE", "SAMPLERS", "SamplerKind", "admit", "aligned", "auto_ranges", "bin_widths",
+    "check_grid", "grid", "metadata", "package_version", "resumed_grid", "resumed_walkers", "round_trip_range",
+    "sampler_kind", "unit_slope", "visit_replicas",
 ]
