@@ -155,9 +155,9 @@ class Landscape(Grid):
 
     def clear_observables(self) -> None:
         """Forget the per-bin observables recorded so far (in place; S, the histogram and the walker-step count are
-        untouched). A run calls it when its production phase starts, so the per-bin averages come from the frozen
-        bias's equilibrium alone and not from the Wang-Landau phase, whose walkers still carry the memory of their
-        starting points (``metadata["observables_from_step"]`` records the step)."""
+        untouched). A run calls it at its production phase's first observation, so the per-bin averages come from the
+        frozen bias's equilibrium alone and not from the Wang-Landau phase, whose walkers still carry the memory of
+        their starting points (``metadata["observables_from_step"]`` records the step)."""
         for tensor in (self.obs_sum, self.obs_sq, self.obs_count, self.group_obs_sum, self.group_obs_count):
             tensor.zero_()
 

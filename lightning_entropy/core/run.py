@@ -10,8 +10,8 @@ A run has two phases:
    (:mod:`lightning_entropy.core.combine`). Production is cut into blocks (one per :meth:`chunk`); the blocks'
    estimates, with replicas as chains, give the R-hat of S per bin; a 2-D walk also keeps each replica's
    production mass per block, from which the readouts (max-S line, Eq. (1)) get their R-hat. The per-bin
-   observables (the label-free readout of a 1-D walk) are recorded anew from the start of production, so that
-   every readout comes from the frozen bias's equilibrium and none from the Wang-Landau phase.
+   observables (the label-free readout of a 1-D walk) are recorded anew from production's first observation, so
+   that every readout comes from the frozen bias's equilibrium and none from the Wang-Landau phase.
 
 The landscape (``run.landscape``) receives the published S (the mean of the replicas; ``landscape.known`` marks the
 bins that have one), the replicas' grids (``landscape.replica_entropy``, whose spread is the error of S and of every
@@ -174,6 +174,8 @@ class Run:
             landscape.add_walker_steps(w.walkers)
             if observing and new.step % self.observe_every == 0:
                 observed = self.evaluate.observe(new.theta)
+                if self.production_start is not None and "observables_from_step" not in landscape.metadata:
+                    self._restart_observables()
                 landscape.record(new.cv, observed, counted.bool())
                 if self._picture is not None and w.is_frozen and not self.refining:
                     self._record_picture(new.cv, observed[:, 0], counted)
@@ -270,9 +272,15 @@ class Run:
                 "rounds": len(self.refinements), "largest_tilt": [round(max(t), 3) for t in self.refinements],
                 "steps": self.production_start - self._frozen_at}
         self._last_production.copy_(self.windows.reweighted)
-        # the per-bin observables (the label-free readout) count production only, like S
+        if self._last_observed is not None:
+            self._last_observed.copy_(self._observed())
+
+    def _restart_observables(self) -> None:
+        """At production's first observation: forget the per-bin observables of the Wang-Landau phase, whose walkers
+        still carry the memory of their starts, so that the readouts count production only, like S. Until then (a
+        run that ends as production starts) they stay, as S then stays the windows' biases."""
         self.landscape.clear_observables()
-        self.landscape.metadata["observables_from_step"] = self.production_start
+        self.landscape.metadata["observables_from_step"] = self.state.step
         if self._last_observed is not None:
             self._last_observed.zero_()
 
