@@ -187,6 +187,26 @@ def test_windowed_resume_is_exact(tmp_path, variables, at):
     assert all(np.array_equal(x, y) for x, y in zip(a.grid_blocks, b.grid_blocks))
 
 
+def test_the_1d_potential_equals_the_general_one_inside_outside_and_after_swaps():
+    """The 1-D walk's potential (per-walker window bounds kept between reassignments) gives the same numbers as the
+    general one on any grid: inside the windows, near their edges (flat bias), outside them (pull), and with the
+    walkers reassigned by an exchange."""
+    grid = Landscape([(-3.0, 2.0)], [50], ["ln_train_loss"], kernel_sigma=1.0)
+    win = Windows(grid, 48, replicas=2, windows=3, overlap=0.5, pull=7.0)
+    gen = torch.Generator().manual_seed(1)
+    win.bias.copy_(torch.randn(win.bias.shape, generator=gen, dtype=torch.float64).cumsum(1) * 3.0)
+    cv = (torch.rand(48, 1, generator=gen, dtype=torch.float64) * 7.0 - 4.0)  # beyond the grid on both sides
+    owners = win.owner.clone()
+    for _ in range(2):
+        fast, fast_slope = win.potential(cv)
+        slow, slow_slope = win._potential_any(cv)
+        assert torch.equal(fast, slow) and torch.equal(fast_slope, slow_slope)
+        assert (fast_slope.abs() <= win.max_slope + win.pull).all()
+        for _ in range(4):
+            win.exchange(cv.clamp(-3.0, 1.99), gen)
+    assert (win.owner != owners).any()  # the second comparison ran with walkers in other windows
+
+
 def test_exchange_accepts_with_the_wang_landau_probability():
     """Two windows with linear biases: a swap of walkers at x_a, x_b changes the weight by
     exp(S_a(x_a) + S_b(x_b) - S_a(x_b) - S_b(x_a)), here exp(-1) for every pair."""

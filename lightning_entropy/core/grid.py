@@ -59,6 +59,7 @@ class Grid:
         self.lo = torch.tensor([float(r[0]) for r in ranges], dtype=torch.float64, device=self.device)
         self.hi = torch.tensor([float(r[1]) for r in ranges], dtype=torch.float64, device=self.device)
         self.width = (self.hi - self.lo) / torch.tensor(self.shape, dtype=torch.float64, device=self.device)
+        self._lo0, self._width0 = float(self.lo[0]), float(self.width[0])  # the x axis's, for the 1-D hot path
         window = window if window is not None else ranges
         self.window = torch.tensor([list(map(float, w)) for w in window], dtype=torch.float64, device=self.device)
         self.kernel_sigma = float(kernel_sigma)
@@ -148,18 +149,31 @@ class Grid:
     def _interpolate_1d(self, table: torch.Tensor, cv: torch.Tensor, offset: torch.Tensor | None,
                         lo: torch.Tensor | None, hi: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`interpolate` on a 1-D grid (``cv`` float64 ``(W, 1)``)."""
-        u = (cv[:, 0] - self.lo[0]) / self.width[0] - 0.5
+        first = last = None
+        if lo is not None:
+            first, last = lo[:, 0].to(torch.float64), (hi[:, 0] - 2).to(torch.float64)
+        value, slope = self.interpolate_x(table, cv[:, 0], offset, first, last)
+        return value, slope.unsqueeze(-1)
+
+    def interpolate_x(self, table: torch.Tensor, x: torch.Tensor, offset: torch.Tensor | None = None,
+                      first: torch.Tensor | None = None,
+                      last: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Linear interpolation along x alone (1-D grids, the windowed walk's hot path): ``x`` float64 ``(W,)``;
+        ``first``/``last`` float64 ``(W,)`` the first and last interpolation cell each walker may use (bins
+        ``[lo, hi)`` give cells ``lo`` to ``hi - 2``), default the whole grid. Returns the value and the slope
+        ``d value / d x``, both ``(W,)``."""
+        u = (x - self._lo0) / self._width0 - 0.5
         i0 = torch.floor(u).nan_to_num(0)
-        if lo is None:
+        if first is None:
             i0 = i0.clamp(0.0, float(self.shape[0] - 2))
         else:
-            i0 = torch.minimum(torch.maximum(i0, lo[:, 0].to(u.dtype)), (hi[:, 0] - 2).to(u.dtype))
+            i0 = torch.minimum(torch.maximum(i0, first), last)
         t = (u - i0).clamp(0.0, 1.0)
         i0 = i0.long()
         if offset is not None:
             i0 = i0 + offset
         s0, s1 = table[i0], table[i0 + 1]
-        return s0 * (1 - t) + s1 * t, ((s1 - s0) / self.width[0]).unsqueeze(-1)
+        return s0 * (1 - t) + s1 * t, (s1 - s0) / self._width0
 
     def spread(self, cv: torch.Tensor, lo: torch.Tensor | None = None,
                hi: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,11 +15,13 @@ PICTURE_BINS = 41  # accuracy bins of the label-free picture: multiples of 1/40 
 
 
 def record(counts: torch.Tensor, windows, grid: Landscape, cv: torch.Tensor, y: torch.Tensor,
-           counted: torch.Tensor) -> None:
+           counted: torch.Tensor, value: torch.Tensor | None = None) -> None:
     """Production only: add each counting walker's reweighting weight ``exp(u(x) - reference)`` at (x bin,
-    accuracy bin) of its replica into ``counts`` ``(R, nx, PICTURE_BINS)``, in place."""
+    accuracy bin) of its replica into ``counts`` ``(R, nx, PICTURE_BINS)``, in place (``value``: ``u(x)`` where the
+    caller has it)."""
     w = windows
-    weight = torch.exp((w.potential(cv)[0] - w.reference[w.owner]).clamp(max=700.0)) * counted
+    u = w.potential(cv)[0] if value is None else value
+    weight = torch.exp((u - w.reference[w.owner]).clamp(max=700.0)) * counted
     iy = torch.floor((torch.nan_to_num(y.to(torch.float64)) + 0.5 / (PICTURE_BINS - 1)) * (PICTURE_BINS - 1))
     iy = iy.long().clamp(0, PICTURE_BINS - 1)
     flat = (w.replica_of * grid.shape[0] + grid.bin_index(cv)) * PICTURE_BINS + iy

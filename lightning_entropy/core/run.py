@@ -106,6 +106,9 @@ class Run:
         self._forces = JacobianForces(evaluate) if landscape.ndim == 1 else evaluate
         self.state = wlmd.start(theta0, self._forces, windows.potential, seed=seed)
         self.jacobian = self._forces.last if landscape.ndim == 1 else None
+        # production of a 1-D walk: the frozen potential at each walker's position, kept from the step that put it
+        # there (the Metropolis test, the production count and the picture read it; see _chunk); None otherwise
+        self._value: torch.Tensor | None = None
         lo, hi = float(landscape.lo[0]), float(landscape.hi[0])
         self.trips = trips.init(windows.walkers, (lo, hi), end_fraction=end_fraction, device=device)
         self.window_trips = trips.init(windows.walkers, (lo, hi), end_fraction=end_fraction, device=device)
@@ -157,19 +160,27 @@ class Run:
         everyone = torch.ones(w.walkers, dtype=torch.bool, device=self.state.theta.device)
         span = w.x_hi - w.x_lo
         x0, owner0 = self.state.cv[:, 0].to(torch.float64), w.owner.clone()
+        # with the bias frozen the potential changes only when walkers change windows, which re-evaluates it
+        # (_refresh_forces): each walker's value is then known from the step that put it where it is
+        reuse = w.is_frozen and self.jacobian is not None and self.config.metropolis
         for _ in range(steps):
             previous = self.state.cv
             dt = self.dt[w.owner]
             if self.dt_spread > 1:  # a fresh step size per step and walker, independent of its state: exact
                 u = torch.rand(dt.shape, generator=self.state.generator, device=dt.device, dtype=dt.dtype)
                 dt = dt * torch.exp(-math.log(self.dt_spread) * u)
+            if reuse and self._value is None:
+                self._value = w.potential(self.state.cv)[0]
             new = wlmd.move(self.state, evaluate=self._forces, potential=w.potential,
                             admissible=lambda cv, previous=previous: w.admissible(cv, previous), bound=self.bound,
-                            config=self.config, dt=dt.unsqueeze(1))
+                            config=self.config, dt=dt.unsqueeze(1), value0=self._value if reuse else None)
+            value = None
             if self.jacobian is not None:  # the moved walkers' d x / d theta; the others keep theirs
-                moved = (new.accepted != self.state.accepted).unsqueeze(1)
-                self.jacobian = torch.where(moved, self._forces.last, self.jacobian)
-            counted = w.deposit(new.cv, everyone)
+                moved = new.accepted != self.state.accepted
+                self.jacobian = torch.where(moved.unsqueeze(1), self._forces.last, self.jacobian)
+                if reuse:
+                    value = self._value = torch.where(moved, self._forces.value, self._value)
+            counted = w.deposit(new.cv, everyone, value)
             landscape.count(landscape.bin_index(new.cv), counted)
             landscape.add_walker_steps(w.walkers)
             if observing and new.step % self.observe_every == 0:
@@ -178,7 +189,7 @@ class Run:
                     self._restart_observables()
                 landscape.record(new.cv, observed, counted.bool())
                 if self._picture is not None and w.is_frozen and not self.refining:
-                    self._record_picture(new.cv, observed[:, 0], counted)
+                    self._record_picture(new.cv, observed[:, 0], counted, value)
             x = new.cv[:, 0].to(torch.float64)
             trips.update(self.trips, x)
             owner = w.owner
@@ -222,14 +233,16 @@ class Run:
         (a step that mixed the old window's force with the new window's test would not be reversible). 1-D walks:
         slope times the kept d x / d theta; otherwise one more evaluation."""
         if self.jacobian is not None:
-            _, slope = self.windows.potential(state.cv)
+            value, slope = self.windows.potential(state.cv)
+            self._value = value if self.windows.is_frozen else None
             grad = slope[:, :1].to(self.jacobian.dtype) * self.jacobian
         else:
             _, _, grad = self.evaluate.value_and_grad(state.theta, self.windows.potential)
         return dataclasses.replace(state, bias_grad=grad)
 
-    def _record_picture(self, cv: torch.Tensor, y: torch.Tensor, counted: torch.Tensor) -> None:
-        label_free.record(self._picture, self.windows, self.landscape, cv, y, counted)
+    def _record_picture(self, cv: torch.Tensor, y: torch.Tensor, counted: torch.Tensor,
+                        value: torch.Tensor | None = None) -> None:
+        label_free.record(self._picture, self.windows, self.landscape, cv, y, counted, value)
 
     def picture(self) -> Landscape | None:
         """The label-free 2-D picture of a 1-D walk with an accuracy observable (:func:`~lightning_entropy.core.
@@ -578,6 +591,7 @@ class Run:
         device = self.state.theta.device
         self.windows.load_state_dict(state["windows"])
         self.state = wlmd.MDState.from_state_dict(state["state"], device)
+        self._value = None
         self.landscape.load_state_dict(state["landscape"])
         self._regroup()
         self.trips = trips.RoundTripState.from_state_dict(state["round_trips"], device)

@@ -108,11 +108,14 @@ def move(
     bound: torch.Tensor,
     config: MDConfig,
     dt: torch.Tensor | None = None,
+    value0: torch.Tensor | None = None,
 ) -> MDState:
     """One integrator step of every walker under ``potential``, shared by the MD samplers (WLMD, restrained MD)
     and the windowed run.
 
-    ``dt`` ``(W, 1)`` overrides ``config.dt`` per walker (e.g. a time step adapted per window).
+    ``dt`` ``(W, 1)`` overrides ``config.dt`` per walker (e.g. a time step adapted per window). ``value0`` ``(W,)``
+    is the potential at ``state.cv``, when the caller knows it (a potential that has not changed since it was
+    evaluated there); by default the Metropolis test evaluates it.
 
     ``potential(cv) -> (value (W,), slope (W, d))`` is the potential energy (nats, kT = 1) as a function of the CVs
     and its slope; ``state.bias_grad`` must hold its gradient in parameter space at ``state.theta``.
@@ -135,7 +138,8 @@ def move(
     inside = admissible(cv) & finite
     ok = inside
     if config.metropolis:
-        value0, _ = potential(state.cv)
+        if value0 is None:
+            value0, _ = potential(state.cv)
         v = v - 0.5 * dt * scale * grad
         kinetic = 0.5 * ((v - v0) * (v + v0)).sum(-1, dtype=torch.float64)  # K1 - K0, summed in double
         log_u = torch.log(torch.rand(ok.shape, generator=state.generator, device=ok.device, dtype=torch.float64))
