@@ -1,5 +1,5 @@
-"""Walker throughput beside a competing busy process: ``threads="auto"`` (one intra-op thread for small steps, a
-timed trial of one against two for large ones) against fixed threads, and both on a quiet machine. Public API, no environment variable set (what users get).
+"""Walker throughput beside a competing busy process: ``threads="auto"`` (a timed trial of one intra-op thread
+against two, retried ever more rarely while it loses) against fixed threads, and both on a quiet machine. Public API, no environment variable set (what users get).
 
 Prints walker-steps per second of the spiral classifier (116 parameters, 128 walkers, 2-D walk, setup included)
 and the ratios: busy / quiet for ``threads="auto"`` (target >= 0.4) and auto / two threads beside the busy process.

@@ -40,16 +40,18 @@ def run(
     first CV. ``threads``: intra-op threads for the loop (None: unchanged; see
     :func:`lightning_entropy.core.threads.choose`). The sampler's landscape, if it has one, is updated in place.
     """
-    with threads_module.using(threads, steps=steps):
+    with threads_module.using(threads, steps=steps) as probe:
         return _run(sampler, state, steps, schedule=schedule, schedule_state=schedule_state,
-                    observe_every=observe_every, round_trips=round_trips)
+                    observe_every=observe_every, round_trips=round_trips, probe=probe)
 
 
-def _run(sampler, state, steps, *, schedule, schedule_state, observe_every, round_trips):
+def _run(sampler, state, steps, *, schedule, schedule_state, observe_every, round_trips, probe=None):
     factor = None
     if schedule is not None:
         t_device = torch.tensor(state.step, device=state.theta.device)  # the step on the device, advanced in place
-    for _ in range(steps):
+    for i in range(steps):
+        if probe is not None and i == probe.steps:  # the threads on trial ran their steps: on with the best
+            probe.switch()
         t = state.step + 1
         if schedule is not None:
             t_device += 1

@@ -70,8 +70,8 @@ class Run:
         observe_every: record observables every this many steps (0: never).
         end_fraction: round trips count a walker reaching the lowest and highest this fraction of its window.
         threads: intra-op threads inside chunks: an int, None (torch's setting), a
-            :class:`~lightning_entropy.core.threads.Trial` or ``"auto"`` (one thread for small steps, a timed trial
-            for large ones, see :mod:`lightning_entropy.core.threads`).
+            :class:`~lightning_entropy.core.threads.Trial` or ``"auto"`` (a timed trial of one thread against torch's
+            setting, see :mod:`lightning_entropy.core.threads`).
         dt_spread: each step, each walker's time step is its window's ``dt`` times ``spread**-u``, ``u`` uniform
             in [0, 1) (1: no spread). A step size drawn independently of the state keeps the chain exact (Neal
             2011, section 5.4.2.2); the window's ``dt`` suits its average walker, and a walker deep in a narrow
@@ -148,10 +148,10 @@ class Run:
     def chunk(self, steps: int) -> dict[str, float]:
         """Advance every walker ``steps`` steps; then update the schedule (and, in production, close a block).
         Returns figures of the chunk (acceptance, largest ``ln f``, exchange acceptance, x range)."""
-        with threads_module.using(self.threads, steps=steps):
-            return self._chunk(steps)
+        with threads_module.using(self.threads, steps=steps) as probe:
+            return self._chunk(steps, probe)
 
-    def _chunk(self, steps: int) -> dict[str, float]:
+    def _chunk(self, steps: int, probe: threads_module.Probe | None = None) -> dict[str, float]:
         w = windows = self.windows
         landscape = self.landscape
         observing = self.observe_every > 0 and bool(landscape.observable_names)
@@ -163,7 +163,9 @@ class Run:
         # with the bias frozen the potential changes only when walkers change windows, which re-evaluates it
         # (_refresh_forces): each walker's value is then known from the step that put it where it is
         reuse = w.is_frozen and self.jacobian is not None and self.config.metropolis
-        for _ in range(steps):
+        for i in range(steps):
+            if probe is not None and i == probe.steps:  # the threads on trial ran their steps: on with the best
+                probe.switch()
             previous = self.state.cv
             dt = self.dt[w.owner]
             if self.dt_spread > 1:  # a fresh step size per step and walker, independent of its state: exact

@@ -136,12 +136,12 @@ class WangLandauStrategy(WangLandauSampling, SamplerStrategy):
         accuracy_slope: slope ``k`` of the smoothed accuracy.
         accuracy_axis: ``"linear"`` or ``"logit"`` for accuracy axes.
         vectorize: ``"auto"`` (vmap when it traces), ``True`` or ``False`` (loop over walkers).
-        threads: intra-op threads while the sampler runs: a positive int, or ``"auto"``: one thread when a step
-            (all walkers, forward and backward) is below 2e8 FLOP on a CPU, where more threads only wait for each
-            other (10x slower beside a busy process); for larger steps on a CPU, the faster of one thread and torch's
-            setting, timed on the chunks and retried every 16 (beside a busy process one thread can be 2x faster,
-            on a quiet machine 2x slower). Restored after every chunk. Give an int for a fixed choice (thread counts
-            may change the rounding of some kernels).
+        threads: intra-op threads while the sampler runs: a positive int, or ``"auto"``: on a CPU, the faster of
+            one thread and torch's setting, timed on the chunks; the other is retried after 16 chunks, then after
+            twice as many each time it loses, up to 256 (beside a busy process the threads of a small step wait
+            for each other, 10x slower; on a quiet machine two threads made the 256-walker spiral walk 1.2x
+            faster). Restored after every chunk. Give an int for a fixed choice (thread counts may change the
+            rounding of some kernels).
         snapshot_every: sampler steps between convergence snapshots (S change, window flatness, round trips; see
             ``landscape.history``); default a twentieth of the run (``max_steps``), at least one Lightning step.
         groups: walker groups whose spread gives the readouts' error bars with ``fill="step"`` or MC; default
