@@ -40,6 +40,11 @@ def walk_1d():
     return _walk(1, 10000, observables=("test_loss",))
 
 
+@pytest.fixture(scope="module")
+def walk_2d():
+    return _walk(2, 8000)
+
+
 def test_wlmd_1d_matches_exact_log_volume(walk_1d, exact):
     landscape, state = walk_1d
     rms, bins = rms_error(landscape.entropy, exact["1d"])
@@ -49,8 +54,8 @@ def test_wlmd_1d_matches_exact_log_volume(walk_1d, exact):
     assert float(state.accepted.mean()) / state.step > 0.9  # dt=0.02 is well inside the stable range
 
 
-def test_wlmd_2d_matches_exact_log_volume(exact):
-    landscape, _ = _walk(2, 8000)
+def test_wlmd_2d_matches_exact_log_volume(walk_2d, exact):
+    landscape, _ = walk_2d
     rms, bins = rms_error(landscape.entropy, exact["2d"])
     assert bins >= 250
     assert rms < 0.15, f"2-D WLMD entropy is {rms:.3f} nats RMS from the brute-force log-volume"
@@ -67,7 +72,7 @@ def test_wlmc_agrees_with_wlmd(walk_1d, exact):
     assert 0.2 < float(state.accepted.sum()) / (state.step * WALKERS) < 0.95  # step size adapted sensibly
 
 
-def test_label_free_eq1_estimate_matches_exact_and_2d_mean_curve(walk_1d, exact):
+def test_label_free_eq1_estimate_matches_exact_and_2d_mean_curve(walk_1d, walk_2d, exact):
     """A 1-D walk in ln L_train that only records ln L_test estimates Eq. (1) without test labels in the dynamics."""
     landscape, _ = walk_1d
     x, mean, err = landscape.observable_curve("ln_test_loss")
@@ -84,7 +89,7 @@ def test_label_free_eq1_estimate_matches_exact_and_2d_mean_curve(walk_1d, exact)
     # S settles: the change between snapshots shrinks as the WL factor falls
     changes = [h["s_change"] for h in landscape.history[1:]]
     assert np.mean(changes[-5:]) < 0.5 * np.mean(changes[:5])
-    two_d, _ = _walk(2, 8000)
+    two_d, _ = walk_2d
     _, eq1 = two_d.mean_curve()
     close = (exact["1d"] >= 20000) & np.isfinite(eq1)
     assert close.sum() >= 25

@@ -271,23 +271,27 @@ def test_refine_takes_the_tilt_of_the_production_histogram_out_of_the_frozen_bia
 def test_exchanges_keep_the_joint_distribution_of_windows_and_positions():
     """Detailed balance of the exchange: two walkers that only exchange (no moves) between two windows with different
     linear biases, both inside the overlap, spend the exact share of
-    attempts in the arrangement that exp(-S_0) favours (the lower walker in window 0)."""
+    attempts in the arrangement that exp(-S_0) favours (the lower walker in window 0). 500 replicas of that pair
+    run side by side (independent chains in one call), 40 exchanges each after 5 to forget the start."""
     grid = Landscape([(0.0, 2.0)], [20], ["ln_train_loss"], kernel_sigma=0.0)
-    win = Windows(grid, 2, replicas=1, windows=2, overlap=0.9, pull=1.0)
+    r = 500
+    win = Windows(grid, 2 * r, replicas=r, windows=2, overlap=0.9, pull=1.0)
     x = grid.centers[0]
-    win.bias[0] = torch.from_numpy(3.0 * x)
-    win.bias[1] = torch.zeros_like(win.bias[1])
-    cv = torch.tensor([[0.55], [1.45]], dtype=torch.float64)  # walker 0 low, walker 1 high, both in the overlap
+    win.bias[0::2] = torch.from_numpy(3.0 * x)
+    win.bias[1::2] = 0.0
+    cv = torch.tensor([[0.55], [1.45]], dtype=torch.float64).repeat(r, 1)  # per replica: walker 2i low, 2i+1 high
+    assert torch.equal(win.owner[0::2] % 2, torch.zeros(r, dtype=torch.int64))  # the low walkers start in window 0
     gen = torch.Generator().manual_seed(2)
-    low_in_window_0 = 0
-    n = 20000
-    for _ in range(n):
-        win.exchanges = 0
+    low_in_window_0, samples = 0, 0
+    for step in range(45):
+        win.exchanges = 0  # the pair of windows 0 and 1 every time
         win.exchange(cv, gen)
-        low_in_window_0 += int(win.owner[0] == 0)
+        if step >= 5:
+            low_in_window_0 += int((win.owner[0::2] % 2 == 0).sum())
+            samples += r
     # weight of (low in 0, high in 1) against (high in 0, low in 1): exp(-S_0(0.55)) / exp(-S_0(1.45)) = exp(2.7)
     expected = 1 / (1 + math.exp(-3.0 * 0.9))
-    assert low_in_window_0 / n == pytest.approx(expected, abs=0.01)
+    assert low_in_window_0 / samples == pytest.approx(expected, abs=0.01)
 
 
 def test_windows_are_laid_out_from_walkers_and_bins():
