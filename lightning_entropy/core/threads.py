@@ -38,7 +38,7 @@ class Trial:
     ``current()`` is the count for the next piece; ``record(threads, seconds, steps)`` adds a measurement (on the
     held choice the latest counts half, so a change of load shows within a few pieces; a retried choice takes its
     new measurement whole, since its old one may come from another load). Work that is not a chunk of sampler
-    steps (the start phase, probes) runs on :meth:`best` and records nothing. A performance choice only: not part
+    steps (the start phase and its timing) runs on :meth:`best` and records nothing. A performance choice only: not part
     of a run's state (a resumed run times again).
     """
 
