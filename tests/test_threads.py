@@ -63,27 +63,17 @@ def test_using_times_chunks_on_the_trial_and_restores_the_users_threads():
     assert torch.get_num_threads() == 2 and trial.seconds[2] is None and trial.pieces == 1
 
 
-class _Flop:
-    """An evaluator stand-in whose one-walker step is one matrix product of ``n`` x ``n``."""
-
-    def __init__(self, n: int) -> None:
-        self.a = torch.randn(n, n)
-
-    def value_and_grad(self, theta, bias):
-        return (self.a @ self.a).sum().reshape(1, 1), None, None
-
-
 def test_choose_a_trial_on_a_cpu_with_threads_else_the_users_setting():
     torch.set_num_threads(2)
     theta = torch.zeros(4, 3)
-    trial = threads.choose(_Flop(4), theta)
+    trial = threads.choose(theta)
     assert isinstance(trial, threads.Trial) and trial.choices == (1, 2)
     torch.set_num_threads(1)
-    assert threads.choose(_Flop(512), theta) is None  # torch has one thread anyway
+    assert threads.choose(theta) is None  # torch has one thread anyway
     torch.set_num_threads(2)
-    assert threads.choose(_Flop(512), theta, 3) == 3
+    assert threads.choose(theta, 3) == 3
     with pytest.raises(ValueError, match=r"threads=0: give a positive number of threads or 'auto'"):
-        threads.choose(_Flop(4), theta, 0)
+        threads.choose(theta, 0)
 
 
 def test_a_run_times_both_choices_and_leaves_the_users_setting():

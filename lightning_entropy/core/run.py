@@ -100,7 +100,7 @@ class Run:
         if windows.pull is None:
             windows.pull = float(theta0.shape[1])
         self._regroup()
-        self.threads = threads_module.choose(evaluate, theta0, threads) if threads == "auto" else threads
+        self.threads = threads_module.choose(theta0, threads) if threads == "auto" else threads
         # 1-D walks keep d x / d theta per walker, so that a walker's force follows its window after an exchange at
         # no extra evaluation; walks in more CVs re-evaluate the forces on exchange steps instead
         self._forces = JacobianForces(evaluate) if landscape.ndim == 1 else evaluate

@@ -99,10 +99,10 @@ class Trial:
         return f"Trial({rates}; best {self.best()}; next retry after piece {self.next_retry})"
 
 
-def choose(evaluate, theta: torch.Tensor, threads: int | str = "auto") -> int | Trial | None:
-    """The intra-op threads for the chunks: ``threads`` if an int; for ``"auto"`` on a CPU a :class:`Trial` of one
-    thread against torch's setting (None: leave torch's setting: on a GPU, or where torch has one thread anyway).
-    ``evaluate`` is not called; it stays in the signature for callers that pass it."""
+def choose(theta: torch.Tensor, threads: int | str = "auto") -> int | Trial | None:
+    """The intra-op threads for the chunks of walkers ``theta``: ``threads`` if an int; for ``"auto"`` on a CPU a
+    :class:`Trial` of one thread against torch's setting (None: leave torch's setting: on a GPU, or where torch
+    has one thread anyway)."""
     if threads != "auto":
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise ValueError(f"threads={threads!r}: give a positive number of threads or 'auto'.")

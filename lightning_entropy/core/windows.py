@@ -290,7 +290,7 @@ class Windows:
 
     def _potential_x(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`potential` of a 1-D walk with soft walls and no grid walls, from the per-walker bounds kept by
-        :meth:`_reassign` (the same numbers in about half the operations: it runs three times per step)."""
+        :meth:`_reassign` (the same numbers in about half the operations, on the hot path)."""
         value, slope = self.grid.interpolate_x(self.bias.reshape(-1), x, self.offset, self._cell_first,
                                                self._cell_last)
         half = 0.5 * self.grid._width0

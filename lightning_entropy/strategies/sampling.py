@@ -204,9 +204,8 @@ class WangLandauSampling(SamplerMixin):
         self._module_data = (module, contract.data)  # for the checkpoint's fingerprint (computed when first saved)
         self._setup = None
         theta_module = layout.flatten(module).to(device)
-        # the chunks' intra-op threads (from the FLOP of one walker's step), also for the start phase and the probes
-        self._threads = thread_policy.choose(evaluate, theta_module.unsqueeze(0).expand(self.walkers, -1),
-                                             self.threads)
+        # the chunks' intra-op threads (timed on the chunks), also for the start phase and its timing
+        self._threads = thread_policy.choose(theta_module, self.threads)
         resume = self._pending or None  # a checkpoint's sampler state (restored by Lightning before training starts)
         if resume is not None:  # before any work: the same model, data and box, and the checkpoint's grid
             saved = resume.get("setup")
