@@ -28,6 +28,7 @@ visits fall below ``min_fraction`` of the median column; such bins are left out 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -241,6 +242,7 @@ class Advantage:
     notes: list[str] = field(default_factory=list)
     # rank-normalized split R-hat of the mean across replicas (chains) and groups of production blocks (draws)
     mean_advantage_r_hat: float | None = None
+    x_range: tuple[float | None, float | None] | None = None  # the x interval asked for (None: every bin covered)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: the mean, its error, the bins used and the per-bin values on them."""
@@ -258,14 +260,21 @@ class Advantage:
             "per_bin": [float(v) for v in self.per_bin[u]],
             "per_bin_error": [None if not np.isfinite(v) else float(v) for v in self.error[u]],
             "ln_train_loss_range": [float(self.x[u].min()), float(self.x[u].max())] if u.any() else None,
+            "x_range": None if self.x_range is None else list(self.x_range),
             "notes": list(self.notes),
         }
 
 
 def advantage(readout: Readout, baseline, *, higher_is_better: bool, in_window: np.ndarray | None = None,
-              min_seeds: int = 1) -> Advantage:
+              min_seeds: int = 1, x_range: Sequence[float | None] | None = None) -> Advantage:
     """The advantage of ``readout`` over a pooled baseline (:class:`~lightning_entropy.baseline.BaselineCurve` on the
     same x bins): per bin ``±(readout - baseline mean)``, and its mean over the bins both cover.
+
+    ``x_range`` ``(lo, hi)`` (either may be ``None``: open) keeps the mean to the bins whose centres lie in it. The
+    advantage changes along x (on the spiral it falls from about +0.1 at the lowest train losses to below zero near
+    the plateau), so a mean over "the bins both cover" moves with the grid's lower end, which the starting walkers
+    set and the seed moves: two runs compare by their means only over the same bins, which a fixed range gives.
+    Bins of the range that the landscape or the baseline do not cover are named in ``notes``.
 
     Bins enter the mean when the readout is finite and not under-sampled, inside ``in_window``, and the baseline has
     records from at least ``min_seeds`` seeds. Per-bin errors add the readout's group error and the baseline's
@@ -284,9 +293,34 @@ def advantage(readout: Readout, baseline, *, higher_is_better: bool, in_window: 
     sign = 1.0 if higher_is_better else -1.0
     seeds = baseline.seeds if baseline.seeds is not None and baseline.seeds.any() else (baseline.count > 0).astype(int)
     used = readout.usable(in_window) & np.isfinite(baseline.mean) & (seeds >= min_seeds)
+    notes = []
+    if x_range is not None:
+        if len(x_range) != 2:
+            raise ValueError(f"x_range={list(x_range)!r}: give [lo, hi] (either may be None).")
+        lo, hi = (None if v is None else float(v) for v in x_range)
+        if lo is not None and hi is not None and not lo < hi:
+            raise ValueError(f"x_range={list(x_range)!r}: lo must be below hi.")
+        x_range = (lo, hi)
+        x = readout.x
+        asked = np.ones_like(used) if lo is None else x >= lo
+        asked &= True if hi is None else x <= hi
+        half = 0.5 * _step(x)
+        if used.any():
+            first, last = x[used].min(), x[used].max()
+            if lo is not None and lo < first - half:
+                notes.append(f"x_range starts at {lo:g} but the bins the landscape and the baseline both cover start"
+                             f" at {first:.2f}: the mean covers less than asked; compare it only with runs over the"
+                             " same bins")
+            if hi is not None and hi > last + half:
+                notes.append(f"x_range ends at {hi:g} but the bins both cover end at {last:.2f}: the mean covers"
+                             " less than asked; compare it only with runs over the same bins")
+            gaps = asked & ~used & (x >= first) & (x <= last)
+            if gaps.any():
+                notes.append(f"{int(gaps.sum())} bins inside x_range are not covered by both (x = "
+                             f"{', '.join(f'{v:.2f}' for v in x[gaps])}): the mean leaves them out")
+        used &= asked
     per_bin = np.where(used, sign * (readout.value - baseline.mean), np.nan)
     sem = baseline.sem if baseline.sem is not None else np.full_like(baseline.mean, np.nan)
-    notes = []
     if used.any() and not np.isfinite(readout.error[used]).all():
         notes.append("readout error missing in some bins (fewer than two walker groups): counted as 0")
     if used.any() and not np.isfinite(sem[used]).all():
@@ -315,7 +349,12 @@ def advantage(readout: Readout, baseline, *, higher_is_better: bool, in_window: 
     else:
         notes.append("no bin is covered by both the landscape and the baseline")
     return Advantage(readout.name, baseline.metric, higher_is_better, readout.x, per_bin, error, used, mean, err,
-                     drift, notes, r_hat)
+                     drift, notes, r_hat, x_range)
+
+
+def _step(x: np.ndarray) -> float:
+    """The spacing of bin centres ``x`` (0 for fewer than two)."""
+    return float(x[1] - x[0]) if x.size > 1 else 0.0
 
 
 # -- convergence -------------------------------------------------------------------------------------------------------

@@ -240,6 +240,28 @@ def _accuracy_blocks(rng, offsets, blocks=64):
     return np.stack([accuracy * count, count], axis=1)
 
 
+def test_advantage_over_a_fixed_range_compares_runs_whose_grids_start_apart():
+    land = _grid(groups=4)
+    x = land.centers[0]  # -4.75 ... -1.25
+    base = pool(_records([[0.70] * 8, [0.72] * 8, [0.74] * 8], x), metric="test_metric", edges=land.edges[0])
+    # the advantage is larger at the lowest train losses, as on the spiral; run "far" reached the two lowest bins,
+    # run "near" did not (its grid started higher): the same landscape otherwise
+    value = np.where(x < -4.0, 0.82, 0.74)
+    far = analysis.Readout("label_free", x, value, np.full(8, 0.01), np.full(8, np.nan), np.zeros(8, dtype=bool))
+    near = analysis.Readout("label_free", x, value, np.full(8, 0.01), np.full(8, np.nan), x < -4.0)
+    everywhere = [analysis.advantage(r, base, higher_is_better=True).mean_advantage for r in (far, near)]
+    assert everywhere[0] == pytest.approx(0.04) and everywhere[1] == pytest.approx(0.02)  # the bins, not the runs
+    fixed = [analysis.advantage(r, base, higher_is_better=True, x_range=[-4.0, None]) for r in (far, near)]
+    assert [a.mean_advantage for a in fixed] == pytest.approx([0.02, 0.02])
+    assert [int(a.used.sum()) for a in fixed] == [6, 6] and not fixed[0].notes
+    assert fixed[0].summary()["x_range"] == [-4.0, None]
+    lower = analysis.advantage(near, base, higher_is_better=True, x_range=[-5.0, -2.0])
+    assert lower.used.sum() == 4  # -3.75 ... -2.25
+    assert any("start at -3.75: the mean covers less than asked" in n for n in lower.notes), lower.notes
+    with pytest.raises(ValueError, match="lo must be below hi"):
+        analysis.advantage(far, base, higher_is_better=True, x_range=[-2.0, -3.0])
+
+
 def test_advantage_r_hat_comes_from_replicas_and_production_blocks():
     """Replicas that sample the same conditional means give R-hat near 1; one replica stuck elsewhere (its own,
     wrong bias) gives a large R-hat, although each replica's blocks agree with each other."""

@@ -217,6 +217,9 @@ def test_main_job_is_a_label_free_walk_with_its_picture(tmp_path):
     picture = Landscape.load(tmp_path / "landscape_label_free.npz")
     assert picture.ndim == 2 and picture.shape[0] == landscape.shape[0]
     assert summary["advantage"]["readout"] == "label_free"
+    # the main job's mean advantage is over a fixed range, so that two seeds' means cover the same bins
+    assert summary["advantage"]["x_range"] == [-2.8, None]
+    assert all(v >= -2.8 for v in summary["advantage"]["ln_train_loss"])
 
 
 def test_one_axis_landscape_reports_the_unbiased_mean_curve(tmp_path):
@@ -262,6 +265,8 @@ def test_any_other_trainer_argument_reaches_the_samplers_trainer(tmp_path):
         ("+trainer.determinstic=true", "not an argument of lightning.pytorch.Trainer. Did you mean trainer.deterministic"),
         ("+trainer.logger=false", "the job sets this Trainer argument itself; use logger instead"),
         ("trainer.max_steps=abc", "trainer.max_steps='abc'"),
+        ("advantage.range=[-1,-2]", "advantage.range=[-1.0, -2.0]: give [lo, hi] with lo < hi"),
+        ("advantage.range=[-1]", "advantage.range=[-1.0]: give [lo, hi]"),
     ],
 )
 def test_trainer_arguments_are_checked_naming_the_key(override, message):

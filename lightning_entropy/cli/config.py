@@ -324,6 +324,16 @@ class PlotConfig:
 
 
 @dataclass
+class AdvantageConfig:
+    """summary.json's ``mean_advantage``: ``range`` ``[lo, hi]`` in the landscape's x units (nats of ln L_train),
+    either end ``null`` (open), keeps the mean to the bins whose centres lie in it; ``null``: every bin the landscape
+    and the baseline both cover. The advantage changes along x, so two runs compare by their means only over the
+    same bins; a fixed range gives them (a run that covers less of it says so in the advantage's notes)."""
+
+    range: Optional[List[Optional[float]]] = None
+
+
+@dataclass
 class Config:
     """The whole configuration of one ``lightning-entropy`` run."""
 
@@ -337,6 +347,7 @@ class Config:
     # validate() type-checks the TrainerConfig keys and checks the others against Trainer's signature
     trainer: Any = field(default_factory=lambda: dataclasses.asdict(TrainerConfig()))
     plot: PlotConfig = field(default_factory=PlotConfig)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     # a run directory whose checkpoint.ckpt the sampler resumes from (the same overrides as that run; null: a new run)
     resume: Optional[str] = None
 
@@ -536,6 +547,13 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.max_time={cfg.trainer.max_time!r}: use 'DD:HH:MM:SS' (e.g. '00:00:04:00') or null.")
     _positive_int(cfg, "plot.exclude", 0)
     _positive_int(cfg, "plot.dpi")
+    span = cfg.advantage.range
+    if span is not None:
+        ends = list(span)
+        if (len(ends) != 2 or any(v is not None and not math.isfinite(v) for v in ends)
+                or (None not in ends and not ends[0] < ends[1])):
+            raise ConfigError(f"advantage.range={ends!r}: give [lo, hi] with lo < hi in the landscape's x units"
+                              " (e.g. [-2.8, null]; null leaves an end open), or advantage.range=null for every bin.")
 
 
 def _validate_entropy_md(cfg: DictConfig) -> None:

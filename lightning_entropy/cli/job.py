@@ -273,7 +273,9 @@ def _landscape_report(cfg: DictConfig, task, model, strategy, landscape, records
                         " sampler.variables=[train_loss,test_metric] for an advantage")
     if curve is not None and column is not None:
         better = "accuracy" in column
-        advantages = {name: analysis.advantage(r, curve, higher_is_better=better, in_window=in_window)
+        span = cfg.advantage.range
+        advantages = {name: analysis.advantage(r, curve, higher_is_better=better, in_window=in_window,
+                                               x_range=None if span is None else list(span))
                       for name, r in reads.items()}
         conv = analysis.with_readouts(conv, advantages)
     fig = plotting.landscape_figure(landscape, baseline=curve, baseline_label=optimizer_name, title=title,

@@ -167,6 +167,12 @@ def report_lines(summary: dict[str, Any]) -> list[str]:
             moved = f"; moved {drift:+.3f} since the previous snapshot" if drift is not None else ""
             r_hat = adv.get("mean_advantage_r_hat")
             moved += f"; R-hat across replicas {r_hat:.3f}" if r_hat is not None else ""
+            span = adv.get("x_range")
+            if span is not None:  # advantage.range: the bins asked for, so that runs compare over the same ones
+                moved += "; advantage.range [" + ", ".join("open" if v is None else f"{v:g}" for v in span) + "]"
+            for note in adv.get("notes") or []:
+                if "x_range" in note:
+                    moved += f"; {note}"
             lines.append(f"  advantage of the {names.get(key, key)} over the baseline: {adv['mean_advantage']:+.3f}"
                          f" ± {adv['mean_advantage_error']:.3f} {adv['metric']} (positive: generalizes better; mean"
                          f" over {adv['bins']} ln L_train bins in {_span(adv['ln_train_loss_range'])}{moved})")
