@@ -57,6 +57,14 @@ class Readout:
         ok = np.isfinite(self.value) & ~self.undersampled
         return ok if in_window is None else ok & in_window
 
+    @property
+    def r_hat(self) -> np.ndarray | None:
+        """``(bins,)`` rank-normalized split R-hat of the readout across replicas per x bin (groups of production
+        blocks as draws; NaN where a replica has no value in some draw); None without per-block values."""
+        if self.per_block is None:
+            return None
+        return rhat(np.transpose(self.per_block, (2, 0, 1)))
+
 
 # -- the test-axis readouts of one S grid ------------------------------------------------------------------------------
 
@@ -362,7 +370,12 @@ def _step(x: np.ndarray) -> float:
 
 @dataclass
 class Convergence:
-    """Convergence figures of a run and the verdict they support."""
+    """Convergence figures of a run and the verdict they support.
+
+    ``agreement`` is the longest run of consecutive x bins over which the replicas agree (:func:`agreement`) as the
+    ``[lo, hi]`` of their edges, with ``agreement_bins`` bins of the ``rhat_bins`` that have an R-hat of S; None
+    where no R-hat is known (no replicas or no production). A run that is not converged as a whole can still be
+    read over that range."""
 
     flatness: float  # 5th percentile / mean of the histogram over the visited bins inside the window
     s_change: float | None  # RMS change of S (nats) between the last two snapshots
@@ -375,6 +388,9 @@ class Convergence:
     tags: list[str]  # the reasons in a few words, for figures
     thresholds: dict[str, float]
     history: list[dict[str, float]]
+    agreement: list[float] | None = None
+    agreement_bins: int = 0
+    rhat_bins: int = 0
 
     def summary(self) -> dict[str, Any]:
         return asdict(self)
@@ -383,6 +399,10 @@ class Convergence:
 THRESHOLDS = {"s_change": 0.1, "flatness": 0.2, "round_trip_fraction": 0.5, "r_hat": 1.05, "r_hat_share": 0.05,
               "r_hat_max": 1.1, "production_blocks": 4, "window_crossings": 5.0}
 
+
+# the verdict's tags that :func:`agreement` answers bin by bin: a run that fails only these can be read where the
+# replicas agree; any other failed test (S still moving, histogram not flat, slow diffusion, ...) is about the whole run
+RANGE_TAGS = ("replicas disagree", "readout not mixed")
 
 READOUT_NAMES = {"max_s": "max-S line", "mean_curve": "Eq. (1) mean", "label_free": "label-free Eq. (1)"}
 
@@ -406,7 +426,43 @@ def with_readouts(conv: Convergence, advantages: dict[str, Advantage]) -> Conver
     return replace(conv, converged=not reasons, reasons=reasons, tags=tags)
 
 
-def convergence(landscape, *, walkers: int | None = None, thresholds: dict[str, float] | None = None) -> Convergence:
+def agreement(landscape, readouts: dict[str, Readout] | None = None, *,
+              thresholds: dict[str, float] | None = None) -> tuple[tuple[int, int] | None, int]:
+    """Where the replicas agree: the longest run of consecutive x bins ``[i, j)`` in which every bin has an R-hat of
+    S across replicas (``landscape.entropy_r_hat``), no bin's R-hat (of S, or of any readout where it has one;
+    :attr:`Readout.r_hat`) reaches ``r_hat_max``, and at most ``r_hat_share`` of the bins reach ``r_hat``, the same
+    test the verdict applies to the whole grid. Returns ``((i, j) or None, bins with an R-hat of S)``; ties go to
+    the run at higher x. On the spiral's label-free walk the replicas agree above ln L_train of about -1.1 and
+    disagree below, where each configuration keeps its held-out accuracy for longer than production lasts."""
+    th = {**THRESHOLDS, **(thresholds or {})}
+    s_hat = getattr(landscape, "entropy_r_hat", None)
+    if s_hat is None:
+        return None, 0
+    worst = np.asarray(s_hat, dtype=np.float64).copy()
+    known = np.isfinite(worst)
+    for r in (readouts or {}).values():
+        extra = r.r_hat
+        if extra is not None and extra.shape == worst.shape:
+            worst = np.where(known & np.isfinite(extra), np.fmax(worst, extra), worst)
+    best, n = None, worst.size
+    above = np.concatenate([[0], np.cumsum(known & (worst >= th["r_hat"]))])
+    for i in range(n):
+        if not known[i]:
+            continue
+        j = i
+        while j < n and known[j] and worst[j] < th["r_hat_max"]:
+            j += 1
+        # the longest [i, k) inside [i, j) whose share of bins at or above r_hat is allowed
+        for k in range(j, i, -1):
+            if above[k] - above[i] <= th["r_hat_share"] * (k - i):
+                if best is None or k - i >= best[1] - best[0]:
+                    best = (i, k)
+                break
+    return best, int(known.sum())
+
+
+def convergence(landscape, *, walkers: int | None = None, thresholds: dict[str, float] | None = None,
+                readouts: dict[str, Readout] | None = None) -> Convergence:
     """Judge a run by its snapshots (``landscape.history``): converged when S moved less than ``s_change`` nats RMS
     over the last snapshot interval, the window's histogram is at least ``flatness`` flat, and at least
     ``round_trip_fraction`` of the walkers crossed the x range and back. Every failed test is a reason.
@@ -419,7 +475,8 @@ def convergence(landscape, *, walkers: int | None = None, thresholds: dict[str, 
     that crossed even the slowest window at least ``window_crossings`` times during production (estimated from
     their diffusion in x; the reason then says how much longer production would need to be). (R-hat of a
     single converged quantity scatters around 1 by about ``1/(2 n)`` with ``n`` draws per split chain; the worst of
-    ~50 bins then exceeds 1.05 by chance in short runs, hence the share.)
+    ~50 bins then exceeds 1.05 by chance in short runs, hence the share.) With ``readouts``, their per-bin R-hat
+    joins that of S in :func:`agreement`, the range the verdict reports as read-able where the whole is not.
     """
     th = {**THRESHOLDS, **(thresholds or {})}
     history = [dict(h) for h in landscape.history]
@@ -479,5 +536,8 @@ def convergence(landscape, *, walkers: int | None = None, thresholds: dict[str, 
                            f"{th['window_crossings']:g}); a production about {more:.2g}x longer (more steps, or a"
                            " larger `production`) would be needed")
             tags.append("slow diffusion")
+    span, known = agreement(landscape, readouts, thresholds=th)
+    edges = landscape.edges[0]
     return Convergence(flat, change, trips, with_trip, walkers, len(history), not reasons, reasons, tags, th,
-                       history)
+                       history, None if span is None else [float(edges[span[0]]), float(edges[span[1]])],
+                       0 if span is None else span[1] - span[0], known)

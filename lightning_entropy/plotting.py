@@ -131,6 +131,8 @@ def draw_landscape(
     mark = None  # the not-converged mark: a legend's title where the legend could cover a box in the corner
     if convergence is not None and not convergence.converged:
         mark = "NOT CONVERGED\n" + "\n".join(convergence.tags)
+        if convergence.agreement is not None:
+            mark += "\nreplicas agree outside the hatched x"
     top = ax  # the axes drawn last (a twin axes covers the one below it)
     if landscape.ndim == 2:
         ye = landscape.edges[1]
@@ -195,6 +197,14 @@ def draw_landscape(
         elif legend:
             ax.legend(loc="best", fontsize=8)
     ax.set_xlabel(xlabel)
+    if convergence is not None and not convergence.converged and convergence.agreement is not None:
+        lo, hi = ax.get_xlim()
+        a, b = convergence.agreement  # where the replicas agree (analysis.agreement): the rest is hatched
+        hatch = {"facecolor": "none", "edgecolor": MARK_COLOR, "hatch": "//", "alpha": 0.35, "linewidth": 0}
+        for start, stop in ((lo, a), (b, hi)):
+            if stop > start:
+                ax.axvspan(start, stop, **hatch)
+        ax.set_xlim(lo, hi)
     if mark is not None:
         top.text(0.98, 0.98, mark, transform=top.transAxes, ha="right", va="top", fontsize=7, color=MARK_COLOR,
                  bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": MARK_COLOR}, zorder=10)

@@ -80,9 +80,11 @@ def test_save_load_keeps_group_statistics_and_history(tmp_path):
     land.record(torch.tensor([[-4.2, 0.55], [-2.1, 0.75], [-2.1, 0.75]]), torch.tensor([[0.5], [0.7], [0.9]]),
                 torch.ones(3, dtype=torch.bool))
     land.snapshot(10, round_trips=1)
+    land.entropy_r_hat = np.array([np.nan, 1.2, 1.01, np.nan, 1.0, 1.03, np.nan, np.nan])  # as a run publishes it
     back = Landscape.load(land.save(tmp_path / "l.npz"))
     for key in ("recent_visits", "group_obs_sum", "group_obs_count", "snapshot_bias"):
         assert torch.equal(getattr(back, key), getattr(land, key)), key
+    np.testing.assert_array_equal(back.entropy_r_hat, land.entropy_r_hat)  # NaN where unknown, kept as NaN
     assert json.dumps(back.history) == json.dumps(land.history)  # NaN-safe
     assert float(back.group_obs_sum[0, 2].sum()) == pytest.approx(0.9)  # walker 2 is group 2
 
@@ -363,3 +365,32 @@ def test_not_converged_mark_is_never_under_a_legend():
             assert boxes == []
         else:
             assert legends == [] and len(boxes) == 1 and boxes[0].axes is twin
+
+
+def test_the_verdict_names_the_range_where_the_replicas_agree():
+    """Per-bin R-hat of S (published by the run) and of the readout (from the replicas' production blocks) give the
+    longest run of bins where the replicas agree: a readout stuck apart in the two lowest bins, and then S
+    disagreeing in one bin, each narrow it; without a per-bin R-hat there is no range to claim."""
+    rng = np.random.default_rng(2)
+    offsets = np.zeros((4, 8))
+    offsets[3, :2] = 0.05  # replica 3 reads 0.05 higher in the two lowest bins for the whole production
+    accuracy = 0.8 + offsets[None] + rng.normal(0, 0.02, (64, 4, 8))
+    count = np.full((64, 4, 8), 50.0)
+    land = _label_free(np.stack([accuracy * count, count], axis=1))
+    reads = analysis.readouts(land)
+    r_hat = reads["label_free"].r_hat
+    assert (r_hat[:2] > 1.2).all() and (r_hat[2:] < 1.05).all()
+    edges = land.edges[0]
+
+    assert analysis.convergence(land, walkers=64, readouts=reads).agreement is None  # no R-hat of S published
+    land.entropy_r_hat = np.full(8, 1.01)
+    assert analysis.agreement(land) == ((0, 8), 8)  # S alone: every bin
+    verdict = analysis.convergence(land, walkers=64, readouts=reads)
+    assert verdict.agreement == [edges[2], edges[8]] and verdict.agreement_bins == 6 and verdict.rhat_bins == 8
+    land.entropy_r_hat[5] = 1.3  # S disagrees in bin 5: bins 2-4 are the longest run left
+    assert analysis.agreement(land, reads) == ((2, 5), 8)
+    land.entropy_r_hat[5] = 1.07  # one bin of six at 1.05-1.1 is more than the 5 % the verdict allows ...
+    assert analysis.agreement(land, reads) == ((2, 5), 8)
+    land.entropy_r_hat[:] = np.nan  # ... and bins without an R-hat of S are never claimed
+    assert analysis.agreement(land, reads) == (None, 0)
+    assert analysis.convergence(land, walkers=64, readouts=reads).summary()["agreement"] is None

@@ -22,6 +22,7 @@ from lightning_entropy import Landscape
 from lightning_entropy.baseline import BaselineRecorder, load_records, pool, save_records, train_baselines
 from lightning_entropy.cli import ConfigError, compose_config, run, validate
 from lightning_entropy.cli.job import CURVE_COLUMNS
+from lightning_entropy.cli.summary import report_lines
 from lightning_entropy.tasks.spiral import SpiralClassifier, SpiralDataModule
 
 SUMMARY_KEYS = {"task", "model", "parameters", "box", "sampler", "steps", "walkers", "walker_steps", "flatness",
@@ -220,6 +221,20 @@ def test_main_job_is_a_label_free_walk_with_its_picture(tmp_path):
     # the main job's mean advantage is over a fixed range, so that two seeds' means cover the same bins
     assert summary["advantage"]["x_range"] == [-2.8, None]
     assert all(v >= -2.8 for v in summary["advantage"]["ln_train_loss"])
+    # where the replicas agree: in the summary, and printed as read-able only when R-hat is all the run fails
+    conv = summary["convergence"]
+    assert {"agreement", "agreement_bins", "rhat_bins"} <= set(conv)
+    agreed = dict(summary["advantage"], bins=3, mean_advantage=0.004, mean_advantage_error=0.002,
+                  mean_advantage_r_hat=1.01)
+    fake = dict(summary, advantage_where_replicas_agree=agreed,
+                convergence=dict(conv, converged=False, reasons=["replicas disagree"], tags=["replicas disagree"],
+                                 agreement=[-1.1, 2.2], agreement_bins=33, rhat_bins=54))
+    text = "\n".join(report_lines(fake))
+    assert "agree (R-hat of S and of the readouts) over ln L_train in [-1.10, 2.20], 33 of the 54 bins" in text
+    assert "read the landscape there" in text and "there +0.004 ± 0.002 over 3 bins (R-hat 1.010)" in text
+    fake["convergence"]["tags"] = ["replicas disagree", "S still moving"]
+    text = "\n".join(report_lines(fake))
+    assert "fails other tests (S still moving)" in text and "+0.004" not in text
 
 
 def test_one_axis_landscape_reports_the_unbiased_mean_curve(tmp_path):

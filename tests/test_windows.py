@@ -137,6 +137,16 @@ def test_steep_quadratic_is_accurate_and_its_errors_honest():
     assert rms <= 3 * stated, f"error {rms:.3f} nats RMS, but the replicas state {stated:.3f}"
     verdict = analysis.convergence(land, walkers=32)
     assert rms < 0.15 or not verdict.converged, (rms, verdict.reasons)
+    # R-hat of S per bin, published with the last snapshot: its worst is the snapshot's, and the range where the
+    # replicas agree lies on the grid's edges within the bins that have one
+    r_hat = land.entropy_r_hat
+    assert r_hat.shape == (45,) and np.nanmax(r_hat) == pytest.approx(land.history[-1]["r_hat"])
+    assert verdict.rhat_bins == int(np.isfinite(r_hat).sum()) > 0
+    if verdict.agreement is not None:
+        lo, hi = verdict.agreement
+        inside = (land.centers[0] > lo) & (land.centers[0] < hi)
+        assert inside.sum() == verdict.agreement_bins and np.isfinite(r_hat[inside]).all()
+        assert r_hat[inside].max() < analysis.THRESHOLDS["r_hat_max"]
 
 
 def test_short_run_says_it_had_no_production():

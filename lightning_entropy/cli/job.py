@@ -261,7 +261,7 @@ def _landscape_report(cfg: DictConfig, task, model, strategy, landscape, records
     nan = np.full(nbins, np.nan)
     reads = analysis.readouts(landscape, exclude=int(cfg.plot.exclude))
     total_walkers = int(strategy.walkers) * int(cfg.trainer.devices)
-    conv = analysis.convergence(landscape, walkers=total_walkers)
+    conv = analysis.convergence(landscape, walkers=total_walkers, readouts=reads)
     primary = "max_s" if "max_s" in reads else ("label_free" if "label_free" in reads else None)
     in_window = analysis.inside_window(landscape)
     advantages = {}
@@ -278,6 +278,16 @@ def _landscape_report(cfg: DictConfig, task, model, strategy, landscape, records
                                                x_range=None if span is None else list(span))
                       for name, r in reads.items()}
         conv = analysis.with_readouts(conv, advantages)
+    agreed = None  # the main readout's advantage over the bins where the replicas agree, inside advantage.range
+    if primary in advantages and conv.agreement is not None:
+        lo, hi = conv.agreement
+        span = cfg.advantage.range
+        if span is not None:
+            lo = lo if span[0] is None else max(lo, float(span[0]))
+            hi = hi if span[1] is None else min(hi, float(span[1]))
+        if lo < hi:
+            agreed = analysis.advantage(reads[primary], curve, higher_is_better="accuracy" in column,
+                                        in_window=in_window, x_range=[lo, hi])
     fig = plotting.landscape_figure(landscape, baseline=curve, baseline_label=optimizer_name, title=title,
                                     exclude=int(cfg.plot.exclude), readouts=reads, convergence=conv)
     plotting.save(fig, out / "landscape.png", dpi=int(cfg.plot.dpi))
@@ -307,6 +317,11 @@ def _landscape_report(cfg: DictConfig, task, model, strategy, landscape, records
         columns[f"{name}_err"] = r.error if r is not None else nan
     under = reads[primary].undersampled if primary else np.ones(nbins, dtype=bool)
     columns["undersampled"] = under.astype(float)
+    # per bin, R-hat across replicas of S and of the main readout (NaN where unknown): where the run can be read
+    if landscape.entropy_r_hat is not None:
+        columns["entropy_r_hat"] = landscape.entropy_r_hat
+    if primary and reads[primary].r_hat is not None:
+        columns["readout_r_hat"] = reads[primary].r_hat
     main = advantages.get(primary)
     columns.update({
         "baseline_mean": curve.mean if curve is not None else nan,
@@ -347,6 +362,7 @@ def _landscape_report(cfg: DictConfig, task, model, strategy, landscape, records
         "advantage": main.summary() if main is not None else None,
         "mean_advantage": main.mean_advantage if main is not None else None,
         "advantage_by_readout": {k: v.summary() for k, v in advantages.items()},
+        "advantage_where_replicas_agree": agreed.summary() if agreed is not None else None,
         "no_advantage": no_advantage,
     })
     return column

@@ -152,7 +152,7 @@ def landscapes_figure(summaries: Sequence[dict[str, Any]], *, columns: int = 3):
         land = Landscape.load(run / "landscape.npz")
         exclude = int(((s.get("config") or {}).get("plot") or {}).get("exclude", 1))
         reads = analysis.readouts(land, exclude=exclude)
-        conv = analysis.convergence(land, walkers=s.get("walkers"))
+        conv = analysis.convergence(land, walkers=s.get("walkers"), readouts=reads)
         baseline = _baseline_from_curves(run / "curves.csv", land.edges[0])
         plotting.draw_landscape(fig, ax, land, baseline=baseline, baseline_label="baseline", exclude=exclude,
                                 readouts=reads, convergence=conv, legend=i == 0)

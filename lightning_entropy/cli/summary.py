@@ -184,6 +184,20 @@ def report_lines(summary: dict[str, Any]) -> list[str]:
     if conv:
         verdict = "converged" if conv["converged"] else "NOT converged: " + "; ".join(conv["reasons"])
         lines.append(f"  convergence: {verdict}")
+        span = conv.get("agreement")
+        if not conv["converged"] and span is not None:
+            others = [t for t in conv.get("tags", []) if t not in analysis.RANGE_TAGS]
+            line = (f"  the replicas agree (R-hat of S and of the readouts) over ln L_train in {_span(span)},"
+                    f" {conv['agreement_bins']} of the {conv['rhat_bins']} bins with an R-hat: "
+                    + ("read the landscape there, and the rest as not settled" if not others else
+                       f"but the run fails other tests ({', '.join(others)}), so nothing of it is settled yet"))
+            adv = summary.get("advantage_where_replicas_agree")
+            if adv and adv.get("bins") and not others:
+                r_hat = adv.get("mean_advantage_r_hat")
+                line += (f"; advantage of the {names.get(adv['readout'], adv['readout'])} there"
+                         f" {adv['mean_advantage']:+.3f} ± {adv['mean_advantage_error']:.3f} over {adv['bins']} bins"
+                         + (f" (R-hat {r_hat:.3f})" if r_hat is not None else ""))
+            lines.append(line)
     lines += stop_lines(summary)
     lines.append(f"  wall time {summary['wall_time_s']:.1f} s; files: {', '.join(summary['files'])}")
     lines.append(f"  run directory: {summary['run_dir']}")

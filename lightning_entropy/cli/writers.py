@@ -17,7 +17,7 @@ from lightning_entropy.cli.atomic import atomic_open
 
 CURVE_COLUMNS = ("ln_train_loss", "max_s", "max_s_err", "mean_curve", "mean_curve_err", "label_free", "label_free_err",
                  "undersampled", "baseline_mean", "baseline_std", "baseline_sem", "baseline_count", "advantage",
-                 "advantage_err", "visits", "in_window")
+                 "advantage_err", "visits", "in_window", "entropy_r_hat", "readout_r_hat")
 INTEGER_COLUMNS = ("baseline_count", "visits", "in_window", "undersampled")
 
 

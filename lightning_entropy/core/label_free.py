@@ -48,5 +48,6 @@ def picture(counts: np.ndarray, grid: Landscape, replicas: int, s_x: np.ndarray)
     out.visits.copy_(torch.from_numpy((counts > 0).sum(0).astype(np.float64)).to(out.visits))
     out.recent_visits[0].copy_(torch.from_numpy((counts > 0).astype(np.float64)).to(out.visits))
     out.replica_entropy = grids
+    out.entropy_r_hat = g.entropy_r_hat  # its x-marginal is the walk's S(x)
     out.history = [dict(h) for h in g.history]
     return out

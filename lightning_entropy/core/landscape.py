@@ -99,6 +99,8 @@ class Landscape(Grid):
         self.replica_blocks: np.ndarray | None = None
         # (blocks, replicas, nx, ny): 2-D walks' reweighted production mass per block and replica (windows summed)
         self.replica_grid_blocks: np.ndarray | None = None
+        # (nx,): rank-normalized split R-hat of S across replicas per x bin (NaN where unknown), published by the run
+        self.entropy_r_hat: np.ndarray | None = None
         self._group_of: torch.Tensor | None = None
 
     # -- the bias the walkers feel ------------------------------------------------------------------------------
@@ -341,7 +343,7 @@ class Landscape(Grid):
                 "groups": self.groups}
 
     #: numpy arrays a run publishes on its landscape (``None`` until it does), saved when present
-    _PUBLISHED = ("replica_entropy", "replica_blocks", "replica_grid_blocks")
+    _PUBLISHED = ("replica_entropy", "replica_blocks", "replica_grid_blocks", "entropy_r_hat")
     _GROUP_STATE = ("recent_visits", "group_obs_sum", "group_obs_count", "snapshot_bias", "snapshot_visits",
                     "prior_bias", "prior_visits")
 

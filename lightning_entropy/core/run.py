@@ -539,6 +539,7 @@ class Run:
         self.publish()
         error = self.landscape.entropy_error
         r_hat = self.rhat()
+        self.landscape.entropy_r_hat = r_hat
         within = self.window_trips.round_trips
         tried = float(w.exchange_tried.sum())
         extra = {
