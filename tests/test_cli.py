@@ -432,3 +432,27 @@ def test_records_round_trip_through_csv(tmp_path):
     back = load_records(save_records(records, tmp_path / "b.csv"))
     assert back[0]["seed"] == 1 and back[0]["epoch"] == 2 and back[0]["ln_train_loss"] == -1.5
     assert math.isnan(back[0]["ln_test_loss"])
+
+
+def test_the_logger_gets_where_the_replicas_agree(tmp_path):
+    """The final numbers sent to a Lightning logger include the range where the replicas agree and the advantage
+    over it, so that a sweep's runs compare there in the logger too."""
+    from lightning_entropy.cli.summary import log_final
+
+    got = {}
+
+    class Logger:
+        def log_metrics(self, metrics, step):
+            got.update(metrics, step=step)
+
+    summary = {"flatness": 0.3, "walker_steps": 10, "wall_time_s": 1.0, "converged": False, "files": [],
+               "convergence": {"agreement": [-1.1, 2.2], "agreement_bins": 33, "rhat_bins": 54},
+               "advantage_where_replicas_agree": {"mean_advantage": 0.004}}
+    log_final(Logger(), summary, tmp_path, step=3)
+    assert got["report/converged"] == 0.0 and got["report/agreement_bins"] == 33.0 and got["step"] == 3
+    assert (got["report/agreement_lo"], got["report/agreement_hi"]) == (-1.1, 2.2)
+    assert got["report/advantage_where_replicas_agree"] == 0.004
+    got.clear()
+    log_final(Logger(), dict(summary, convergence={"agreement": None, "agreement_bins": 0, "rhat_bins": 0}), tmp_path,
+              step=4)
+    assert "report/agreement_bins" not in got and got["report/converged"] == 0.0  # no R-hat: nothing to claim

@@ -111,6 +111,14 @@ def log_final(logger: Any, summary: dict[str, Any], out: Path, *, step: int) -> 
             metrics[f"report/advantage_{name}"] = adv["mean_advantage"]
     if summary.get("converged") is not None:
         metrics["report/converged"] = float(summary["converged"])
+    conv = summary.get("convergence") or {}
+    if conv.get("rhat_bins"):  # where the replicas agree: its bins and ends (a sweep's runs compare in the logger)
+        metrics["report/agreement_bins"] = float(conv.get("agreement_bins") or 0)
+        if conv.get("agreement"):
+            metrics["report/agreement_lo"], metrics["report/agreement_hi"] = map(float, conv["agreement"])
+        agreed = summary.get("advantage_where_replicas_agree") or {}
+        if agreed.get("mean_advantage") is not None:
+            metrics["report/advantage_where_replicas_agree"] = agreed["mean_advantage"]
     try:
         logger.log_metrics({f"report/{k}" if "/" not in k else k: v for k, v in metrics.items()}, step=step)
         if hasattr(logger, "log_image") and (out / "landscape.png").exists():
