@@ -432,8 +432,9 @@ def agreement(landscape, readouts: dict[str, Readout] | None = None, *,
     S across replicas (``landscape.entropy_r_hat``), no bin's R-hat (of S, or of any readout where it has one;
     :attr:`Readout.r_hat`) reaches ``r_hat_max``, and at most ``r_hat_share`` of the bins reach ``r_hat``, the same
     test the verdict applies to the whole grid. Returns ``((i, j) or None, bins with an R-hat of S)``; ties go to
-    the run at higher x. On the spiral's label-free walk the replicas agree above ln L_train of about -1.1 and
-    disagree below, where each configuration keeps its held-out accuracy for longer than production lasts."""
+    the run at higher x. On the spiral's main job the label-free readout's replicas agree above ln L_train of about
+    -1.1 and disagree below, where each configuration keeps its held-out accuracy for longer than production lasts;
+    S's R-hat reaches 1.1-1.2 at some window edges, so the range was the random-network end (docs/PERFORMANCE.md)."""
     th = {**THRESHOLDS, **(thresholds or {})}
     s_hat = getattr(landscape, "entropy_r_hat", None)
     if s_hat is None:
