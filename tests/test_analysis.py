@@ -341,6 +341,29 @@ def test_a_readout_whose_replicas_have_not_mixed_fails_the_verdict():
     assert analysis.with_readouts(converged, {"label_free": no_replicas}).converged
 
 
+def test_a_readout_that_disagrees_bin_by_bin_fails_the_verdict_though_its_mean_passes():
+    """One replica reads 0.03 high in the four lowest bins and 0.03 low in the four highest: the mean over the bins
+    agrees across replicas (its R-hat passes), the curve does not. with_readouts applies S's per-bin test to each
+    readout's per-bin R-hat (no bin at 1.1, at most 5 % at 1.05) and names the readout; agreeing replicas pass."""
+    rng = np.random.default_rng(2)
+    x, base = _flat_baseline()
+    count = np.full((64, 4, 8), 50.0)
+    offsets = np.zeros((4, 8))
+    offsets[3, :4], offsets[3, 4:] = 0.03, -0.03
+    accuracy = 0.8 + offsets[None] + rng.normal(0, 0.02, (64, 4, 8))
+    tilted = analysis.readouts(_label_free(np.stack([accuracy * count, count], axis=1)))["label_free"]
+    adv = analysis.advantage(tilted, base, higher_is_better=True)
+    assert adv.mean_advantage_r_hat < 1.05 and np.nanmax(tilted.r_hat) >= 1.1
+    converged = analysis.Convergence(0.5, 0.01, 100.0, 64.0, 64, 20, True, [], [], dict(analysis.THRESHOLDS), [])
+    assert analysis.with_readouts(converged, {"label_free": adv}).converged  # the mean alone: passes
+    verdict = analysis.with_readouts(converged, {"label_free": adv}, {"label_free": tilted})
+    assert not verdict.converged and verdict.tags == ["readout not mixed"]
+    assert "label-free Eq. (1) disagrees across replicas bin by bin" in verdict.reasons[0]
+    assert "of its 8 bins" in verdict.reasons[0]
+    mixed = analysis.readouts(_label_free(_accuracy_blocks(rng, [0, 0, 0, 0])))["label_free"]
+    assert analysis.with_readouts(converged, {}, {"label_free": mixed}).converged
+
+
 def test_not_converged_mark_is_never_under_a_legend():
     """A 1-D landscape with its per-bin observable draws on a twin axes whose legend used to cover the mark in the
     corner: the mark is then the legend's title; without a legend it is a box on the topmost axes."""

@@ -277,7 +277,7 @@ def _landscape_report(cfg: DictConfig, task, model, strategy, landscape, records
         advantages = {name: analysis.advantage(r, curve, higher_is_better=better, in_window=in_window,
                                                x_range=None if span is None else list(span))
                       for name, r in reads.items()}
-        conv = analysis.with_readouts(conv, advantages)
+    conv = analysis.with_readouts(conv, advantages, reads)
     agreed = None  # the main readout's advantage over the bins where the replicas agree, inside advantage.range
     if primary in advantages and conv.agreement is not None:
         lo, hi = conv.agreement
