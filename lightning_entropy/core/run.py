@@ -53,9 +53,6 @@ from lightning_entropy.core.windows import REFINE_MIN_TILT, Windows
 
 
 REFINE_ROUNDS = 4  # rounds of :meth:`Run.freeze`'s refinement of the frozen biases
-# the refinement ends early when a round's largest tilt is at least this share of the previous round's (the main
-# job, 48,000 steps, ran its four rounds at 2.24, 1.71, 1.79, 1.65 nats: 10,000 steps that production lacked)
-REFINE_STALL = 0.75
 R_HAT = 1.05  # the lenient rule of Vehtari et al. (2021); a snapshot records the share of bins at or above it
 
 
@@ -268,8 +265,7 @@ class Run:
         flattens the next round's), then start production: later visits fill the production histograms.
 
         Rounds end at the first chunk boundary after their length; nothing of a round enters the reported S, its
-        blocks, its R-hat or the readouts. A round after which no window is tilted by ``REFINE_MIN_TILT``, or whose
-        largest tilt fell by less than a quarter (``REFINE_STALL``), ends the refinement. Measured on the spiral's
+        blocks or its R-hat; a round after which no window was tilted ends the refinement. Measured on the spiral's
         1-D walk in ln L_train from -3.5 (256 walkers, 12,000 steps, the first third of the 7,200 production steps
         refining, seeds 1-3): the four lowest windows' production crossings went from 1.24 to 2.01 per walker on
         average; at 48,000 steps the Wang-Landau phase leaves little tilt and refining gains nothing
@@ -314,10 +310,6 @@ class Run:
         self._refined_steps = 0
         self.state = self._refresh_forces(self.state)
         if tilt.max() < REFINE_MIN_TILT:  # every bias was already flat enough: production starts now
-            self.refining = []
-        elif len(self.refinements) > 1 and tilt.max() >= REFINE_STALL * max(self.refinements[-2]):
-            # the largest tilt no longer falls: what the histograms show is where the windows' few walkers happen to
-            # be, not an error of the bias, and another round would copy that into the bias at production's cost
             self.refining = []
         if not self.refining:
             self._start_production()

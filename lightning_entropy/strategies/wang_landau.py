@@ -104,8 +104,7 @@ class WangLandauStrategy(WangLandauSampling, SamplerStrategy):
             the readouts' errors 2.6x larger than 0.3 (+0.006 +- 0.021 against +0.044 +- 0.008).
         refine: share of the production phase that first refines the frozen biases (``fill="visit"``): up to 4
             rounds, each adding to every window whose production histogram is tilted by at least 1 nat the fitted
-            ln H of that histogram, and ending early once the largest tilt stops falling (by a quarter per round);
-            S, its errors, R-hat and the readouts come from the production after them. ``None``
+            ln H of that histogram; S, its errors and R-hat come from the production after them. ``None``
             (default): 1/3; 0: none. On the spiral's 1-D walk at 12,000 steps the low-loss windows' biases were
             tilted by 8-10 nats after the Wang-Landau phase, and refining gave them 1.5-2.3x more crossings; at
             48,000-96,000 steps the Wang-Landau phase removes most of the tilt itself and refining cost about as
