@@ -397,7 +397,64 @@ class Convergence:
 
 
 THRESHOLDS = {"s_change": 0.1, "flatness": 0.2, "round_trip_fraction": 0.5, "r_hat": 1.05, "r_hat_share": 0.05,
-              "r_hat_max": 1.1, "production_blocks": 4, "window_crossings": 5.0}
+              "r_hat_max": 1.1, "r_hat_false_alarm": 0.005, "production_blocks": 4, "window_crossings": 5.0}
+
+
+@dataclass
+class BinTest:
+    """The per-bin R-hat test of S or of a readout across replicas (:func:`bin_test`)."""
+
+    passed: bool
+    bins: int  # bins with an R-hat (0: unknown, only the share was recorded)
+    share: float  # of them at or above ``r_hat``
+    allowed: int  # how many may be
+    worst: float
+    worst_allowed: int  # how many may reach ``r_hat_max``
+    too_few_draws: bool  # a perfectly mixed bin would reach ``r_hat_max`` too often to judge
+
+    def describe(self, th: dict[str, float], draws: int | None) -> str:
+        """The reason a failed test gives, naming the counts and what was allowed."""
+        if self.too_few_draws:
+            return (f"{draws} production draws per replica are too few to judge R-hat bin by bin (a perfectly mixed bin"
+                    f" reaches {th['r_hat_max']:g} more than {th['r_hat_share']:.0%} of the time); give the run more"
+                    " steps or a larger `production`")
+        worst = (f"worst {self.worst:.3f} (< {th['r_hat_max']:g} required)" if self.worst_allowed == 0 else
+                 f"worst {self.worst:.3f} ({self.worst_allowed} bin{'s' if self.worst_allowed > 1 else ''} at or"
+                 f" above {th['r_hat_max']:g} allowed)")
+        if not self.bins:
+            return (f"R-hat >= {th['r_hat']:g} in {self.share:.0%} of the bins (> {th['r_hat_share']:.0%} allowed),"
+                    f" {worst}")
+        allowed = (f"{self.allowed} allowed" if draws is None else
+                   f"{self.allowed} allowed: {th['r_hat_share']:.0%}, or what mixed bins reach by chance with {draws}"
+                   " draws")
+        return f"R-hat >= {th['r_hat']:g} in {self.share:.0%} of {self.bins} bins ({allowed}), {worst}"
+
+
+def bin_test(r_hat: np.ndarray, chains: int, draws: int | None, th: dict[str, float]) -> BinTest:
+    """Do the replicas agree bin by bin? ``r_hat`` per bin (NaN: no R-hat), from ``chains`` replicas and ``draws``
+    draws each (None: as many as make chance negligible). At most ``r_hat_share`` of the bins may reach ``r_hat``,
+    none ``r_hat_max``, and where chance alone does more (few draws, few replicas), as many as perfectly mixed bins
+    reach with probability above ``r_hat_false_alarm`` (:func:`~lightning_entropy.core.combine.rhat_allowed`): a
+    converged landscape then fails each count with at most that chance. With 4 replicas and 32 draws a fixed 5 %
+    share failed 19 % of simulated perfectly mixed 52-bin readouts (docs/PERFORMANCE.md, nineteenth session). Where a
+    mixed bin would reach ``r_hat_max`` more often than ``r_hat_share``, the draws are too few to judge and the test
+    fails saying so."""
+    from .core.combine import rhat_allowed, rhat_null_rate
+
+    known = np.asarray(r_hat, dtype=float)
+    known = known[np.isfinite(known)]
+    n = int(known.size)
+    above = int((known >= th["r_hat"]).sum())
+    over = int((known >= th["r_hat_max"]).sum())
+    worst = float(known.max()) if n else float("nan")
+    if draws is None:
+        allowed, worst_allowed, few = int(np.floor(th["r_hat_share"] * n + 1e-9)), 0, False
+    else:
+        few = rhat_null_rate(th["r_hat_max"], chains, draws) > th["r_hat_share"]
+        allowed = rhat_allowed(n, th["r_hat"], chains, draws, th["r_hat_share"], th["r_hat_false_alarm"])
+        worst_allowed = rhat_allowed(n, th["r_hat_max"], chains, draws, 0.0, th["r_hat_false_alarm"])
+    return BinTest(not few and above <= allowed and over <= worst_allowed, n, above / max(n, 1), allowed, worst,
+                   worst_allowed, few)
 
 
 # the verdict's tags that :func:`agreement` answers bin by bin: a run that fails only these can be read where the
@@ -412,7 +469,8 @@ def with_readouts(conv: Convergence, advantages: dict[str, Advantage],
     """``conv`` with the readouts' own tests added to the verdict: every advantage with an R-hat across replicas
     (:attr:`Advantage.mean_advantage_r_hat`) must have it below ``thresholds["r_hat"]``, and every readout in
     ``readouts`` with per-bin R-hats (:attr:`Readout.r_hat`) must pass, over its sampled bins, the test S passes per
-    bin: below ``r_hat_max`` in every bin, at or above ``r_hat`` in at most ``r_hat_share`` of them. A landscape
+    bin (:func:`bin_test`: below ``r_hat_max`` in every bin, at or above ``r_hat`` in at most ``r_hat_share`` of them,
+    or as many as chance reaches with its draws). A landscape
     whose S has converged can still carry a readout whose replicas have not mixed (on the spiral's label-free walk
     the held-out accuracy moves slowly within each train-loss level while S along it has converged); the result it
     reports is then not settled, and the verdict says so. The per-bin test is what the curve a run reports needs;
@@ -440,21 +498,23 @@ def with_readouts(conv: Convergence, advantages: dict[str, Advantage],
         known = per_bin[np.isfinite(per_bin) & ~readout.undersampled]
         if known.size == 0:
             continue
-        share, worst = float(np.mean(known >= limit)), float(known.max())
-        if share > th["r_hat_share"] or worst >= th["r_hat_max"]:
-            flag(f"the {READOUT_NAMES.get(name, name)} disagrees across replicas bin by bin: R-hat >= {limit:g} in"
-                 f" {share:.0%} of its {known.size} bins (> {th['r_hat_share']:.0%} allowed), worst {worst:.3f} (<"
-                 f" {th['r_hat_max']:g} required)")
+        chains, draws = readout.per_block.shape[:2]
+        test = bin_test(known, chains, draws, th)
+        if test.too_few_draws:
+            flag(f"the {READOUT_NAMES.get(name, name)}'s agreement across replicas is unknown: {test.describe(th, draws)}")
+        elif not test.passed:
+            flag(f"the {READOUT_NAMES.get(name, name)} disagrees across replicas bin by bin: {test.describe(th, draws)}")
     return replace(conv, converged=not reasons, reasons=reasons, tags=tags)
 
 
-def agreement(landscape, readouts: dict[str, Readout] | None = None, *,
-              thresholds: dict[str, float] | None = None) -> tuple[tuple[int, int] | None, int]:
+def agreement(landscape, readouts: dict[str, Readout] | None = None, *, thresholds: dict[str, float] | None = None,
+              draws: int | None = None) -> tuple[tuple[int, int] | None, int]:
     """Where the replicas agree: the longest run of consecutive x bins ``[i, j)`` in which every bin has an R-hat of
     S across replicas (``landscape.entropy_r_hat``), no bin's R-hat (of S, or of any readout where it has one;
     :attr:`Readout.r_hat`) reaches ``r_hat_max``, and at most ``r_hat_share`` of the bins reach ``r_hat``, the same
     test the verdict applies to the whole grid. Returns ``((i, j) or None, bins with an R-hat of S)``; ties go to
-    the run at higher x. On the spiral's main job the label-free readout's replicas agree above ln L_train of about
+    the run at higher x; with ``draws`` (the fewest draws of any R-hat there), a run of ``n`` bins may hold as many
+    bins at ``r_hat`` as :func:`bin_test` allows ``n`` bins. On the spiral's main job the label-free readout's replicas agree above ln L_train of about
     -1.1 and disagree below, where each configuration keeps its held-out accuracy for longer than production lasts;
     S's R-hat reaches 1.1-1.2 at some window edges, so the range was the random-network end (docs/PERFORMANCE.md)."""
     th = {**THRESHOLDS, **(thresholds or {})}
@@ -469,6 +529,14 @@ def agreement(landscape, readouts: dict[str, Readout] | None = None, *,
             worst = np.where(known & np.isfinite(extra), np.fmax(worst, extra), worst)
     best, n = None, worst.size
     above = np.concatenate([[0], np.cumsum(known & (worst >= th["r_hat"]))])
+    if draws is None:
+        allowed = [th["r_hat_share"] * m for m in range(n + 1)]
+    else:
+        from .core.combine import rhat_allowed
+
+        chains = _chains(landscape)
+        allowed = [rhat_allowed(m, th["r_hat"], chains, draws, th["r_hat_share"], th["r_hat_false_alarm"])
+                   for m in range(n + 1)]
     for i in range(n):
         if not known[i]:
             continue
@@ -477,11 +545,30 @@ def agreement(landscape, readouts: dict[str, Readout] | None = None, *,
             j += 1
         # the longest [i, k) inside [i, j) whose share of bins at or above r_hat is allowed
         for k in range(j, i, -1):
-            if above[k] - above[i] <= th["r_hat_share"] * (k - i):
+            if above[k] - above[i] <= allowed[k - i]:
                 if best is None or k - i >= best[1] - best[0]:
                     best = (i, k)
                 break
     return best, int(known.sum())
+
+
+def _chains(landscape) -> int:
+    """The independent replicas (the R-hats' chains): rows of ``replica_entropy``, else the walker groups."""
+    grids = getattr(landscape, "replica_entropy", None)
+    return int(grids.shape[0]) if grids is not None else max(int(getattr(landscape, "groups", 2)), 2)
+
+
+def _entropy_bin_test(landscape, last: dict[str, float], th: dict[str, float]) -> tuple[BinTest, int | None]:
+    """:func:`bin_test` of S's per-bin R-hat (``landscape.entropy_r_hat``, else the last snapshot's worst and share);
+    the draws are the fewest any window used (a snapshot from before they were recorded: the fixed share alone)."""
+    draws = int(last["r_hat_draws"]) if last.get("r_hat_draws") else None
+    r_hat = getattr(landscape, "entropy_r_hat", None)
+    chains = _chains(landscape)
+    if r_hat is not None and np.isfinite(r_hat).any():
+        return bin_test(np.asarray(r_hat, dtype=float), chains, draws, th), draws
+    # only the summary numbers: the share and the worst as recorded
+    share, worst = float(last.get("r_hat_above") or 0.0), float(last["r_hat"])
+    return BinTest(share <= th["r_hat_share"] and worst < th["r_hat_max"], 0, share, 0, worst, 0, False), None
 
 
 def convergence(landscape, *, walkers: int | None = None, thresholds: dict[str, float] | None = None,
@@ -498,7 +585,8 @@ def convergence(landscape, *, walkers: int | None = None, thresholds: dict[str, 
     that crossed even the slowest window at least ``window_crossings`` times during production (estimated from
     their diffusion in x; the reason then says how much longer production would need to be). (R-hat of a
     single converged quantity scatters around 1 by about ``1/(2 n)`` with ``n`` draws per split chain; the worst of
-    ~50 bins then exceeds 1.05 by chance in short runs, hence the share.) With ``readouts``, their per-bin R-hat
+    ~50 bins then exceeds 1.05 by chance in short runs, hence the share, widened by :func:`bin_test` to what chance
+    reaches with the fewest draws a window used.) With ``readouts``, their per-bin R-hat
     joins that of S in :func:`agreement`, the range the verdict reports as read-able where the whole is not.
     """
     th = {**THRESHOLDS, **(thresholds or {})}
@@ -545,10 +633,12 @@ def convergence(landscape, *, walkers: int | None = None, thresholds: dict[str, 
                            " reached in every production block")
             tags.append("R-hat unknown")
         else:
-            share = float(last.get("r_hat_above") or 0.0)
-            if share > th["r_hat_share"] or r_hat >= th["r_hat_max"]:
-                reasons.append(f"replicas disagree: R-hat >= {th['r_hat']:g} in {share:.0%} of the bins (> "
-                               f"{th['r_hat_share']:.0%} allowed), worst {r_hat:.3f} (< {th['r_hat_max']:g} required)")
+            test, draws = _entropy_bin_test(landscape, last, th)
+            if test.too_few_draws:
+                reasons.append(f"R-hat of S across replicas cannot be judged: {test.describe(th, draws)}")
+                tags.append("R-hat unknown")
+            elif not test.passed:
+                reasons.append(f"replicas disagree: {test.describe(th, draws)}")
                 tags.append("replicas disagree")
         crossings = last.get("window_crossings")
         if crossings is not None and math.isfinite(crossings) and crossings < th["window_crossings"]:
@@ -559,7 +649,9 @@ def convergence(landscape, *, walkers: int | None = None, thresholds: dict[str, 
                            f"{th['window_crossings']:g}); a production about {more:.2g}x longer (more steps, or a"
                            " larger `production`) would be needed")
             tags.append("slow diffusion")
-    span, known = agreement(landscape, readouts, thresholds=th)
+    draws = [int(last["r_hat_draws"])] if last.get("r_hat_draws") else []
+    draws += [r.per_block.shape[1] for r in (readouts or {}).values() if r.per_block is not None]
+    span, known = agreement(landscape, readouts, thresholds=th, draws=min(draws) if draws else None)
     edges = landscape.edges[0]
     return Convergence(flat, change, trips, with_trip, walkers, len(history), not reasons, reasons, tags, th,
                        history, None if span is None else [float(edges[span[0]]), float(edges[span[1]])],

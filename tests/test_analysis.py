@@ -359,9 +359,50 @@ def test_a_readout_that_disagrees_bin_by_bin_fails_the_verdict_though_its_mean_p
     verdict = analysis.with_readouts(converged, {"label_free": adv}, {"label_free": tilted})
     assert not verdict.converged and verdict.tags == ["readout not mixed"]
     assert "label-free Eq. (1) disagrees across replicas bin by bin" in verdict.reasons[0]
-    assert "of its 8 bins" in verdict.reasons[0]
+    assert "of 8 bins" in verdict.reasons[0]
     mixed = analysis.readouts(_label_free(_accuracy_blocks(rng, [0, 0, 0, 0])))["label_free"]
     assert analysis.with_readouts(converged, {}, {"label_free": mixed}).converged
+
+
+def test_the_per_bin_r_hat_test_passes_mixed_readouts_and_fails_a_persistent_offset():
+    """Perfectly mixed readouts (independent draws, 4 replicas x 32 draws, 52 bins) pass the per-bin test in nearly
+    every run: a fixed 5 % share at 1.05 failed about one in five of them, so the allowance counts what chance
+    alone reaches with so few draws. A replica that keeps an offset of one noise sigma in every bin still fails."""
+    from lightning_entropy.core.combine import rhat
+
+    rng = np.random.default_rng(7)
+    th = dict(analysis.THRESHOLDS)
+    runs, bins = 60, 52
+    mixed = rhat(rng.normal(size=(runs * bins, 4, 32))).reshape(runs, bins)
+    passed = [analysis.bin_test(r, 4, 32, th).passed for r in mixed]
+    fixed_share = [np.mean(r >= 1.05) <= 0.05 and r.max() < 1.1 for r in mixed]
+    assert sum(passed) >= 57, sum(passed)
+    assert sum(fixed_share) <= 56  # what the allowance corrects (about 49 of 60)
+    offset = rng.normal(size=(runs * bins, 4, 32))
+    offset[:, 0] += 1.0
+    failed = [not analysis.bin_test(r, 4, 32, th).passed for r in rhat(offset).reshape(runs, bins)]
+    assert sum(failed) >= 59
+    # with many draws chance is negligible and the fixed share is the rule
+    assert analysis.bin_test(mixed[0], 4, 200, th).allowed == int(0.05 * bins)
+
+
+def test_r_hat_chance_rate_matches_simulation_and_too_few_draws_are_named():
+    """The chance that a mixed quantity's R-hat reaches a level, from the F distribution of split R-hat, against
+    simulated independent draws; with 8 draws per replica the per-bin test cannot judge, and the verdict says why."""
+    from lightning_entropy.core.combine import rhat, rhat_null_rate
+
+    rng = np.random.default_rng(3)
+    for chains, draws in ((2, 32), (4, 16)):
+        simulated = np.mean(rhat(rng.normal(size=(3000, chains, draws))) >= 1.05)
+        assert abs(simulated - rhat_null_rate(1.05, chains, draws)) < 0.03, (chains, draws, simulated)
+    assert rhat_null_rate(1.05, 4, 200) < 1e-6
+    short = analysis.readouts(_label_free(_accuracy_blocks(rng, [0, 0, 0, 0], blocks=8)))["label_free"]
+    assert short.per_block.shape[:2] == (4, 8)
+    converged = analysis.Convergence(0.5, 0.01, 100.0, 64.0, 64, 20, True, [], [], dict(analysis.THRESHOLDS), [])
+    verdict = analysis.with_readouts(converged, {}, {"label_free": short})
+    assert not verdict.converged
+    assert "8 production draws per replica are too few to judge" in verdict.reasons[0]
+    assert "more steps or a larger `production`" in verdict.reasons[0]
 
 
 def test_not_converged_mark_is_never_under_a_legend():

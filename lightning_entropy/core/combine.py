@@ -151,3 +151,35 @@ def rhat(draws: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             out[ok] = np.asarray(array_stats.rhat(draws[ok], chain_axis=-2, draw_axis=-1, method="rank"))
     return out
+
+
+def rhat_null_rate(level: float, chains: int, draws: int) -> float:
+    """Probability that :func:`rhat` of a perfectly mixed quantity (independent draws, every chain alike) reaches
+    ``level`` with ``chains`` chains of ``draws`` draws: how often a per-bin R-hat test fails a converged bin by chance.
+
+    Split R-hat compares ``m = 2 chains`` half-chains of ``N = draws // 2``; with independent draws its ratio of
+    between- to within-chain variance ``B / W`` follows ``F(m - 1, m (N - 1))`` (rank normalization makes the draws
+    normal), and ``R-hat^2 = (N - 1) / N + B / (N W)``. The rank-normalized R-hat is the larger of the bulk and the
+    folded-tail R-hat; the two are taken as independent. Against 4,000 simulated quantities: 0.028 at 1.05 with 4 x 32
+    (simulated 0.028), 0.42 at 1.05 with 4 x 8 (0.43), 0.11 at 1.05 with 2 x 32 (0.12)."""
+    from scipy.stats import f
+
+    m, n = 2 * int(chains), int(draws) // 2
+    if m < 4 or n < 2:
+        return 1.0
+    ratio = n * level**2 - (n - 1)
+    p = float(f.sf(ratio, m - 1, m * (n - 1)))
+    return 1.0 - (1.0 - p) ** 2
+
+
+def rhat_allowed(bins: int, level: float, chains: int, draws: int, share: float, false_alarm: float) -> int:
+    """How many of ``bins`` per-bin R-hats may reach ``level`` before a test calls the replicas' disagreement real:
+    at least ``share`` of them, and at least as many as perfectly mixed bins reach by chance with probability above
+    ``false_alarm`` (binomial, :func:`rhat_null_rate` per bin; bins taken as independent). With 4 replicas x 32
+    draws and 50 bins, 5 bins at 1.05 (10 %) and none at 1.1 (false alarm 0.5 %); with 64 draws, the share alone."""
+    from scipy.stats import binom
+
+    if bins <= 0:
+        return 0
+    chance = int(binom.ppf(1.0 - false_alarm, bins, rhat_null_rate(level, chains, draws)))
+    return max(int(np.floor(share * bins + 1e-9)), chance)

@@ -113,6 +113,7 @@ class Run:
         self.trips = trips.init(windows.walkers, (lo, hi), end_fraction=end_fraction, device=device)
         self.window_trips = trips.init(windows.walkers, (lo, hi), end_fraction=end_fraction, device=device)
         self.blocks: list[np.ndarray] = []  # per production chunk: (E, nx) reweighted x-marginal mass
+        self.rhat_draws = 0  # the fewest production draws a window's R-hat of S used (see ``rhat``)
         self._last_production = torch.zeros_like(windows.production)
         self.observable_blocks: list[np.ndarray] = []  # per production chunk: (2, R, nx), see _observed
         self.grid_blocks: list[np.ndarray] = []  # 2-D walks, per production chunk: (R, nx, ny) reweighted mass
@@ -468,10 +469,12 @@ class Run:
 
         Per window, consecutive blocks are merged into the fewest groups (at least four) in which every replica
         visits at least half of the bins all replicas reached in production: a block of a few walkers over one
-        chunk leaves most bins empty, and an empty bin has no log-mass to compare."""
+        chunk leaves most bins empty, and an empty bin has no log-mass to compare. The fewest draws any window used
+        is left in ``rhat_draws`` (0 without an R-hat): how often a mixed bin fails by chance depends on it."""
         w = self.windows
         nx = self.landscape.shape[0]
         out = np.full(nx, np.nan)
+        self.rhat_draws = 0
         if len(self.blocks) < 4 or w.replicas < 2:
             return out
         blocks = np.stack(self.blocks).reshape(len(self.blocks), w.replicas, w.windows, nx)  # (B, R, k, nx)
@@ -490,6 +493,7 @@ class Run:
             if common.sum() < 2:
                 continue
             v = v - v[..., common].mean(-1, keepdims=True)
+            self.rhat_draws = n if not self.rhat_draws else min(self.rhat_draws, n)
             r_hat = combine.rhat(np.transpose(v, (2, 1, 0)))  # (bins, chains, draws)
             out[lo[k]:hi[k]] = np.fmax(out[lo[k]:hi[k]], r_hat)
         return out
@@ -553,6 +557,7 @@ class Run:
             "r_hat": float(np.nanmax(r_hat)) if np.isfinite(r_hat).any() else float("nan"),
             "r_hat_above": (float(np.mean(r_hat[np.isfinite(r_hat)] >= R_HAT)) if np.isfinite(r_hat).any()
                             else float("nan")),
+            "r_hat_draws": float(self.rhat_draws),
             "production": float(self.frozen and not self.refining),
             "refine_rounds_left": float(len(self.refining)),
             "empty_windows": float(self.empty_windows()),
