@@ -426,7 +426,7 @@ class Windows:
         walkers crossed those windows 0.3-2.7 times in production whatever the time step, masses or friction. With
         the bias frozen the walkers sample ``exp(S - bias)`` exactly, so ``ln H`` estimates ``delta``: the tilt is
         the weighted (by counts) quadratic fit of ``ln H`` over the bins of the window it reached, its range over the
-        window; estimates whose tilt is at least ``min_tilt`` get ``bias += fit`` (the multicanonical recursion,
+        window (beyond the outermost reached bins the fit keeps its value there); estimates whose tilt is at least ``min_tilt`` get ``bias += fit`` (the multicanonical recursion,
         smoothed: a fit uses every bin's counts, where ``ln H`` bin by bin is noise at the thinly visited edges).
         The others keep their bias. In place; call between chunks, only while frozen. The reported S never depends
         on this: it comes from the production that follows."""
@@ -445,7 +445,9 @@ class Windows:
             u = np.linspace(-1.0, 1.0, h.size)  # the window's bins on [-1, 1]: a well-conditioned fit
             fit = np.polynomial.Polynomial.fit(u[seen], np.log(h[seen]), min(2, seen.size - 1), w=np.sqrt(h[seen]),
                                                domain=[-1, 1], window=[-1, 1])
-            values = fit(u)
+            # the fit holds only between the outermost bins the round reached: beyond them it is held at its edge
+            # value, not extrapolated (a quadratic carried over bins no walker saw once read a 16.8-nat tilt)
+            values = fit(np.clip(u, u[seen[0]], u[seen[-1]]))
             tilt[k] = float(values.max() - values.min())
             if tilt[k] >= min_tilt:
                 correction[k, lo[k]:hi[k]] = np.clip(values - values.mean(), -REFINE_MAX, REFINE_MAX)
