@@ -249,3 +249,65 @@ def roofline(flop: float, seconds: float, peak_gflops: float) -> str:
     """``achieved GFLOP/s (x% of the GEMM peak)`` for ``flop`` done in ``seconds``."""
     achieved = flop / seconds / 1e9 if seconds > 0 else float("nan")
     return f"{achieved:.2f} GFLOP/s ({achieved / peak_gflops:.1%} of the {peak_gflops:.0f} GFLOP/s GEMM peak)"
+
+
+def dispatch_profile(fn: Callable[[], object]) -> tuple[int, float]:
+    """``(operations, bytes)``: the aten operations one call of ``fn`` dispatches (forward, backward and everything
+    around them, below autograd) and the bytes of the tensors they return: the work a step is made of when it is
+    too small for its arithmetic to matter."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops, self.bytes = 0, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.ops += 1
+            self.bytes += sum(t.numel() * t.element_size() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+            return out
+
+    with Count() as counter:
+        fn()
+    return counter.ops, float(counter.bytes)
+
+
+def op_floor_seconds(calls: int = 2000) -> float:
+    """The fixed cost of one dispatched operation on this machine: an in-place add on a one-element tensor (best
+    block). A step of ``n`` operations cannot take less than ``n`` times this, whatever its arithmetic."""
+    x = torch.zeros(1)
+
+    def ops() -> None:
+        for _ in range(calls):
+            x.add_(1.0)
+
+    best_s, _ = seconds_per_call(ops, repeats=5, target_s=0.05)
+    return best_s / calls
+
+
+def copy_gbs(elements: int = 8 * 2**20) -> float:
+    """Memory bandwidth of a float32 copy (bytes read plus written per second, best block), in GB/s."""
+    a, b = torch.randn(elements), torch.empty(elements)
+    best_s, _ = seconds_per_call(lambda: b.copy_(a), repeats=5, target_s=0.1)
+    return 2 * 4 * elements / best_s / 1e9
+
+
+def bound(flop_share: float, byte_share: float, dispatch_share: float, ops: int, seconds: float, floor: float) -> str:
+    """What bounds a step: the limit whose share of the step's time is largest, if it explains at least half of it
+    (its FLOP at the GEMM rate, its output bytes at the copy bandwidth, its operations at the per-operation floor);
+    otherwise the operations' own overhead above the floor (allocation, kernel set-up, small-tensor paths)."""
+    shares = {"arithmetic (FLOP at the GEMM rate)": flop_share, "memory (output bytes at the copy bandwidth)":
+              byte_share, "dispatch (operations at the per-operation floor)": dispatch_share}
+    name = max(shares, key=shares.get)
+    parts = (f"arithmetic {flop_share:.1%}, memory {byte_share:.0%}, the dispatch floor {dispatch_share:.0%} of the"
+             " step")
+    if shares[name] >= 0.5:
+        return f"{name}, {shares[name]:.0%} of the step ({parts})"
+    per_op = seconds / max(ops, 1)
+    what = ("per-operation overhead (allocation, set-up, small-tensor paths)" if per_op < 10 * floor else
+            "kernel efficiency on these shapes (operations far above the floor, yet neither their FLOP nor their bytes"
+            " explain their time)")
+    return (f"{what}: {ops} operations at {per_op * 1e6:.1f} us each on average, {per_op / floor:.1f}x the floor of"
+            f" a one-element operation ({parts})")

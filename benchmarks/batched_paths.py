@@ -77,7 +77,9 @@ def main() -> None:
     print("machine:", C.machine())
     peak = C.gemm_gflops(seconds=0.3 if quick else 1.0)
     print(f"dense GEMM (float32, 1024^2, {torch.get_num_threads()} threads): {peak:.0f} GFLOP/s")
-    rows = []
+    bandwidth, floor = C.copy_gbs(), C.op_floor_seconds()
+    print(f"copy bandwidth {bandwidth:.1f} GB/s, one dispatched operation {floor * 1e6:.2f} us")
+    rows, bounds = [], []
     cases = [("mnist", 32, ("batched", "vmap")), ("char_lm", 16, ("batched", "vmap", "loop")),
              ("modular_arithmetic", 16, ("batched", "vmap", "loop"))]
     for name, walkers, paths in cases:
@@ -91,10 +93,17 @@ def main() -> None:
                 f"{min(C.best(blocks[p]) / C.best(fast), C.paired_median(blocks[p], fast)):.2f}x")
             bound = C.roofline(flop, best, peak) if p == "batched" else ""
             rows.append([name, walkers, p, f"{walkers / best:,.1f}", ratio, bound, C.spread(blocks[p])])
+            if p == "batched":
+                ops, nbytes = C.dispatch_profile(loops[p].step)
+                shares = (flop / (peak * 1e9) / best, nbytes / (bandwidth * 1e9) / best, ops * floor / best)
+                bounds.append(f"  {name} ({walkers} walkers): {C.bound(*shares, ops, best, floor)}")
     print()
     print(C.table(rows, ["task", "walkers", "path", "walker-steps/s", "batched speed-up", "roofline (batched)",
                          "noise"]))
     print("    speed-up: walker-steps/s of the batched path over this path (the less favourable estimate)")
+    print("what bounds each batched step (its FLOP at the GEMM rate, its output bytes at the copy bandwidth, its"
+          " operations at the per-operation floor, as shares of the step):")
+    print("\n".join(bounds))
     print("machine after:", f"load average {C.load():.1f}")
 
 

@@ -18,6 +18,9 @@ Task: the paper's spiral classifier (ReLU 2 -> 6 -> 6 -> 6 -> 2, 116 parameters)
     timed in the same WLMD step against (b) at 128 walkers. Printed as ratios: against the module with a ``loss_fn``
     (about 1x when the contract finds the same fast path) and against the per-walker loop.
 
+(d) the roofline: each step's FLOP, output bytes and dispatched operations against the GEMM rate, the copy
+    bandwidth and the per-operation floor measured in the same run, and which of them bounds the step.
+
 Target: vectorized(128 walkers) >= 20x the loop, in walker-steps per second (the design's bar; issue 13 asks
 50x with one thread each side, ``BENCH_THREADS=1``, and the script prints both verdicts). The verdict uses the less
 favourable of the best-block ratio and the median of neighbouring-block ratios (see _common.py).
@@ -150,6 +153,34 @@ def profile_step(s, walkers: int = 128, steps: int = 50) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
 
 
+def roofline(mds: dict, seconds: dict[int, float]) -> None:
+    """(d) How far each WLMD step is from this machine's limits, measured in the same run: its FLOP (matrix products,
+    ``torch.utils.flop_counter``) at the dense-GEMM rate, the bytes its operations return at the copy bandwidth, and
+    its dispatched operations at the per-operation floor; each as a share of the measured step time. The largest
+    share names what bounds the step."""
+    peak, bandwidth, floor = C.gemm_gflops(), C.copy_gbs(), C.op_floor_seconds()
+    rows, best = [], None
+    for w, md in mds.items():
+        if w < 16:
+            continue
+        flop = C.count_flop(md.step)
+        ops, nbytes = C.dispatch_profile(md.step)
+        sec = seconds[w]
+        shares = (flop / (peak * 1e9) / sec, nbytes / (bandwidth * 1e9) / sec, ops * floor / sec)
+        rows.append([w, f"{flop / 1e6:.2f}", f"{flop / sec / 1e9:.2f}", f"{shares[0]:.1%}", ops,
+                     f"{nbytes / 1e6:.1f}", f"{nbytes / sec / 1e9:.1f}", f"{shares[1]:.1%}", f"{shares[2]:.0%}"])
+        if best is None or flop / sec > best[1]:
+            best = (w, flop / sec, shares, ops, sec)
+    print(f"\n(d) roofline: dense GEMM {peak:.0f} GFLOP/s, copy {bandwidth:.1f} GB/s, one dispatched operation"
+          f" {floor * 1e6:.2f} us (this run, {torch.get_num_threads()} threads)")
+    print(C.table(rows, ["walkers", "MFLOP/step", "GFLOP/s", "of GEMM", "ops/step", "MB out/step", "GB/s",
+                         "of copy", "ops x floor"]))
+    w, rate, shares, ops, sec = best
+    print(f"RESULT roofline: at its best walker count ({w}) the MLP step reaches {rate / 1e9:.2f} GFLOP/s,"
+          f" {shares[0]:.1%} of the GEMM rate ({'within' if shares[0] >= 1 / 3 else 'not within'} 3x of it);"
+          f" bound by {C.bound(*shares, ops, sec, floor)}")
+
+
 def main() -> None:
     C.set_threads()
     s = C.spiral_setup()
@@ -204,6 +235,8 @@ def main() -> None:
     print(f"RESULT throughput: vectorized(128) / loop = {ratio:.1f}x   target >= {TARGET:.0f}x   "
           f"{C.verdict(ratio >= TARGET)}; issue 13 asks >= {ISSUE_TARGET:.0f}x (one thread each side)   "
           f"{C.verdict(ratio >= ISSUE_TARGET)}")
+
+    roofline(mds, {w: float(r[2]) / 1e3 for w, r in zip(WALKERS, rows)})
 
     # (c) the module written as Lightning's docs write it, through the contract's evaluator, at 128 walkers
     evaluator, origin = standard_module_evaluator(s)
