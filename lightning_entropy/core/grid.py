@@ -69,6 +69,9 @@ class Grid:
         )
         self._offsets, self._weights = self._kernel()
         self._corners = torch.tensor(list(itertools.product((0, 1), repeat=d)), device=self.device)
+        self._n = torch.tensor(self.shape, device=self.device)  # bins per axis (int64)
+        self._last_cell = (self._n - 2).to(torch.float64)  # the last interpolation cell per axis
+        self._corner_flat = (self._corners * self._strides).sum(-1)  # (2**d,) flat offsets of a cell's corners
 
     # -- axes and bins ----------------------------------------------------------------------------------------------
 
@@ -92,7 +95,7 @@ class Grid:
     def bin_index(self, cv: torch.Tensor) -> torch.Tensor:
         """``(W,)`` flat bin index of each walker, clamped to the grid."""
         idx = torch.floor((cv.to(torch.float64) - self.lo) / self.width).nan_to_num(0).long()
-        idx = torch.minimum(idx.clamp(min=0), torch.tensor(self.shape, device=self.device) - 1)
+        idx = torch.minimum(idx.clamp(min=0), self._n - 1)
         return (idx * self._strides).sum(-1)
 
     def _kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,10 +126,11 @@ class Grid:
         cv = cv.to(torch.float64)
         if self.ndim == 1:  # the 1-D walk's hot path: two gathers, no corner products (same numbers)
             return self._interpolate_1d(table, cv, offset, lo, hi)
-        n = torch.tensor(self.shape, device=self.device)
+        if self.ndim == 2:  # the 2-D walk's hot path: one gather of the four corners, two lerps
+            return self._interpolate_2d(table, cv, offset, lo, hi)
         u = (cv - self.lo) / self.width - 0.5
         if lo is None:
-            i0 = torch.minimum(torch.floor(u).nan_to_num(0).clamp(min=0), (n - 2).to(u.dtype))
+            i0 = torch.minimum(torch.floor(u).nan_to_num(0).clamp(min=0), self._last_cell)
         else:
             i0 = torch.minimum(torch.maximum(torch.floor(u).nan_to_num(0), lo.to(u.dtype)), (hi - 2).to(u.dtype))
         t = (u - i0).clamp(0.0, 1.0)
@@ -145,6 +149,28 @@ class Grid:
             dim=-1,
         )
         return value, slope
+
+    def _interpolate_2d(self, table: torch.Tensor, cv: torch.Tensor, offset: torch.Tensor | None,
+                        lo: torch.Tensor | None, hi: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`interpolate` on a 2-D grid (``cv`` float64 ``(W, 2)``): bilinear as two lerps along x and one
+        along y, and its exact gradient; the same cell and weights as the d-dimensional form (equal to rounding),
+        in about 30 operations instead of 50."""
+        u = (cv - self.lo) / self.width - 0.5
+        i0 = torch.floor(u).nan_to_num(0)
+        if lo is None:
+            i0 = torch.minimum(i0.clamp(min=0), self._last_cell)
+        else:
+            i0 = torch.minimum(torch.maximum(i0, lo.to(u.dtype)), (hi - 2).to(u.dtype))
+        t = (u - i0).clamp(0.0, 1.0)
+        flat = (i0.long() * self._strides).sum(-1)
+        if offset is not None:
+            flat = flat + offset
+        s00, s01, s10, s11 = table[flat.unsqueeze(1) + self._corner_flat].unbind(-1)  # corners (x, y) in {0, 1}^2
+        tx, ty = t.unbind(-1)
+        dx0, dx1 = s10 - s00, s11 - s01  # along x at y = 0 and y = 1
+        a, b = s00 + dx0 * tx, s01 + dx1 * tx
+        dy = b - a
+        return a + dy * ty, torch.stack((dx0 + (dx1 - dx0) * ty, dy), dim=-1) / self.width
 
     def _interpolate_1d(self, table: torch.Tensor, cv: torch.Tensor, offset: torch.Tensor | None,
                         lo: torch.Tensor | None, hi: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,7 +206,7 @@ class Grid:
         """The flat bin of each walker ``(W,)`` and the flat bins its deposit kernel covers ``(W, K)`` (weights
         :attr:`kernel_weights`), mirrored at the edges of bins ``[lo, hi)`` per walker and axis (default the grid)
         so that no mass leaves the region a walker can reach."""
-        n = torch.tensor(self.shape, device=self.device)
+        n = self._n
         lo = torch.zeros_like(n) if lo is None else lo
         hi = n if hi is None else hi
         idx = torch.floor((cv.to(torch.float64) - self.lo) / self.width).nan_to_num(0).long()
