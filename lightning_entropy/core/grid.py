@@ -209,14 +209,22 @@ class Grid:
         n = self._n
         lo = torch.zeros_like(n) if lo is None else lo
         hi = n if hi is None else hi
-        idx = torch.floor((cv.to(torch.float64) - self.lo) / self.width).nan_to_num(0).long()
-        idx = torch.minimum(torch.maximum(idx, lo), hi - 1)
+        idx = self._clamped(cv, lo, hi)
         near = idx.unsqueeze(1) + self._offsets.unsqueeze(0)  # (W, K, d)
         lo_, hi_ = (b.unsqueeze(-2) if b.dim() > 1 else b for b in (lo, hi))
         near = torch.where(near < lo_, 2 * lo_ - near - 1, near)  # mirror at the edges: no mass is lost
         near = torch.where(near >= hi_, 2 * hi_ - 1 - near, near)
         near = torch.minimum(torch.maximum(near, lo_), hi_ - 1)
         return (idx * self._strides).sum(-1), (near * self._strides).sum(-1)
+
+    def bin_within(self, cv: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """The flat bin of each walker ``(W,)``, clamped to bins ``[lo, hi)`` per walker and axis: the first half of
+        :meth:`spread`, for counts that need no deposit kernel (a frozen bias's production histogram)."""
+        return (self._clamped(cv, lo, hi) * self._strides).sum(-1)
+
+    def _clamped(self, cv: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        idx = torch.floor((cv.to(torch.float64) - self.lo) / self.width).nan_to_num(0).long()
+        return torch.minimum(torch.maximum(idx, lo), hi - 1)
 
     @property
     def kernel_weights(self) -> torch.Tensor:

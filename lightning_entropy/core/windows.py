@@ -343,14 +343,15 @@ class Windows:
         production visit, weighted by the potential at ``cv``: ``value`` ``(W,)`` where the caller has it, else
         evaluated here). Returns the ``(W,)`` float mask of walkers that counted."""
         m = (mask & self.inside(cv)).to(torch.float64)
-        here, near = self.grid.spread(cv, self.lo, self.hi)
-        here = here + self.offset
         if self.is_frozen:  # production: count, weighted by exp(u) at the walker's exact position
+            here = self.grid.bin_within(cv, self.lo, self.hi) + self.offset
             u = self.potential(cv)[0] if value is None else value
             weight = torch.exp((u - self.reference[self.owner]).clamp(max=700.0)) * m
             self.production.view(-1).index_add_(0, here, m)
             self.reweighted.view(-1).index_add_(0, here, weight)
             return m
+        here, near = self.grid.spread(cv, self.lo, self.hi)
+        here = here + self.offset
         amount = self._log_f()[self.owner] * m
         weights = self.grid.kernel_weights
         self.bias.view(-1).index_add_(0, (near + self.offset.unsqueeze(1)).reshape(-1),
