@@ -500,10 +500,11 @@ def with_readouts(conv: Convergence, advantages: dict[str, Advantage],
             continue
         chains, draws = readout.per_block.shape[:2]
         test = bin_test(known, chains, draws, th)
+        label, why = READOUT_NAMES.get(name, name), test.describe(th, draws)
         if test.too_few_draws:
-            flag(f"the {READOUT_NAMES.get(name, name)}'s agreement across replicas is unknown: {test.describe(th, draws)}")
+            flag(f"the {label}'s agreement across replicas is unknown: {why}")
         elif not test.passed:
-            flag(f"the {READOUT_NAMES.get(name, name)} disagrees across replicas bin by bin: {test.describe(th, draws)}")
+            flag(f"the {label} disagrees across replicas bin by bin: {why}")
     return replace(conv, converged=not reasons, reasons=reasons, tags=tags)
 
 
@@ -514,8 +515,9 @@ def agreement(landscape, readouts: dict[str, Readout] | None = None, *, threshol
     :attr:`Readout.r_hat`) reaches ``r_hat_max``, and at most ``r_hat_share`` of the bins reach ``r_hat``, the same
     test the verdict applies to the whole grid. Returns ``((i, j) or None, bins with an R-hat of S)``; ties go to
     the run at higher x; with ``draws`` (the fewest draws of any R-hat there), a run of ``n`` bins may hold as many
-    bins at ``r_hat`` as :func:`bin_test` allows ``n`` bins. On the spiral's main job the label-free readout's replicas agree above ln L_train of about
-    -1.1 and disagree below, where each configuration keeps its held-out accuracy for longer than production lasts;
+    bins at ``r_hat`` as :func:`bin_test` allows ``n`` bins. On the spiral's main job the label-free readout's
+    replicas agree above ln L_train of about -1.1 and disagree below, where each configuration keeps its held-out
+    accuracy for longer than production lasts;
     S's R-hat reaches 1.1-1.2 at some window edges, so the range was the random-network end (docs/PERFORMANCE.md)."""
     th = {**THRESHOLDS, **(thresholds or {})}
     s_hat = getattr(landscape, "entropy_r_hat", None)

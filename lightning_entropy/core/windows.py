@@ -427,7 +427,8 @@ class Windows:
         walkers crossed those windows 0.3-2.7 times in production whatever the time step, masses or friction. With
         the bias frozen the walkers sample ``exp(S - bias)`` exactly, so ``ln H`` estimates ``delta``: the tilt is
         the weighted (by counts) quadratic fit of ``ln H`` over the bins of the window it reached, its range over the
-        window (beyond the outermost reached bins the fit keeps its value there); estimates whose tilt is at least ``min_tilt`` get ``bias += fit`` (the multicanonical recursion,
+        window (beyond the outermost reached bins the fit keeps its value there);
+        estimates whose tilt is at least ``min_tilt`` get ``bias += fit`` (the multicanonical recursion,
         smoothed: a fit uses every bin's counts, where ``ln H`` bin by bin is noise at the thinly visited edges).
         The others keep their bias. In place; call between chunks, only while frozen. The reported S never depends
         on this: it comes from the production that follows."""
