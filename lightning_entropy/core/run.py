@@ -113,7 +113,6 @@ class Run:
         self.trips = trips.init(windows.walkers, (lo, hi), end_fraction=end_fraction, device=device)
         self.window_trips = trips.init(windows.walkers, (lo, hi), end_fraction=end_fraction, device=device)
         self.blocks: list[np.ndarray] = []  # per production chunk: (E, nx) reweighted x-marginal mass
-        self.rhat_draws = 0  # the fewest production draws a window's R-hat of S used (see ``rhat``)
         self._last_production = torch.zeros_like(windows.production)
         self.observable_blocks: list[np.ndarray] = []  # per production chunk: (2, R, nx), see _observed
         self.grid_blocks: list[np.ndarray] = []  # 2-D walks, per production chunk: (R, nx, ny) reweighted mass
@@ -463,20 +462,20 @@ class Run:
         return combine.fill_holes(pieces, counts, reached, self.windows.bias.reshape(pieces.shape[0], -1).cpu().numpy(),
                                   line=self.landscape.ndim == 1)
 
-    def rhat(self) -> np.ndarray:
+    def rhat(self) -> tuple[np.ndarray, int]:
         """``(nx,)`` R-hat of the x-marginal S per x bin (worst window covering the bin), replicas as chains and
         production blocks as draws; NaN without production blocks enough (at least four) or two replicas.
 
         Per window, consecutive blocks are merged into the fewest groups (at least four) in which every replica
         visits at least half of the bins all replicas reached in production: a block of a few walkers over one
-        chunk leaves most bins empty, and an empty bin has no log-mass to compare. The fewest draws any window used
-        is left in ``rhat_draws`` (0 without an R-hat): how often a mixed bin fails by chance depends on it."""
+        chunk leaves most bins empty, and an empty bin has no log-mass to compare. Also returns the fewest draws any
+        window used (0 without an R-hat): how often a mixed bin fails by chance depends on it."""
         w = self.windows
         nx = self.landscape.shape[0]
         out = np.full(nx, np.nan)
-        self.rhat_draws = 0
+        draws: list[int] = []
         if len(self.blocks) < 4 or w.replicas < 2:
-            return out
+            return out, 0
         blocks = np.stack(self.blocks).reshape(len(self.blocks), w.replicas, w.windows, nx)  # (B, R, k, nx)
         lo, hi = w.bin_lo[: w.windows, 0].tolist(), w.bin_hi[: w.windows, 0].tolist()
         for k in range(w.windows):
@@ -493,10 +492,10 @@ class Run:
             if common.sum() < 2:
                 continue
             v = v - v[..., common].mean(-1, keepdims=True)
-            self.rhat_draws = n if not self.rhat_draws else min(self.rhat_draws, n)
+            draws.append(n)
             r_hat = combine.rhat(np.transpose(v, (2, 1, 0)))  # (bins, chains, draws)
             out[lo[k]:hi[k]] = np.fmax(out[lo[k]:hi[k]], r_hat)
-        return out
+        return out, min(draws, default=0)
 
     def window_crossings(self) -> np.ndarray:
         """``(E,)`` how many times a walker of each estimate crossed its window during production, estimated from
@@ -542,7 +541,7 @@ class Run:
         w = self.windows
         self.publish()
         error = self.landscape.entropy_error
-        r_hat = self.rhat()
+        r_hat, r_hat_draws = self.rhat()
         self.landscape.entropy_r_hat = r_hat
         within = self.window_trips.round_trips
         tried = float(w.exchange_tried.sum())
@@ -557,7 +556,7 @@ class Run:
             "r_hat": float(np.nanmax(r_hat)) if np.isfinite(r_hat).any() else float("nan"),
             "r_hat_above": (float(np.mean(r_hat[np.isfinite(r_hat)] >= R_HAT)) if np.isfinite(r_hat).any()
                             else float("nan")),
-            "r_hat_draws": float(self.rhat_draws),
+            "r_hat_draws": float(r_hat_draws),
             "production": float(self.frozen and not self.refining),
             "refine_rounds_left": float(len(self.refining)),
             "empty_windows": float(self.empty_windows()),
