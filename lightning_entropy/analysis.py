@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_entropy.core.combine import rhat
+from lightning_entropy.core.combine import rhat, rhat_allowed, rhat_null_rate
 from lightning_entropy.sweeps import width_table  # noqa: F401 - part of this module's public API
 
 READOUTS = ("max_s", "mean_curve", "label_free")
@@ -439,8 +439,6 @@ def bin_test(r_hat: np.ndarray, chains: int, draws: int | None, th: dict[str, fl
     share failed 19 % of simulated perfectly mixed 52-bin readouts (docs/PERFORMANCE.md, nineteenth session). Where a
     mixed bin would reach ``r_hat_max`` more often than ``r_hat_share``, the draws are too few to judge and the test
     fails saying so."""
-    from .core.combine import rhat_allowed, rhat_null_rate
-
     known = np.asarray(r_hat, dtype=float)
     known = known[np.isfinite(known)]
     n = int(known.size)
@@ -534,8 +532,6 @@ def agreement(landscape, readouts: dict[str, Readout] | None = None, *, threshol
     if draws is None:
         allowed = [th["r_hat_share"] * m for m in range(n + 1)]
     else:
-        from .core.combine import rhat_allowed
-
         chains = _chains(landscape)
         allowed = [rhat_allowed(m, th["r_hat"], chains, draws, th["r_hat_share"], th["r_hat_false_alarm"])
                    for m in range(n + 1)]
