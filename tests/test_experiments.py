@@ -57,6 +57,13 @@ def test_grid_presets_sweep_the_paper_axes():
     assert _sweep("mnist_paper") == {"model.width": "2,3,4"}
     assert _sweep("spiral_regression_paper") == {"model.width": "30,100,300,1000", "task.n_points": "100,200,500"}
     assert _sweep("spiral_paper") == {"model.depth": "2,3,4,5,6"}
+    # the size grid on the main job's walk: depth 2-6 at width 6, width 4-16 at depth 3
+    for scale in ("", "_paper"):
+        assert _sweep(f"spiral_depth{scale}") == {"model.depth": "2,3,4,5,6"}
+        assert _sweep(f"spiral_width{scale}") == {"model.width": "4,8,12,16"}
+    depth, width = compose_config(["experiment=spiral_depth"]), compose_config(["experiment=spiral_width"])
+    assert (depth.model.width, width.model.depth) == (6, 3)
+    assert list(depth.sampler.variables) == ["train_loss"]  # the main job's label-free walk
 
 
 def test_preset_data_not_bundled_must_be_named():

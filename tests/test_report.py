@@ -81,3 +81,53 @@ def test_joblib_sweep_logs_every_run_into_one_wandb_group(tmp_path):
     assert [f.relative_to(tmp_path).parts[0] for f in files] == ["0", "1"]  # one offline W&B run per job
     groups = {json.loads((tmp_path / job / "summary.json").read_text())["wandb_group"] for job in ("0", "1")}
     assert len(groups) == 1 and str(tmp_path) in groups.pop()  # both jobs, one group named after the sweep
+
+
+def _reproduce():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "reproduce.py"
+    spec = importlib.util.spec_from_file_location("reproduce", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(overrides, parameters, advantage, error, converged=True, tags=()):
+    return {"overrides": overrides, "parameters": parameters, "mean_advantage": advantage,
+            "mean_advantage_error": error, "converged": converged, "tags": list(tags)}
+
+
+def test_reproduction_verdict_judges_a_claim_only_where_every_run_converged():
+    verdict = _reproduce().verdict
+    unsettled = verdict("spiral_width", [_run("model.width=4", 62, 0.05, 0.002),
+                                         _run("model.width=8", 170, 0.02, 0.002, False, ["readout not mixed"]),
+                                         _run("model.width=16", 466, None, None, False, ["replicas disagree"])])
+    assert unsettled.startswith("not settled at this budget: 1 of 3 runs converged")
+    assert "readout not mixed" in unsettled and "replicas disagree" in unsettled
+    assert "no train-loss bin covered" in unsettled
+    # all converged: positive beyond 2 errors and shrinking with size
+    assert verdict("spiral_width", [_run("model.width=4", 62, 0.05, 0.002),
+                                    _run("model.width=16", 466, 0.01, 0.002)]) == "reproduced"
+    flat = verdict("spiral_width", [_run("model.width=4", 62, 0.02, 0.002), _run("model.width=16", 466, 0.019, 0.002)])
+    assert flat.startswith("not reproduced") and "does not shrink" in flat
+    weak = verdict("spiral", [_run("", 116, 0.003, 0.002)])
+    assert weak.startswith("not reproduced") and "+0.003 ± 0.002 is not above 2 errors" in weak
+    # MNIST: an advantage at 2 channels, none at 3 and 4
+    assert verdict("mnist", [_run("model.width=2", 300, 0.06, 0.01), _run("model.width=3", 450, 0.01, 0.01)]) \
+        == "reproduced"
+    wrong = verdict("mnist", [_run("model.width=2", 300, 0.06, 0.01), _run("model.width=3", 450, 0.05, 0.01)])
+    assert wrong.startswith("not reproduced") and "model.width=3" in wrong and "where the paper sees none" in wrong
+    assert verdict("char_lm", [_run("", 5000, 0.01, 0.001)]).startswith("measured only")
+
+
+def test_reproduction_section_states_r_hat_and_a_verdict_per_preset(sweep, tmp_path):
+    reproduce = _reproduce()
+    runs, docs = tmp_path / "runs", tmp_path / "docs"
+    runs.mkdir()
+    (runs / "spiral_width").symlink_to(sweep, target_is_directory=True)
+    text = "\n".join(reproduce.section("spiral_width", runs, tmp_path, docs, {}))
+    assert "| its R-hat |" in text and "model.width=3" in text and "model.width=5" in text
+    assert "**Verdict: not settled at this budget: 0 of 2 runs converged (" in text  # 4 Lightning steps: not converged
+    assert (docs / "reproduction" / "spiral_width.png").is_file()
+    assert "experiment=spiral_width_paper" in text

@@ -6,7 +6,7 @@ Writes into ``DIR`` (or ``--out``):
 - ``report.png``: the landscapes side by side, each with its max-S line, Eq. (1) curve and baseline;
 - ``width_study.png``: the mean high-entropy advantage against parameter count, one line per task;
 - ``report.csv`` and ``report.md``: one row per run (task, the overrides that made it, parameters, walkers x
-  steps, the advantage with its error and the bins it covers, convergence);
+  steps, the advantage with its error, its R-hat across replicas and the bins it covers, convergence);
 
 and prints the table. Runs without a landscape (``sampler=adam``) appear in the table only.
 """
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 TABLE_COLUMNS = ("run", "task", "overrides", "parameters", "sampler", "walkers", "steps", "metric", "readout",
-                 "mean_advantage", "mean_advantage_error", "bins", "converged", "flatness")
+                 "mean_advantage", "mean_advantage_error", "mean_advantage_r_hat", "bins", "converged", "flatness")
 
 
 def find_runs(root: str | Path) -> list[Path]:
