@@ -207,10 +207,17 @@ def test_monte_carlo_run_uses_hard_accuracy_for_axis_and_baseline(tmp_path):
     assert (tmp_path / "landscape.png").is_file() and (tmp_path / "landscape.npz").is_file()
 
 
-def test_main_job_is_a_label_free_walk_with_its_picture(tmp_path):
+def test_main_job_is_a_label_free_walk_with_its_picture(tmp_path, monkeypatch):
     """The main job as composed (shortened): a 1-D walk on its range, the label-free Eq. (1) as the readout, the
     label-free picture S(x) + ln p(y | x) written beside the landscape, no test label in the dynamics."""
+    from lightning_entropy import plotting
+
+    drawn, figure = [], plotting.landscape_figure
+    monkeypatch.setattr(plotting, "landscape_figure", lambda land, **kw: drawn.append((land, kw)) or figure(land, **kw))
     summary = run(compose_config([*TINY, "trainer.max_steps=40"]), tmp_path, echo=lambda _: None)
+    # both figures carry the run's verdict (the not-converged mark, its reasons and the hatched x)
+    assert [land.ndim for land, _ in drawn] == [1, 2]
+    assert all(kw["convergence"].converged is summary["convergence"]["converged"] for _, kw in drawn)
     assert summary["variables"] == ["ln_train_loss"] and summary["test_labels_in_dynamics"] is False
     assert {"landscape_label_free.npz", "landscape_label_free.png"} <= set(summary["files"])
     landscape = Landscape.load(tmp_path / "landscape.npz")

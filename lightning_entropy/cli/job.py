@@ -297,7 +297,7 @@ def _landscape_report(cfg: DictConfig, task, model, strategy, landscape, records
         picture.save(out / "landscape_label_free.npz")
         fig = plotting.landscape_figure(
             picture, baseline=curve, baseline_label=optimizer_name, exclude=int(cfg.plot.exclude),
-            readouts=analysis.readouts(picture, exclude=int(cfg.plot.exclude)),
+            readouts=analysis.readouts(picture, exclude=int(cfg.plot.exclude)), convergence=conv,
             title=title + "\nlabel-free picture: S(x) + ln p(y | x), no test label in the dynamics")
         plotting.save(fig, out / "landscape_label_free.png", dpi=int(cfg.plot.dpi))
         files += ["landscape_label_free.npz", "landscape_label_free.png"]
