@@ -214,6 +214,10 @@ def section(name: str, runs: Path, data: Path, docs: Path, status: dict) -> list
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(figure, target)
         lines += [f"![{name}](reproduction/{name}.png)", ""]
+    size = runs / name / "width_study.png"  # the advantage against parameter count (hollow: not converged)
+    if name in SHRINKS and size.exists():
+        shutil.copyfile(size, docs / "reproduction" / f"{name}_size.png")
+        lines += [f"![{name}: advantage against size](reproduction/{name}_size.png)", ""]
     lines += ["| run | parameters | walkers x steps | metric (readout) | mean advantage ± error | its R-hat | bins"
               " | at the baseline's final train loss | converged |", "|---|---|---|---|---|---|---|---|---|"]
     judged = []
