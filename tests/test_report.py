@@ -120,6 +120,7 @@ def test_reproduction_verdict_judges_a_claim_only_where_every_run_converged():
     wrong = verdict("mnist", [_run("model.width=2", 300, 0.06, 0.01), _run("model.width=3", 450, 0.05, 0.01)])
     assert wrong.startswith("not reproduced") and "model.width=3" in wrong and "where the paper sees none" in wrong
     assert verdict("char_lm", [_run("", 5000, 0.01, 0.001)]).startswith("measured only")
+    assert verdict("spiral", []) == "not settled at this budget: no run finished"
 
 
 def test_reproduction_section_states_r_hat_and_a_verdict_per_preset(sweep, tmp_path):
