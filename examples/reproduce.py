@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from lightning_entropy.cli.summary import estimate
+
 REPO = Path(__file__).resolve().parents[1]
 
 # The paper's reported figures (ALGORITHM.md section 8; read off the reference study's outputs, indicative).
@@ -118,8 +120,7 @@ def run_preset(name: str, runs: Path, data: Path) -> dict:
 def _fmt_adv(row: dict) -> str:
     if row["mean_advantage"] is None:
         return "no bin covered by both curves"
-    err = row["mean_advantage_error"]
-    return f"{row['mean_advantage']:+.3f}" + (f" ± {err:.3f}" if err is not None else "")
+    return estimate(row["mean_advantage"], row["mean_advantage_error"])
 
 
 def verdict(name: str, runs: list[dict]) -> str:
@@ -150,9 +151,9 @@ def verdict(name: str, runs: list[dict]) -> str:
         adv, err = r["mean_advantage"], r.get("mean_advantage_error") or 0.0
         label = r.get("overrides") or "the run"
         if e == "positive" and not adv > 2 * err:
-            misses.append(f"{label}: {adv:+.3f} ± {err:.3f} is not above 2 errors")
+            misses.append(f"{label}: {estimate(adv, err)} is not above 2 errors")
         elif e == "none" and abs(adv) > 2 * err:
-            misses.append(f"{label}: {adv:+.3f} ± {err:.3f} is an advantage beyond 2 errors where the paper sees none")
+            misses.append(f"{label}: {estimate(adv, err)} is an advantage beyond 2 errors where the paper sees none")
     if name in SHRINKS and len(runs) > 1:
         small, large = min(runs, key=lambda r: r["parameters"] or 0), max(runs, key=lambda r: r["parameters"] or 0)
         gap = small["mean_advantage"] - large["mean_advantage"]

@@ -14,6 +14,7 @@ can be made from any thread or process; :func:`save` writes one to disk.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -123,13 +124,18 @@ def draw_landscape(
     readouts: dict[str, Readout] | None = None,
     convergence: Convergence | None = None,
     legend: bool = True,
+    mark: bool = True,
 ) -> None:
-    """Draw :func:`landscape_figure`'s content into ``ax`` (of ``fig``), e.g. one panel of a sweep figure."""
+    """Draw :func:`landscape_figure`'s content into ``ax`` (of ``fig``), e.g. one panel of a sweep figure.
+
+    ``mark=False`` leaves the not-converged mark to the caller (a panel's title, :func:`verdict_title`); the x where
+    the replicas disagree is hatched either way.
+    """
     s = landscape.entropy
     xe = landscape.edges[0]
     xlabel = axis_label(landscape.names[0], landscape.labels[0])
-    mark = None  # the not-converged mark: a legend's title where the legend could cover a box in the corner
-    if convergence is not None and not convergence.converged:
+    show_mark, mark = mark, None  # the not-converged mark: a legend's title where the legend could cover a box
+    if show_mark and convergence is not None and not convergence.converged:
         mark = "NOT CONVERGED\n" + "\n".join(convergence.tags)
         if convergence.agreement is not None:
             mark += "\nreplicas agree outside the hatched x"
@@ -140,7 +146,7 @@ def draw_landscape(
         mesh = ax.pcolormesh(xe, ye, np.ma.masked_invalid(s.T), cmap="viridis", shading="flat", rasterized=True)
         cbar = fig.colorbar(mesh, ax=ax)
         cbar.set_label("S - max S (nats)")
-        max_label, mean_label = "max S (per train-loss bin)", "Eq. (1): exp(S)-weighted mean"
+        max_label, mean_label = "max S (per train-loss bin)", "exp(S)-weighted mean (Eq. (1))"
         if readouts is not None and "max_s" in readouts:
             _draw_readout(ax, readouts["max_s"], MAX_S_COLOR, "-", max_label)
             _draw_readout(ax, readouts["mean_curve"], MEAN_COLOR, "--", mean_label)
@@ -176,7 +182,7 @@ def draw_landscape(
         ax.set_xlim(*_view(xe, finite & inside_window(landscape)))
         if landscape.observable_names:
             ax2 = ax.twinx()
-            label = "Eq. (1): unbiased mean per train-loss bin"
+            label = "mean over the volume at this train loss (Eq. (1))"
             if readouts is not None and "label_free" in readouts:
                 _draw_readout(ax2, readouts["label_free"], MAX_S_COLOR, "-", label)
             else:
@@ -208,6 +214,22 @@ def draw_landscape(
     if mark is not None:
         top.text(0.98, 0.98, mark, transform=top.transAxes, ha="right", va="top", fontsize=7, color=MARK_COLOR,
                  bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": MARK_COLOR}, zorder=10)
+
+
+def verdict_title(title: str, converged: bool | None, tags: Sequence[str] = (), *,
+                  hatched: bool = False) -> tuple[str, str]:
+    """A panel's title with the run's verdict as its last lines, and its colour: the mark's red when the run is not
+    converged (for panels drawn with ``draw_landscape(..., mark=False)``, where a box would cover the curves);
+    ``converged=None``: no verdict known, the title as it is. ``hatched``: the panel hatches the x where the
+    replicas disagree, and the title says so."""
+    if converged is None:
+        return title, "black"
+    if converged:
+        return title + "\nconverged", "black"
+    import textwrap
+
+    text = "NOT CONVERGED: " + ", ".join(tags) + ("; hatched: replicas disagree" if hatched else "")
+    return title + "\n" + "\n".join(textwrap.wrap(text, width=56)), MARK_COLOR
 
 
 def convergence_figure(history: list[dict[str, float]], *, walkers: int | None = None, title: str | None = None,

@@ -137,3 +137,23 @@ def test_reproduction_section_states_r_hat_and_a_verdict_per_preset(sweep, tmp_p
     # a size preset also shows the advantage against parameter count
     assert (docs / "reproduction" / "spiral_width_size.png").is_file() and "spiral_width_size.png" in text
     assert "experiment=spiral_width_paper" in text
+
+
+def test_report_panels_state_each_runs_verdict_and_its_baseline_by_name(sweep):
+    summaries = report.load_summaries(report.find_runs(sweep))
+    fig = report.landscapes_figure(summaries)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert len(titles) == 2 and all("NOT CONVERGED: " in t for t in titles)  # 4 Lightning steps: not converged
+    tags = summaries[0]["convergence"]["tags"]
+    assert tags and all(tag.split()[0] in titles[0] for tag in tags)  # the run's own verdict, readouts included
+    labels = {t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()}
+    assert any(label.startswith("Adam") for label in labels)  # the baseline named by its optimiser
+
+
+def test_estimates_show_the_errors_first_digit():
+    from lightning_entropy.cli.summary import estimate
+
+    assert estimate(0.01963, 0.00046) == "+0.0196 ± 0.0005"
+    assert estimate(0.0196, 0.0018) == "+0.020 ± 0.002"
+    assert estimate(-0.5, 0.012) == "-0.500 ± 0.012"
+    assert estimate(0.1, None) == "+0.100"

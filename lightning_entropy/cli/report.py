@@ -138,6 +138,7 @@ def landscapes_figure(summaries: Sequence[dict[str, Any]], *, columns: int = 3):
     from matplotlib.figure import Figure
 
     from lightning_entropy import analysis, plotting
+    from lightning_entropy.cli.summary import SAMPLER_NAMES, estimate
     from lightning_entropy.core.landscape import Landscape
 
     runs = [s for s in summaries if (Path(s["run_dir"]) / "landscape.npz").exists()]
@@ -154,13 +155,19 @@ def landscapes_figure(summaries: Sequence[dict[str, Any]], *, columns: int = 3):
         reads = analysis.readouts(land, exclude=exclude)
         conv = analysis.convergence(land, walkers=s.get("walkers"), readouts=reads)
         baseline = _baseline_from_curves(run / "curves.csv", land.edges[0])
-        plotting.draw_landscape(fig, ax, land, baseline=baseline, baseline_label="baseline", exclude=exclude,
-                                readouts=reads, convergence=conv, legend=i == 0)
+        optimizer = str((s.get("baseline") or {}).get("optimizer") or "baseline")
+        label = SAMPLER_NAMES.get(optimizer, optimizer)  # the baseline's optimiser, as the run's own figure names it
+        plotting.draw_landscape(fig, ax, land, baseline=baseline, baseline_label=label, exclude=exclude,
+                                readouts=reads, convergence=conv, legend=i == 0, mark=False)
         adv = s.get("mean_advantage")
         err = (s.get("advantage") or {}).get("mean_advantage_error")
-        text = "" if adv is None else f"; advantage {adv:+.3f}" + (f" ± {err:.3f}" if err is not None else "")
-        ax.set_title(f"{s.get('task')} {s.get('overrides') or s.get('run_name')}\n{s.get('parameters')} params{text}",
-                     fontsize=9)
+        text = "" if adv is None else f"; advantage {estimate(adv, err)}"
+        verdict = s.get("convergence") or {}  # the run's own verdict (readouts included), as its summary states it
+        title, color = plotting.verdict_title(
+            f"{s.get('task')} {s.get('overrides') or s.get('run_name')}\n{s.get('parameters')} params{text}",
+            verdict.get("converged", conv.converged), verdict.get("tags", conv.tags),
+            hatched=not conv.converged and conv.agreement is not None)
+        ax.set_title(title, fontsize=9, color=color)
     for ax in axes[len(runs):]:
         ax.set_visible(False)
     return fig

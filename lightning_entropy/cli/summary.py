@@ -22,6 +22,15 @@ log = logging.getLogger("lightning_entropy.cli")
 SAMPLER_NAMES = {"wang_landau": "WLMD", "wang_landau_mc": "WLMC", "adam": "Adam", "sgd": "SGD"}
 
 
+def estimate(value: float, error: float | None) -> str:
+    """``value ± error`` with as many decimals as show the error's first significant digit (at least 3): an error
+    of 0.0005 reads ``± 0.0005``, not ``± 0.000``."""
+    if error is None or not math.isfinite(error):
+        return f"{value:+.3f}"
+    decimals = 3 if error <= 0 else min(8, max(3, -math.floor(math.log10(error))))
+    return f"{value:+.{decimals}f} ± {error:.{decimals}f}"
+
+
 def summary_head(cfg: DictConfig, task, model, sampler: str) -> dict[str, Any]:
     """The first keys of every ``summary.json``: task, data, model, its configuration and size, sampler."""
     return {
@@ -181,8 +190,9 @@ def report_lines(summary: dict[str, Any]) -> list[str]:
             for note in adv.get("notes") or []:
                 if "x_range" in note:
                     moved += f"; {note}"
-            lines.append(f"  advantage of the {names.get(key, key)} over the baseline: {adv['mean_advantage']:+.3f}"
-                         f" ± {adv['mean_advantage_error']:.3f} {adv['metric']} (positive: generalizes better; mean"
+            lines.append(f"  advantage of the {names.get(key, key)} over the baseline:"
+                         f" {estimate(adv['mean_advantage'], adv['mean_advantage_error'])} {adv['metric']}"
+                         " (positive: generalizes better; mean"
                          f" over {adv['bins']} ln L_train bins in {_span(adv['ln_train_loss_range'])}{moved})")
         else:
             lines.append(f"  advantage of the {names.get(key, key)}: no bin covered by both curves")
@@ -203,7 +213,7 @@ def report_lines(summary: dict[str, Any]) -> list[str]:
             if adv and adv.get("bins") and not others:
                 r_hat = adv.get("mean_advantage_r_hat")
                 line += (f"; advantage of the {names.get(adv['readout'], adv['readout'])} there"
-                         f" {adv['mean_advantage']:+.3f} ± {adv['mean_advantage_error']:.3f} over {adv['bins']} bins"
+                         f" {estimate(adv['mean_advantage'], adv['mean_advantage_error'])} over {adv['bins']} bins"
                          + (f" (R-hat {r_hat:.3f})" if r_hat is not None else ""))
             lines.append(line)
     lines += stop_lines(summary)
