@@ -43,8 +43,8 @@ PAPER = {
     "cifar_catdog": "max-S accuracy 0.65-0.70 vs SGD 0.57-0.60 for ln L_train -6.5..-2 (+0.08 to +0.10)",
     "modular_arithmetic": "follow-up work: transformers on modular arithmetic show a larger high-entropy advantage",
     "char_lm": "not in the paper (its language task is the embeddings head); no reference figure",
-    "spiral_depth": "the advantage is larger for narrower (here: shallower) networks; the reference study swept"
-                    " depth 2-6 at width 6",
+    "spiral_depth": "the advantage is larger for smaller networks; the reference study's spiral grid sweeps depth"
+                    " 2-6 at width 6",
     "spiral_width": "the advantage is larger for narrower networks (width 4-16 at depth 3 in this grid)",
 }
 TITLES = {
