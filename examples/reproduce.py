@@ -160,7 +160,8 @@ def verdict(name: str, runs: list[dict]) -> str:
         combined = math.hypot(small.get("mean_advantage_error") or 0.0, large.get("mean_advantage_error") or 0.0)
         if not gap > 2 * combined:
             misses.append(f"the advantage does not shrink with size ({small['parameters']} parameters"
-                          f" {small['mean_advantage']:+.3f}, {large['parameters']} parameters {large['mean_advantage']:+.3f})")
+                          f" {small['mean_advantage']:+.3f}, {large['parameters']} parameters"
+                          f" {large['mean_advantage']:+.3f})")
     return "reproduced" if not misses else "not reproduced: " + "; ".join(misses)
 
 
@@ -168,7 +169,6 @@ def at_final_train_loss(run: Path, summary: dict) -> str:
     """The per-bin advantage (curves.csv) averaged over the bins where the baseline's runs ended: the paper's
     question, "at the train loss SGD reaches"."""
     import csv
-    import math
 
     finals = [f.get("ln_train_loss") for f in (summary.get("baseline") or {}).get("final", [])]
     finals = [x for x in finals if x is not None and math.isfinite(x)]

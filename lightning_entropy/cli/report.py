@@ -162,10 +162,10 @@ def landscapes_figure(summaries: Sequence[dict[str, Any]], *, columns: int = 3):
         adv = s.get("mean_advantage")
         err = (s.get("advantage") or {}).get("mean_advantage_error")
         text = "" if adv is None else f"; advantage {estimate(adv, err)}"
-        verdict = s.get("convergence") or {}  # the run's own verdict (readouts included), as its summary states it
+        stated = s.get("convergence") or {}  # the run's own verdict (readouts included), as its summary states it
         title, color = plotting.verdict_title(
             f"{s.get('task')} {s.get('overrides') or s.get('run_name')}\n{s.get('parameters')} params{text}",
-            verdict.get("converged", conv.converged), verdict.get("tags", conv.tags),
+            stated.get("converged", conv.converged), stated.get("tags", conv.tags),
             hatched=not conv.converged and conv.agreement is not None)
         ax.set_title(title, fontsize=9, color=color)
     for ax in axes[len(runs):]:
