@@ -14,6 +14,7 @@ can be made from any thread or process; :func:`save` writes one to disk.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -226,8 +227,6 @@ def verdict_title(title: str, converged: bool | None, tags: Sequence[str] = (), 
         return title, "black"
     if converged:
         return title + "\nconverged", "black"
-    import textwrap
-
     text = "NOT CONVERGED: " + ", ".join(tags) + ("; hatched: replicas disagree" if hatched else "")
     return title + "\n" + "\n".join(textwrap.wrap(text, width=56)), MARK_COLOR
 
