@@ -50,25 +50,36 @@ def _cli(out: Path, *extra: str, timeout: float = 240, run: list[str] = RUN) -> 
 
 
 def _start(out: Path, run: list[str] = RUN) -> subprocess.Popen:
-    return subprocess.Popen([*CLI, *run, f"hydra.run.dir={out}"], env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    """Start a run; its stderr goes to a file beside ``out`` (a pipe nobody reads while it works would fill)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    err = open(out.parent / f"{out.name}.stderr", "w+")
+    process = subprocess.Popen([*CLI, *run, f"hydra.run.dir={out}"], env=_env(), stdout=subprocess.DEVNULL,
+                               stderr=err, text=True)
+    process.stderr_file = err
+    return process
+
+
+def _ended(process: subprocess.Popen, timeout: float) -> str:
+    """Wait for a run started with :func:`_start`; its stderr."""
+    process.wait(timeout=timeout)
+    process.stderr_file.seek(0)
+    text = process.stderr_file.read()
+    process.stderr_file.close()
+    return text
 
 
 def _wait_for_checkpoint(out: Path, process: subprocess.Popen, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while not (out / "checkpoint.ckpt").exists():
-        assert process.poll() is None, process.communicate()
+        assert process.poll() is None, _ended(process, 0)[-3000:]
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The uninterrupted run's landscape."""
-    out = tmp_path_factory.mktemp("reference")
-    done = _cli(out)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return Landscape.load(out / "landscape.npz")
+def _finished(process: subprocess.Popen, timeout: float = 240) -> None:
+    """Wait for a run started with :func:`_start` and check that it ended well."""
+    stderr = _ended(process, timeout)
+    assert process.returncode == 0, stderr[-3000:]
 
 
 def _same(a: Landscape, b: Landscape) -> None:
@@ -77,26 +88,36 @@ def _same(a: Landscape, b: Landscape) -> None:
     assert a.walker_steps == b.walker_steps
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
-def test_interrupted_run_resumes_to_the_uninterrupted_landscape(tmp_path, reference, sig):
-    out = tmp_path / "run"
-    process = _start(out)
-    _wait_for_checkpoint(out, process)
-    process.send_signal(sig)
-    stdout, stderr = process.communicate(timeout=120)
-    if sig == signal.SIGTERM:
-        assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-        assert "interrupted by SIGTERM" in stderr and f"resume={out}" in stderr
-        partial = Landscape.load(out / "landscape.npz")  # what was sampled is written, and readable
-        assert 0 < partial.walker_steps < reference.walker_steps
-        summary = json.loads((out / "summary.json").read_text())
-        assert summary["interrupted"] == "SIGTERM" and summary["nonfinite_moves"] == 0
-    else:
-        assert process.returncode == -signal.SIGKILL
-    assert not list(out.glob(".*.tmp"))  # atomic writes: no half-written file left behind
-    done = _cli(out, f"resume={out}")
-    assert done.returncode == 0, done.stderr[-3000:]
-    _same(Landscape.load(out / "landscape.npz"), reference)
+def test_interrupted_runs_resume_to_the_uninterrupted_landscape(tmp_path):
+    """SIGTERM and SIGKILL mid-run, then ``resume=``: both end with the uninterrupted run's landscape. The three
+    runs work side by side (one thread each), and so do the two resumes."""
+    reference = tmp_path / "reference"
+    uninterrupted = _start(reference)
+    outs = {sig: tmp_path / sig.name for sig in (signal.SIGTERM, signal.SIGKILL)}
+    processes = {sig: _start(out) for sig, out in outs.items()}
+    stderr = {}
+    for sig, process in processes.items():
+        _wait_for_checkpoint(outs[sig], process)
+        process.send_signal(sig)
+        stderr[sig] = _ended(process, 120)
+    _finished(uninterrupted)
+    whole = Landscape.load(reference / "landscape.npz")
+
+    out = outs[signal.SIGTERM]
+    assert processes[signal.SIGTERM].returncode == 128 + signal.SIGTERM, stderr[signal.SIGTERM][-3000:]
+    assert "interrupted by SIGTERM" in stderr[signal.SIGTERM] and f"resume={out}" in stderr[signal.SIGTERM]
+    partial = Landscape.load(out / "landscape.npz")  # what was sampled is written, and readable
+    assert 0 < partial.walker_steps < whole.walker_steps
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] == "SIGTERM" and summary["nonfinite_moves"] == 0
+    assert processes[signal.SIGKILL].returncode == -signal.SIGKILL
+    for out in outs.values():
+        assert not list(out.glob(".*.tmp"))  # atomic writes: no half-written file left behind
+    resumes = [_start(out, [*RUN, f"resume={out}"]) for out in outs.values()]
+    for process in resumes:
+        _finished(process)
+    for out in outs.values():
+        _same(Landscape.load(out / "landscape.npz"), whole)
 
 
 def _sigterm_mid_run(out: Path, run: list[str]) -> str:
@@ -104,7 +125,7 @@ def _sigterm_mid_run(out: Path, run: list[str]) -> str:
     process = _start(out, run)
     _wait_for_checkpoint(out, process, timeout=240)
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=180)
+    stderr = _ended(process, 180)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert "interrupted by SIGTERM" in stderr and f"resume={out}" in stderr
     assert json.loads((out / "summary.json").read_text())["interrupted"] == "SIGTERM"
@@ -114,10 +135,10 @@ def _sigterm_mid_run(out: Path, run: list[str]) -> str:
 
 def test_interrupted_entropy_md_resumes_to_the_uninterrupted_trace(tmp_path):
     reference = tmp_path / "reference"
-    done = _cli(reference, run=MD_RUN)
-    assert done.returncode == 0, done.stderr[-3000:]
+    uninterrupted = _start(reference, MD_RUN)  # beside the interrupted run
     out = tmp_path / "run"
     _sigterm_mid_run(out, MD_RUN)
+    _finished(uninterrupted)
     partial = json.loads((out / "summary.json").read_text())
     whole = json.loads((reference / "summary.json").read_text())
     assert 0 < partial["steps"] < whole["steps"]  # the trace of what was sampled is written
@@ -135,11 +156,11 @@ def test_interrupted_run_on_two_processes_resumes_to_the_uninterrupted_landscape
     """``trainer.devices=2``: the job forwards SIGTERM to its two ranks, which stop at the same step and checkpoint;
     the job writes what they sampled, exits 143, and ``resume=`` ends with the uninterrupted run's landscape."""
     reference = tmp_path / "reference"
-    done = _cli(reference, run=DDP_RUN)
-    assert done.returncode == 0, done.stderr[-3000:]
-    whole = Landscape.load(reference / "landscape.npz")
+    uninterrupted = _start(reference, DDP_RUN)  # beside the interrupted run
     out = tmp_path / "run"
     _sigterm_mid_run(out, DDP_RUN)
+    _finished(uninterrupted)
+    whole = Landscape.load(reference / "landscape.npz")
     partial = Landscape.load(out / "landscape.npz")
     assert 0 < partial.walker_steps < whole.walker_steps
     assert partial.walker_steps % (2 * 4 * 20) == 0  # both ranks stopped after the same Lightning step
