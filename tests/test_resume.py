@@ -193,6 +193,29 @@ def test_resume_with_other_explicit_ranges_is_refused(checkpoint, trained):
         _fit(_wl("step", "module", ranges=[(-5.0, 1.0), (-5.0, 3.0)]), trained, STEPS, ckpt_path=checkpoint)
 
 
+def test_an_open_end_of_ranges_is_found_and_a_resume_keeps_the_checkpoints(tmp_path, trained):
+    """ranges=[(lo, None), None]: the low end of ln L_train as given, its high end and the test-loss axis found from
+    the starts as without ranges; a resume with the same open ranges takes the checkpoint's ends and continues
+    exactly; another given end is refused."""
+    found = _fit(_wl("step", "module"), trained, STEPS).landscape
+    width = float(np.diff(found.edges[0]).mean())
+    low = float(np.round(found.edges[0][0] + 10 * width, 6))  # ten bins above the automatic low end
+    open_ranges = [(low, None), None]
+    straight = _fit(_wl("step", "module", ranges=open_ranges), trained, STEPS, ckpt_dir=tmp_path)
+    edges = straight.landscape.edges
+    assert edges[0][0] == low and abs(edges[0][-1] - found.edges[0][-1]) < width + 1e-9
+    np.testing.assert_array_equal(edges[1], found.edges[1])
+    resumed = _fit(_wl("step", "module", ranges=open_ranges), trained, STEPS, ckpt_path=_halfway(tmp_path))
+    _same_landscape(straight.landscape, resumed.landscape)
+    with pytest.raises(ValueError, match=r"grid.*ranges"):
+        _fit(_wl("step", "module", ranges=[(low - 1.0, None), None]), trained, STEPS, ckpt_path=_halfway(tmp_path))
+
+
+def test_a_given_end_the_walkers_cannot_meet_is_refused_naming_the_axis(trained):
+    with pytest.raises(ValueError, match=r"ranges=.*ln_train_loss axis.*do not reach the given range.*both ends"):
+        _fit(_wl("step", "module", ranges=[(40.0, None), None]), trained, STEPS)
+
+
 def test_resume_with_another_variable_is_refused(checkpoint, trained):
     with pytest.raises(ValueError, match=r"grid.*ln_train_loss.*ln_test_loss.*ln_train_loss"):
         _fit(_wl("step", "module", variables=("train_loss",)), trained, STEPS, ckpt_path=checkpoint)

@@ -151,7 +151,8 @@ class WangLandauConfig(SamplerConfig):
     strategy's default). ``box`` is a positive float or a rule name (``fan_out``, ``fan_out:3``, ``first_hidden``);
     ``null`` takes the task's rule (``task.box``), else :data:`DEFAULT_BOX` of the sampler kind.
     ``ranges`` and ``window`` are one ``[lo, hi]`` per axis in CV units (``null``: automatic ranges / no soft wall);
-    a ``null`` entry of ``window`` leaves that axis without a soft wall.
+    a ``null`` end of ``ranges`` (``[[-2.4, null]]``) is found from the starts and the other kept, and a ``null``
+    entry of ``window`` leaves that axis without a soft wall.
     """
 
     kind: str = "wang_landau"

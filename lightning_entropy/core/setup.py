@@ -233,6 +233,32 @@ def aligned(variables, ranges, bin_width) -> list[tuple[float, float]]:
     return out
 
 
+def partial(ranges) -> bool:
+    """Whether ``ranges`` leaves any end to be found (``None``), or all of them."""
+    return ranges is None or any(end is None for axis in ranges for end in axis)
+
+
+def fill_ranges(variables, given, found) -> list[tuple[float, float]]:
+    """The grid ranges from the ends the user gave (``given``: one ``(lo, hi)`` per axis, ``None`` where the end is
+    to be found, or ``None`` for all) and those found (``found``: automatic ranges, or a checkpoint's): a given end
+    wins. A given end beyond the found far end is an error that names both."""
+    if given is None:
+        return [tuple(r) for r in found]
+    if len(given) != len(variables):
+        raise ValueError(f"ranges={given!r} gives {len(given)} axes for the variables"
+                         f" {[v.name for v in variables]}: give one (lo, hi) per variable.")
+    out = []
+    for cv, (lo, hi), (found_lo, found_hi) in zip(variables, given, found):
+        lo_, hi_ = (found_lo if lo is None else lo), (found_hi if hi is None else hi)
+        if not lo_ < hi_:
+            raise ValueError(
+                f"ranges={given!r}: on the {cv.name} axis the given end meets the end found from the starting"
+                f" walkers ({lo_:g} >= {hi_:g}): the walkers do not reach the given range. Give both ends of"
+                f" the {cv.name} axis, or move the given end.")
+        out.append((float(lo_), float(hi_)))
+    return out
+
+
 def resumed_grid(saved: Mapping[str, Any] | None, resume: Mapping[str, Any], variables, *, ranges, bin_width
                  ) -> tuple[list[tuple[float, float]], list[int]]:
     """The checkpoint's grid (never found again from the restored weights, which are walker 0's); explicit
@@ -251,7 +277,8 @@ def resumed_grid(saved: Mapping[str, Any] | None, resume: Mapping[str, Any], var
         raise mismatch(f"The checkpoint's grid has the axes {list(saved_grid['names'])}; this run samples {names}:"
                        f" resume with the same variables and grid, {fingerprint.NEW_RUN}.")
     found = [(float(lo), float(hi)) for lo, hi in saved_grid["ranges"]]
-    if ranges is not None:
+    if ranges is not None:  # the ends left open are the checkpoint's
+        ranges = fill_ranges(variables, ranges, found)
         asked, bins = grid(variables, ranges, bin_width)
         mine = {"names": names, "ranges": asked, "bins": bins, "widths": bin_widths(variables, asked, bin_width)}
         if not fingerprint.same_grid(saved_grid, mine):

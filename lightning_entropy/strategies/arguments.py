@@ -25,7 +25,7 @@ from lightning_entropy.core.start import MODES
 MEMORY_FACTOR = 8
 
 __all__ = ["MAX_TOTAL_BINS", "check_arguments", "check_fill", "check_grid", "check_module_dtype", "check_settings",
-           "check_start", "check_threads", "check_variable_axes", "check_walker_memory"]
+           "check_start", "check_threads", "check_variable_axes", "check_walker_memory", "ranges_ends"]
 
 
 def _pairs(value: Any, name: str) -> list[tuple[float, float]]:
@@ -46,10 +46,44 @@ def _pairs(value: Any, name: str) -> list[tuple[float, float]]:
     return pairs
 
 
-def check_ranges(ranges: Sequence[Sequence[float]] | None) -> None:
-    """Grid ranges (CV units): finite, ``lo < hi`` on every axis (a reversed pair used to become a 2-bin grid)."""
-    if ranges is not None:
-        _pairs(ranges, "ranges")
+def ranges_ends(ranges: Sequence[Any] | None) -> list[tuple[float | None, float | None]] | None:
+    """Grid ranges (CV units), one ``(lo, hi)`` per axis, where ``None`` (an end or a whole axis) is found
+    automatically: given ends finite, ``lo < hi`` where both are given (a reversed pair used to become a 2-bin
+    grid). Returns the ranges as float pairs with ``None`` for the automatic ends."""
+    if ranges is None:
+        return None
+    hint = ("give one (lo, hi) pair per axis, each end a number or null (found from the starting walkers), e.g."
+            " [[-3.0, null]]")
+    if isinstance(ranges, (str, bytes)) or not hasattr(ranges, "__iter__"):
+        raise ValueError(f"ranges={ranges!r}: {hint}.")
+    ends = []
+    for i, pair in enumerate(ranges):
+        if pair is None:
+            ends.append((None, None))
+            continue
+        if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") or len(pair) != 2:
+            raise ValueError(f"ranges={ranges!r}: axis {i} is {pair!r}; {hint}.")
+        axis = []
+        for end in pair:
+            if end is None:
+                axis.append(None)
+            elif _number(end):
+                axis.append(float(end))
+            else:
+                raise ValueError(f"ranges={ranges!r}: axis {i} is {tuple(pair)!r}; each end must be a finite"
+                                 " number, or null to find it from the starting walkers.")
+        lo, hi = axis
+        if lo is not None and hi is not None and not lo < hi:
+            raise ValueError(
+                f"ranges={ranges!r}: axis {i} has lo={lo} >= hi={hi}; give (lo, hi) with lo < hi (swap them?)."
+            )
+        ends.append((lo, hi))
+    return ends
+
+
+def check_ranges(ranges: Sequence[Any] | None) -> None:
+    """Grid ranges: see :func:`ranges_ends`."""
+    ranges_ends(ranges)
 
 
 def check_window(window: Sequence[Sequence[float]] | None) -> None:

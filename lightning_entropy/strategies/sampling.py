@@ -35,7 +35,7 @@ from lightning_entropy.core.windows import Windows, auto_windows
 from lightning_entropy.strategies import budget
 from lightning_entropy.strategies.arguments import (check_arguments, check_fill, check_module_dtype, check_settings,
                                                    check_start, check_threads, check_variable_axes,
-                                                   check_walker_memory)
+                                                   check_walker_memory, ranges_ends)
 from lightning_entropy.strategies.base import SamplerMixin
 from lightning_entropy.strategies.contract import inspect_module
 from lightning_entropy.strategies.scalars import WANG_LANDAU_PROGRESS, log_step, wang_landau_metrics
@@ -103,7 +103,7 @@ class WangLandauSampling(SamplerMixin):
         self.box = Box.parse(box)
         self.seed = int(seed)
         self._variables = tuple(variables) if variables is not None else None
-        self._ranges = [tuple(map(float, r)) for r in ranges] if ranges is not None else None
+        self._ranges = ranges_ends(ranges)  # (lo, hi) per axis, None where the end is found from the starts
         self._bin_width = bin_width
         # fill="visit" places its windows on the starts and can only trust bins its walkers reach: one bin below the
         # lowest start; the per-step fill lets the bias carry walkers further down.
@@ -221,11 +221,15 @@ class WangLandauSampling(SamplerMixin):
             train_only = contract.evaluator([self._resolve("train_loss")], vectorize=evaluate.vectorized)
             with thread_policy.using(self._threads):
                 theta0 = self._start(trainer, theta_module, bound, gen,
-                                     lambda th: train_only.value_and_grad(th, grid_setup.unit_slope)[2])
+                                     lambda th: _train_loss_and_gradient(train_only, th))
                 cv0 = self._start_values(evaluate, theta0)  # the starting walkers' CVs, timed once
-                ranges = self._ranges or self._shared_ranges(grid_setup.aligned(variables, grid_setup.auto_ranges(
-                    variables, evaluate, theta0, bound, gen, range_margin=self.range_margin, start_values=cv0,
-                    per_point=self._probe_seconds, time_left=budget.remaining(trainer)), self._bin_width))
+                ranges = self._ranges
+                if grid_setup.partial(ranges):  # the ends not given are found from the starts
+                    ranges = grid_setup.fill_ranges(variables, ranges, self._shared_ranges(grid_setup.aligned(
+                        variables, grid_setup.auto_ranges(
+                            variables, evaluate, theta0, bound, gen, range_margin=self.range_margin,
+                            start_values=cv0, per_point=self._probe_seconds, time_left=budget.remaining(trainer)),
+                        self._bin_width)))
             ranges, bins = grid_setup.grid(variables, ranges, self._bin_width)
         meta = grid_setup.metadata(
             model=type(module).__name__, parameters=layout.numel, box=self.box, kind=self._kind, config=self._config,
@@ -269,14 +273,16 @@ class WangLandauSampling(SamplerMixin):
         self.say_forecast(trainer, measured=False)  # a clear shortfall is said before sampling starts
 
     def _start(self, trainer, module_theta: torch.Tensor, bound: torch.Tensor, gen: torch.Generator,
-               gradient) -> torch.Tensor:
+               loss_and_gradient) -> torch.Tensor:
         """The walkers' starting points; optimiser starts take at most ``start_budget`` of the time left of
-        ``max_time`` (shortened with a warning when they would take more)."""
+        ``max_time`` (shortened with a warning when they would take more), and stop above a given low end of the
+        ln L_train range (so that every walker starts inside the grid, from its own run)."""
         left = budget.remaining(trainer)
         allowed = None if left is None else max(0.0, left) * self.start_budget
+        floor = self._ranges[0][0] if self._ranges else None
         theta0, report = start_walkers(self.start, walkers=self.walkers, bound=bound, generator=gen,
-                                       module_theta=module_theta, train_loss_gradient=gradient,
-                                       steps=self.start_steps, lr=self.start_lr, time_budget=allowed)
+                                       module_theta=module_theta, train_loss_and_gradient=loss_and_gradient,
+                                       steps=self.start_steps, lr=self.start_lr, time_budget=allowed, floor=floor)
         self.start_report = report
         if report.shortened:
             warnings.warn(report.shortfall(self.walkers, self.start_budget, left), stacklevel=2)
@@ -425,3 +431,9 @@ class WangLandauSampling(SamplerMixin):
 
 
 __all__ = ["WangLandauSampling"]
+
+
+def _train_loss_and_gradient(train_only: Evaluator, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each walker's ln L_train and its gradient (one forward and backward): what the optimiser starts descend."""
+    cv, _, grad = train_only.value_and_grad(theta, grid_setup.unit_slope)
+    return cv[:, 0], grad

@@ -63,7 +63,9 @@ class WangLandauStrategy(WangLandauSampling, SamplerStrategy):
             ``"first_hidden"``) or a :class:`~lightning_entropy.Box`.
         seed: seeds the starting positions, velocities and moves. The same seed gives the same landscape.
         ranges: ``(lo, hi)`` per axis in CV units; default: found from the starting walkers and random box points,
-            an ln-loss axis starting at a whole multiple of its bin width (so that runs share bin edges).
+            an ln-loss axis starting at a whole multiple of its bin width (so that runs share bin edges). An end
+            (or a whole axis) given as ``None`` is found so, the other kept: ``[(-2.4, None)]`` fixes the low end
+            of ln L_train, so that networks of several sizes share it, while each finds its own random-network top.
         bin_width: bin width per axis in CV units; default 0.1 for ln-loss axes, 1/40 for accuracies, 0.25 on a
             logit axis, 1/50 of the range otherwise.
         range_margin: when ranges are found automatically, how far (CV units, nats for loss axes) the grid extends
