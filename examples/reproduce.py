@@ -1,9 +1,14 @@
 """Rerun the paper's figures at CPU scale and write docs/REPRODUCTION.md from what was measured.
 
-    python examples/reproduce.py                       # every CPU preset (about 40 minutes on 2 cores), then the doc
-    python examples/reproduce.py --only mnist spiral   # some of them
+    python examples/reproduce.py                       # every CPU preset, then the training modes, then the doc
+    python examples/reproduce.py --only mnist spiral   # some of them (training_modes is one name among them)
     python examples/reproduce.py --reuse               # rewrite the doc from the runs already under --runs
     (the doc always covers every preset that has run under --runs, the earlier ones included)
+
+The whole report takes about 115 minutes on 2 CPU cores, each task time-boxed: the presets one after the other
+(each run capped by its ``trainer.max_time``; about 75 minutes), then ``benchmarks/training_modes.py`` as two
+single-thread processes side by side (each method of a seed gets the same wall time as ``entropy_md``, so both
+halves' comparisons run under the same load; about 40 minutes, against 80 for one process).
 
 Each preset runs as ``lightning-entropy -m experiment=<name>`` (a Hydra multirun: one run per grid point) into
 ``--runs/<name>``; ``lightning-entropy-report`` then aggregates it, and the doc gets the command, the CPU time
@@ -115,6 +120,61 @@ def run_preset(name: str, runs: Path, data: Path) -> dict:
     if done.returncode != 0:
         return {"name": name, "failed": done.stderr.strip().splitlines()[-1:] or ["(no message)"], "wall_s": wall}
     return {"name": name, "wall_s": wall}
+
+
+#: ``benchmarks/training_modes.py``'s tasks in two halves of about equal cost (5 seeds each: house prices about 29
+#: minutes and the spiral 8; the char LM about 25 and modular arithmetic 11), run side by side.
+TRAINING_HALVES = (["house_prices", "spiral"], ["char_lm", "modular_arithmetic"])
+
+
+def run_training(runs: Path, data: Path, docs: Path) -> dict:
+    """The training-mode comparison: the halves of :data:`TRAINING_HALVES` as two single-thread processes at once,
+    each writing its own table under ``runs/training_modes``; their task sections then replace those in
+    ``docs/training_modes.md`` (and the per-seed numbers those in its ``.json``), the others kept."""
+    out = runs / "training_modes"
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    script = REPO / "benchmarks" / "training_modes.py"
+    processes = []
+    for i, tasks in enumerate(TRAINING_HALVES):
+        log = open(out / f"half{i}.log", "w")
+        processes.append((subprocess.Popen([sys.executable, str(script), "--tasks", *tasks, "--data", str(data),
+                                            "--threads", "1", "--markdown", str(out / f"half{i}.md")],
+                                           stdout=log, stderr=subprocess.STDOUT, env=env, cwd=runs), log))
+    failed = []
+    for i, (process, log) in enumerate(processes):
+        if process.wait() != 0:
+            failed.append(f"half {i} ({', '.join(TRAINING_HALVES[i])}) exited {process.returncode}; see {log.name}")
+        log.close()
+    parts = [out / f"half{i}.md" for i in range(len(TRAINING_HALVES))]
+    merge_training([p for p in parts if p.exists()], docs / "training_modes.md")
+    wall = time.perf_counter() - started
+    return {"name": "training_modes", "wall_s": wall, **({"failed": failed} if failed else {})}
+
+
+def _sections(text: str) -> tuple[str, dict[str, str]]:
+    """A training-modes table file: its header and its ``### task`` sections by task."""
+    head, *chunks = text.split("\n### ")
+    return head, {name.strip(): body for name, _, body in (c.partition("\n") for c in chunks)}
+
+
+def merge_training(parts: list[Path], target: Path) -> None:
+    """``parts``' task sections (and per-seed numbers, ``.json``) replace the same tasks' in ``target``, the other
+    tasks kept, in the order: target's tasks, then new ones."""
+    head, sections = _sections(target.read_text()) if target.exists() else ("", {})
+    numbers = json.loads(target.with_suffix(".json").read_text()) if target.with_suffix(".json").exists() else {}
+    for part in parts:
+        part_head, part_sections = _sections(part.read_text())
+        head = part_head  # the script's own header (the same in every part)
+        sections.update(part_sections)
+        if part.with_suffix(".json").exists():
+            numbers.update(json.loads(part.with_suffix(".json").read_text()))
+    if not sections:
+        return
+    target.write_text(head.rstrip("\n") + "\n" + "".join(f"\n### {name}\n{body.rstrip()}\n"
+                                                         for name, body in sections.items()))
+    target.with_suffix(".json").write_text(json.dumps(numbers, indent=1) + "\n")
 
 
 def _fmt_adv(row: dict) -> str:
@@ -249,15 +309,17 @@ def section(name: str, runs: Path, data: Path, docs: Path, status: dict) -> list
 
 
 def training_section(docs: Path) -> list[str]:
-    """"Training with entropy_md": the table ``benchmarks/training_modes.py --markdown docs/training_modes.md``
-    wrote (it is not rerun here: about 80 minutes of its own)."""
+    """"Training with entropy_md": the table in ``docs/training_modes.md`` (written by :func:`run_training`, or by
+    ``benchmarks/training_modes.py --markdown docs/training_modes.md`` alone)."""
     lines = ["## Training with `entropy_md`", "",
              "What to do with extra compute after training: from each seed's full-batch Adam endpoint, the same wall"
              " time T is spent on Adam continued (`adam+T`), Lightning's `StochasticWeightAveraging` (`swa`), SAM"
              " around Adam continued (`sam+T`), or `entropy_md` held at the endpoint's train loss (the module it"
              " returns and its walkers' ensemble); `sam@L` is SAM trained from the same initial weights to the"
              " endpoint's train loss (equal train loss). No held-out label enters any method.", "",
-             "Command: `python benchmarks/training_modes.py --markdown docs/training_modes.md`", ""]
+             "Command: `python examples/reproduce.py --only training_modes` (two halves of the tasks side by side),"
+             " or `python benchmarks/training_modes.py --markdown docs/training_modes.md` (one process, twice as"
+             " long).", ""]
     table = docs / "training_modes.md"
     if not table.exists():
         return lines + ["Not measured yet: run the command above, then this script again with `--reuse`.", ""]
@@ -289,16 +351,20 @@ RECOMMENDATION = [
 ]
 
 
-def write_doc(names: list[str], runs: Path, data: Path, statuses: dict[str, dict]) -> Path:
+def write_doc(names: list[str], runs: Path, data: Path, statuses: dict[str, dict], training: dict | None = None
+              ) -> Path:
     docs = REPO / "docs"
     total = sum(float(statuses.get(n, {}).get("wall_s") or 0.0) for n in names)
+    spent = (f" The presets took {total / 60:.0f} minutes of wall time on this machine, one after the other"
+             if total else "")
+    if training and training.get("wall_s"):
+        spent += f"{',' if spent else ' The'} training modes {training['wall_s'] / 60:.0f} minutes"
+    spent += "." if spent else ""
     lines = [
         "# Reproduction report",
         "",
         "Generated by `python examples/reproduce.py` (rerun it to refresh every number and figure on this page);"
-        f" last run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."
-        + (f" The presets took {total / 60:.0f} minutes of wall time on this machine, one after the other." if total
-           else ""),
+        f" last run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}." + spent,
         "",
         "Each section runs one paper figure at CPU scale (`experiment=<name>`, minutes per run on 2 CPU cores) and"
         " reports what was measured: the landscape S(ln L_train, test metric) (or, for the label-free presets, S(ln"
@@ -331,17 +397,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs, data = Path(args.runs).resolve(), Path(args.data).resolve()
     runs.mkdir(parents=True, exist_ok=True)
-    names = args.only or presets()
+    names = args.only or [*presets(), "training_modes"]
     state = runs / "status.json"
     statuses: dict[str, dict] = json.loads(state.read_text()) if state.exists() else {}
     for name in names:
         if not args.reuse:
-            print(f"running experiment={name} ...", flush=True)
-            statuses[name] = run_preset(name, runs, data)
+            print(f"running experiment={name} ..." if name != "training_modes" else
+                  "running benchmarks/training_modes.py (two halves side by side) ...", flush=True)
+            statuses[name] = (run_training(runs, data, REPO / "docs") if name == "training_modes" else
+                              run_preset(name, runs, data))
             print(f"  {statuses[name]}", flush=True)
             state.write_text(json.dumps(statuses, indent=2))
     # the doc covers every preset that has run (earlier runs under --runs included)
-    path = write_doc([n for n in presets() if n in statuses or (runs / n).exists()], runs, data, statuses)
+    path = write_doc([n for n in presets() if n in statuses or (runs / n).exists()], runs, data, statuses,
+                     training=statuses.get("training_modes"))
     print(f"wrote {path}")
     return 0
 

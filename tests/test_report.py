@@ -94,6 +94,38 @@ def _reproduce():
     return module
 
 
+def test_training_halves_merge_into_one_table_keeping_the_tasks_not_rerun(tmp_path, monkeypatch):
+    """The report's training modes run as two processes; their tables (written by benchmarks/training_modes.py)
+    replace those tasks' sections of docs/training_modes.md and keep the others, numbers included."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "training_modes", Path(__file__).resolve().parents[1] / "benchmarks" / "training_modes.py")
+    modes = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "training_modes", modes)  # its dataclasses look their module up
+    spec.loader.exec_module(modes)
+    head = ["task", "method", "held-out metric", "ln L_train", "gain over the endpoint"]
+
+    def part(path, task, value):
+        modes.write_markdown(path, [[task, "adam", value, "-3.0", "-"]], [f"{task}: verdict {value}"], head, 5)
+        modes.write_results(path.with_suffix(".json"), {task: [{"adam": [-3.0, float(value)]}]})
+
+    target = tmp_path / "training_modes.md"
+    part(target, "spiral", "0.5")
+    modes.write_markdown(target, [["char_lm", "adam", "0.1", "-1.0", "-"]], ["char_lm: old"], head, 5)
+    modes.write_results(target.with_suffix(".json"), {"char_lm": [{"adam": [-1.0, 0.1]}]})
+    part(tmp_path / "half0.md", "spiral", "0.9")
+    part(tmp_path / "half1.md", "house_prices", "0.7")
+    _reproduce().merge_training([tmp_path / "half0.md", tmp_path / "half1.md"], target)
+    text = target.read_text()
+    assert [line for line in text.splitlines() if line.startswith("### ")] == [
+        "### spiral", "### char_lm", "### house_prices"]
+    assert "spiral: verdict 0.9" in text and "spiral: verdict 0.5" not in text and "char_lm: old" in text
+    assert text.startswith("Held-out metric:")
+    numbers = json.loads(target.with_suffix(".json").read_text())
+    assert numbers["spiral"][0]["adam"] == [-3.0, 0.9] and set(numbers) == {"spiral", "char_lm", "house_prices"}
+
+
 def _run(overrides, parameters, advantage, error, converged=True, tags=()):
     return {"overrides": overrides, "parameters": parameters, "mean_advantage": advantage,
             "mean_advantage_error": error, "converged": converged, "tags": list(tags)}
