@@ -313,13 +313,14 @@ def advantage(readout: Readout, baseline, *, higher_is_better: bool, in_window: 
         asked = np.ones_like(used) if lo is None else x >= lo
         asked &= True if hi is None else x <= hi
         half = 0.5 * _step(x)
+        slack = 1e-6 * half  # bin centres are sums of floats: a range from a bin's edge is not a bin short of it
         if used.any():
             first, last = x[used].min(), x[used].max()
-            if lo is not None and lo < first - half:
+            if lo is not None and lo < first - half - slack:
                 notes.append(f"x_range starts at {lo:g} but the bins the landscape and the baseline both cover start"
                              f" at {first:.2f}: the mean covers less than asked; compare it only with runs over the"
                              " same bins")
-            if hi is not None and hi > last + half:
+            if hi is not None and hi > last + half + slack:
                 notes.append(f"x_range ends at {hi:g} but the bins both cover end at {last:.2f}: the mean covers"
                              " less than asked; compare it only with runs over the same bins")
             gaps = asked & ~used & (x >= first) & (x <= last)

@@ -262,6 +262,14 @@ def test_advantage_over_a_fixed_range_compares_runs_whose_grids_start_apart():
     assert any("start at -3.75: the mean covers less than asked" in n for n in lower.notes), lower.notes
     with pytest.raises(ValueError, match="lo must be below hi"):
         analysis.advantage(far, base, higher_is_better=True, x_range=[-2.0, -3.0])
+    # a range from a grid's own edge covers its first bin, whose centre is a float sum (-2.4 + 0.05 bins: the edge
+    # came out 4e-16 above -2.4 and the run said it covered less than asked)
+    edges = -2.4 + 0.1 * np.arange(9)
+    x = 0.5 * (edges[1:] + edges[:-1])
+    grid = pool(_records([[0.70] * 8, [0.72] * 8, [0.74] * 8], x), metric="test_metric", edges=edges)
+    readout = analysis.Readout("label_free", x, np.full(8, 0.8), np.full(8, 0.01), np.full(8, np.nan),
+                               np.zeros(8, dtype=bool))
+    assert not analysis.advantage(readout, grid, higher_is_better=True, x_range=[-2.4, edges[-1]]).notes
 
 
 def test_advantage_r_hat_comes_from_replicas_and_production_blocks():
