@@ -65,7 +65,7 @@ def test_grid_presets_sweep_the_paper_axes():
     assert (depth.model.width, width.model.depth) == (6, 3)
     assert list(depth.sampler.variables) == ["train_loss"]  # the main job's label-free walk
     for cfg in (depth, width, compose_config(["experiment=spiral_width_paper"])):  # one train-loss range for all
-        assert list(cfg.sampler.ranges) == [[-2.4, None]] and list(cfg.advantage.range) == [-2.4, None]
+        assert list(cfg.sampler.ranges) == [[-2.0, None]] and list(cfg.advantage.range) == [-2.0, None]
 
 
 def test_preset_data_not_bundled_must_be_named():
