@@ -5,10 +5,11 @@
     python examples/reproduce.py --reuse               # rewrite the doc from the runs already under --runs
     (the doc always covers every preset that has run under --runs, the earlier ones included)
 
-The whole report takes about 115 minutes on 2 CPU cores, each task time-boxed: the presets one after the other
-(each run capped by its ``trainer.max_time``; about 75 minutes), then ``benchmarks/training_modes.py`` as two
-single-thread processes side by side (each method of a seed gets the same wall time as ``entropy_md``, so both
-halves' comparisons run under the same load; about 40 minutes, against 80 for one process).
+Each task is time-boxed: the presets run one after the other (each run capped by its ``trainer.max_time``; 76
+minutes in all on 2 CPU cores), then ``benchmarks/training_modes.py`` as two single-thread processes side by side
+(each method of a seed gets the same wall time as ``entropy_md``, under the load both halves make). One process
+took 80 minutes; side by side each half ran about 1.6x slower than alone (a char LM seed 546 s against about 300),
+so the halves take an estimated 55-60 minutes and the whole report about 2 h 15 min: over 2 hours still.
 
 Each preset runs as ``lightning-entropy -m experiment=<name>`` (a Hydra multirun: one run per grid point) into
 ``--runs/<name>``; ``lightning-entropy-report`` then aggregates it, and the doc gets the command, the CPU time
@@ -122,7 +123,7 @@ def run_preset(name: str, runs: Path, data: Path) -> dict:
     return {"name": name, "wall_s": wall}
 
 
-#: ``benchmarks/training_modes.py``'s tasks in two halves of about equal cost (5 seeds each: house prices about 29
+#: ``benchmarks/training_modes.py``'s tasks in two halves of about equal cost (5 seeds, alone: house prices about 29
 #: minutes and the spiral 8; the char LM about 25 and modular arithmetic 11), run side by side.
 TRAINING_HALVES = (["house_prices", "spiral"], ["char_lm", "modular_arithmetic"])
 
@@ -205,7 +206,8 @@ def verdict(name: str, runs: list[dict]) -> str:
         if any(r.get("mean_advantage") is None for r in open_):
             why.append("no train-loss bin covered by both the landscape and the baseline")
         return (f"not settled at this budget: {len(runs) - len(open_)} of {len(runs)} runs converged"
-                f" ({'; '.join(why) or 'see the table'}); the paper-scale command below is what settles it")
+                f" ({'; '.join(why) or 'see the table'}); the paper-scale command below is what settles it"
+                + (f". {trend(runs)}" if name in SHRINKS else ""))
     misses = []
     for r, e in zip(runs, expect):
         adv, err = r["mean_advantage"], r.get("mean_advantage_error") or 0.0
@@ -223,6 +225,21 @@ def verdict(name: str, runs: list[dict]) -> str:
                           f" {small['mean_advantage']:+.3f}, {large['parameters']} parameters"
                           f" {large['mean_advantage']:+.3f})")
     return "reproduced" if not misses else "not reproduced: " + "; ".join(misses)
+
+
+def trend(runs: list[dict]) -> str:
+    """What a size grid measured so far, smallest network first, and whether it falls with size at each step: the
+    paper's trend read from runs that are not all converged (their errors are lower bounds, so it is not a verdict)."""
+    sized = sorted((r for r in runs if r.get("mean_advantage") is not None), key=lambda r: r["parameters"] or 0)
+    if len(sized) < 2:
+        return "Too few runs with an advantage to read a trend"
+    values = [r["mean_advantage"] for r in sized]
+    falls = sum(b < a for a, b in zip(values, values[1:]))
+    shape = ("falls with size at every step" if falls == len(values) - 1 else
+             "rises with size at every step" if falls == 0 else
+             f"no steady trend (falls at {falls} of {len(values) - 1} steps)")
+    listed = ", ".join(f"{r['mean_advantage']:+.3f} ({r['parameters']} parameters)" for r in sized)
+    return f"Measured so far (errors are lower bounds until the runs converge): {listed}: {shape}"
 
 
 def at_final_train_loss(run: Path, summary: dict) -> str:

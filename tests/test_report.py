@@ -139,6 +139,15 @@ def test_reproduction_verdict_judges_a_claim_only_where_every_run_converged():
     assert unsettled.startswith("not settled at this budget: 1 of 3 runs converged")
     assert "readout not mixed" in unsettled and "replicas disagree" in unsettled
     assert "no train-loss bin covered" in unsettled
+    # a size grid says what it measured so far, smallest network first, without judging it
+    assert unsettled.endswith("Measured so far (errors are lower bounds until the runs converge): +0.050 (62"
+                              " parameters), +0.020 (170 parameters): falls with size at every step")
+    mixed = verdict("spiral_depth", [_run("model.depth=3", 116, -0.004, 0.002, False, ["readout not mixed"]),
+                                     _run("model.depth=2", 74, 0.03, 0.001, False), _run("model.depth=5", 200, 0.05,
+                                                                                         0.003, False)])
+    assert mixed.endswith("+0.030 (74 parameters), -0.004 (116 parameters), +0.050 (200 parameters): no steady"
+                          " trend (falls at 1 of 2 steps)")
+    assert "Measured so far" not in verdict("spiral", [_run("", 116, 0.02, 0.001, False)])
     # all converged: positive beyond 2 errors and shrinking with size
     assert verdict("spiral_width", [_run("model.width=4", 62, 0.05, 0.002),
                                     _run("model.width=16", 466, 0.01, 0.002)]) == "reproduced"
