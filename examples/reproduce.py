@@ -335,8 +335,8 @@ def training_section(docs: Path) -> list[str]:
              " returns and its walkers' ensemble); `sam@L` is SAM trained from the same initial weights to the"
              " endpoint's train loss (equal train loss). No held-out label enters any method.", "",
              "Command: `python examples/reproduce.py --only training_modes` (two halves of the tasks side by side),"
-             " or `python benchmarks/training_modes.py --markdown docs/training_modes.md` (one process, twice as"
-             " long).", ""]
+             " or `python benchmarks/training_modes.py --markdown docs/training_modes.md` (one process, about 80"
+             " minutes here).", ""]
     table = docs / "training_modes.md"
     if not table.exists():
         return lines + ["Not measured yet: run the command above, then this script again with `--reuse`.", ""]

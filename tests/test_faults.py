@@ -155,12 +155,13 @@ def test_interrupted_entropy_md_resumes_to_the_uninterrupted_trace(tmp_path):
 def test_interrupted_run_on_two_processes_resumes_to_the_uninterrupted_landscape(tmp_path):
     """``trainer.devices=2``: the job forwards SIGTERM to its two ranks, which stop at the same step and checkpoint;
     the job writes what they sampled, exits 143, and ``resume=`` ends with the uninterrupted run's landscape."""
+    # the reference first: beside the interrupted run (six processes on two cores) the interrupted job once exited
+    # 143 without its summary in a clean-clone CI run (a rank's failure read as a stop before sampling; open)
     reference = tmp_path / "reference"
-    uninterrupted = _start(reference, DDP_RUN)  # beside the interrupted run
+    _finished(_start(reference, DDP_RUN))
+    whole = Landscape.load(reference / "landscape.npz")
     out = tmp_path / "run"
     _sigterm_mid_run(out, DDP_RUN)
-    _finished(uninterrupted)
-    whole = Landscape.load(reference / "landscape.npz")
     partial = Landscape.load(out / "landscape.npz")
     assert 0 < partial.walker_steps < whole.walker_steps
     assert partial.walker_steps % (2 * 4 * 20) == 0  # both ranks stopped after the same Lightning step
