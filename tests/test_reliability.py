@@ -40,8 +40,8 @@ def _wl(**kw):
 @pytest.mark.parametrize("ranges, words", [
     ([(2.0, -3.0), (0.0, 1.0)], ["lo=2.0 >= hi=-3.0", "swap"]),
     ([(float("nan"), 1.0), (0.0, 1.0)], ["nan", "finite"]),
-    ([(None, float("inf"))], ["inf", "finite number, or null"]),
-    ([("low", None)], ["'low'", "finite number, or null"]),
+    ([(None, float("inf"))], ["inf", "finite numbers, or null"]),
+    ([("low", None)], ["'low'", "finite numbers, or null"]),
     ([(1.0,)], ["axis 0 is (1.0,)", "one (lo, hi) pair per axis"]),
     (3.0, ["ranges=3.0", "e.g. [[-3.0, null]]"]),
 ])

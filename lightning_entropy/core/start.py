@@ -156,7 +156,7 @@ def start_walkers(
         if floor is not None:  # the values are at the point after s - 1 steps
             with torch.no_grad():
                 out, below, stopped = at_floor(values.detach(), s - 1)
-                before = leaf.detach().clone()
+                before.copy_(leaf)  # in place: no allocation per step
         opt.step()
         with torch.no_grad():
             leaf.copy_(torch.maximum(torch.minimum(leaf, bound), -bound))

@@ -28,57 +28,43 @@ __all__ = ["MAX_TOTAL_BINS", "check_arguments", "check_fill", "check_grid", "che
            "check_start", "check_threads", "check_variable_axes", "check_walker_memory", "ranges_ends"]
 
 
-def _pairs(value: Any, name: str) -> list[tuple[float, float]]:
-    try:
-        pairs = [tuple(float(v) for v in r) for r in value]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r}: give one (lo, hi) pair of numbers per axis.") from None
-    for i, pair in enumerate(pairs):
-        if len(pair) != 2:
-            raise ValueError(f"{name}={value!r}: axis {i} is {pair!r}; give one (lo, hi) pair of numbers per axis.")
-        lo, hi = pair
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise ValueError(f"{name}={value!r}: axis {i} is ({lo}, {hi}); both bounds must be finite numbers.")
-        if not lo < hi:
-            raise ValueError(
-                f"{name}={value!r}: axis {i} has lo={lo} >= hi={hi}; give (lo, hi) with lo < hi (swap them?)."
-            )
-    return pairs
-
-
-def ranges_ends(ranges: Sequence[Any] | None) -> list[tuple[float | None, float | None]] | None:
-    """Grid ranges (CV units), one ``(lo, hi)`` per axis, where ``None`` (an end or a whole axis) is found
-    automatically: given ends finite, ``lo < hi`` where both are given (a reversed pair used to become a 2-bin
-    grid). Returns the ranges as float pairs with ``None`` for the automatic ends."""
-    if ranges is None:
-        return None
+def _ends(value: Any, name: str, *, open_ends: bool) -> list[tuple[float | None, float | None]]:
+    """One ``(lo, hi)`` per axis of ``value`` (``ranges`` or ``window``, named ``name``): finite numbers, ``lo < hi``
+    where both are given (a reversed pair used to become a 2-bin grid). With ``open_ends`` an end or a whole axis may
+    be ``None`` (found automatically); it is then ``None`` in the result."""
     hint = ("give one (lo, hi) pair per axis, each end a number or null (found from the starting walkers), e.g."
-            " [[-3.0, null]]")
-    if isinstance(ranges, (str, bytes)) or not hasattr(ranges, "__iter__"):
-        raise ValueError(f"ranges={ranges!r}: {hint}.")
+            " [[-3.0, null]]" if open_ends else "give one (lo, hi) pair of numbers per axis")
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"{name}={value!r}: {hint}.")
     ends = []
-    for i, pair in enumerate(ranges):
-        if pair is None:
+    for i, pair in enumerate(value):
+        if pair is None and open_ends:
             ends.append((None, None))
             continue
         if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") or len(pair) != 2:
-            raise ValueError(f"ranges={ranges!r}: axis {i} is {pair!r}; {hint}.")
+            raise ValueError(f"{name}={value!r}: axis {i} is {pair!r}; {hint}.")
         axis = []
         for end in pair:
-            if end is None:
+            if end is None and open_ends:
                 axis.append(None)
             elif _number(end):
                 axis.append(float(end))
             else:
-                raise ValueError(f"ranges={ranges!r}: axis {i} is {tuple(pair)!r}; each end must be a finite"
-                                 " number, or null to find it from the starting walkers.")
+                raise ValueError(f"{name}={value!r}: axis {i} is {tuple(pair)!r}; both bounds must be finite numbers"
+                                 + (", or null to find one from the starting walkers." if open_ends else "."))
         lo, hi = axis
         if lo is not None and hi is not None and not lo < hi:
             raise ValueError(
-                f"ranges={ranges!r}: axis {i} has lo={lo} >= hi={hi}; give (lo, hi) with lo < hi (swap them?)."
+                f"{name}={value!r}: axis {i} has lo={lo} >= hi={hi}; give (lo, hi) with lo < hi (swap them?)."
             )
         ends.append((lo, hi))
     return ends
+
+
+def ranges_ends(ranges: Sequence[Any] | None) -> list[tuple[float | None, float | None]] | None:
+    """Grid ranges (CV units), one ``(lo, hi)`` per axis, where ``None`` (an end or a whole axis) is found
+    automatically; given ends checked by :func:`_ends`. Returns float pairs with ``None`` for the automatic ends."""
+    return None if ranges is None else _ends(ranges, "ranges", open_ends=True)
 
 
 def check_ranges(ranges: Sequence[Any] | None) -> None:
@@ -89,7 +75,7 @@ def check_ranges(ranges: Sequence[Any] | None) -> None:
 def check_window(window: Sequence[Sequence[float]] | None) -> None:
     """Soft-wall window (CV units): finite, ``lo < hi`` on every axis."""
     if window is not None:
-        _pairs(window, "window")
+        _ends(window, "window", open_ends=False)
 
 
 def check_variables(variables: Sequence[Any] | None) -> None:
