@@ -120,12 +120,12 @@ def start_walkers(
     theta = uniform(walkers, bound, generator)
     if mode == "uniform":
         return theta, StartReport(mode)
+    if floor is not None and train_loss_and_gradient is None:
+        raise ValueError("A start floor needs the train loss: give train_loss_and_gradient.")
     if train_loss_and_gradient is None and train_loss_gradient is not None:
         train_loss_and_gradient = lambda th: (None, train_loss_gradient(th))  # noqa: E731
     if train_loss_and_gradient is None:
         raise ValueError(f"start={mode!r} needs the train loss gradient.")
-    if floor is not None and train_loss_gradient is not None:
-        raise ValueError("A start floor needs the train loss: give train_loss_and_gradient.")
     if steps < 1 or lr <= 0:
         raise ValueError(f"start={mode!r}: start_steps={steps} must be >= 1 and start_lr={lr} > 0.")
     if time_budget is not None and not time_budget > 0:
