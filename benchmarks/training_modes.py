@@ -18,8 +18,9 @@ classifiers, ln test MSE for regression: lower is better) and ln L_train, mean a
 paired difference against the endpoint. ``--markdown FILE`` also writes the table and the per-task verdicts as
 Markdown (``examples/reproduce.py`` puts ``docs/training_modes.md`` into docs/REPRODUCTION.md).
 
-Run: ``.venv/bin/python benchmarks/training_modes.py`` (every task, 5 seeds, about 80 minutes on 2 cores; the char
-LM alone 5 minutes per seed) or ``... --tasks spiral --seeds 0 1 2``; ``--data`` is the folder holding
+Run: ``.venv/bin/python benchmarks/training_modes.py`` (every task, 5 seeds, about 45 minutes on one core; the char
+LM about 3 minutes per seed) or ``... --tasks spiral --seeds 0 1 2``; each task stops starting seeds at its time box
+(``Task.minutes``, or ``--minutes``; the verdict says when it did). ``--data`` is the folder holding
 house_prices.npz (default ../shared/data). With ``--markdown FILE`` the per-seed numbers also go to FILE's ``.json``.
 """
 
@@ -54,6 +55,7 @@ class Task:
     epochs: int  # full-batch Adam epochs to the endpoint
     lr: float
     md_steps: int
+    minutes: float  # the task's time box: no seed is started that would end past it (see run_seeds)
     walkers: int = 32
 
 
@@ -86,11 +88,11 @@ def _tasks(data: Path) -> dict[str, Task]:
         return dm, CharLanguageModel(len(dm.vocab))
 
     return {
-        "spiral": Task("spiral", spiral, epochs=3000, lr=1e-3, md_steps=10_000),
-        "house_prices": Task("house_prices", house_prices, epochs=2000, lr=1e-3, md_steps=10_000),
+        "spiral": Task("spiral", spiral, epochs=3000, lr=1e-3, md_steps=10_000, minutes=15),
+        "house_prices": Task("house_prices", house_prices, epochs=2000, lr=1e-3, md_steps=4_000, minutes=21),
         "modular_arithmetic": Task("modular_arithmetic", modular_arithmetic, epochs=2000, lr=1e-3, md_steps=1_000,
-                                   walkers=16),
-        "char_lm": Task("char_lm", char_lm, epochs=600, lr=3e-3, md_steps=500, walkers=16),
+                                   walkers=16, minutes=19),
+        "char_lm": Task("char_lm", char_lm, epochs=600, lr=3e-3, md_steps=250, walkers=16, minutes=25),
     }
 
 
@@ -191,6 +193,19 @@ def one_seed(task: Task, seed: int, rho: float) -> dict[str, tuple[float, float]
     return out
 
 
+def run_seeds(run: Callable[[int], dict], seeds: list[int], minutes: float,
+              clock: Callable[[], float] = time.perf_counter) -> list[dict]:
+    """``run(seed)`` for each seed in turn while the time box holds one more seed of the mean length so far (the
+    first two always run: a standard error needs two)."""
+    start, results = clock(), []
+    for seed in seeds:
+        spent = clock() - start
+        if len(results) >= 2 and spent + spent / len(results) > 60 * minutes:
+            break
+        results.append(run(seed))
+    return results
+
+
 TRAIN_LOSS_TOLERANCE = 0.05  # nats of ln L_train: beyond this, entropy_md's rows are not at the endpoint's train loss
 METHODS = ("adam", "adam+T", "swa", "sam+T", "sam@L", "entropy_md", "entropy_md ensemble")
 
@@ -255,6 +270,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--rho", type=float, default=0.05)
     parser.add_argument("--md-steps", type=int, default=None, help="MD steps per seed (default: the task's)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="each task's time box in minutes (default: the task's; 0 or less: none)")
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--markdown", default=None, help="also write the table and verdicts to this file")
     parser.add_argument("--threads", type=int, default=1)
@@ -264,23 +281,32 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
     tasks = _tasks(Path(args.data))
-    rows, verdicts, raw = [], [], {}
+    rows, verdicts, raw, done = [], [], {}, {}
     for name in args.tasks:
         task = tasks[name]
         if args.md_steps:
             task.md_steps = args.md_steps
+        if args.minutes is not None:
+            task.minutes = args.minutes if args.minutes > 0 else math.inf
         if name == "house_prices" and not (Path(args.data) / "house_prices.npz").is_file():
             print(f"{name}: skipped, no {Path(args.data) / 'house_prices.npz'} (give --data)")
             continue
-        results = []
-        for seed in args.seeds:
+
+        def run(seed, task=task, name=name):
             t = time.perf_counter()
-            results.append(one_seed(task, seed, args.rho))
-            r = results[-1]
+            r = one_seed(task, seed, args.rho)
             print(f"{name} seed {seed} ({time.perf_counter() - t:.0f} s, T {r['_budget'][0]:.1f} s): "
                   + ", ".join(f"{m} {r[m][1]:.4f} (ln L {r[m][0]:.2f})" for m in METHODS), flush=True)
+            return r
+
+        results = run_seeds(run, args.seeds, task.minutes)
         classifier = name != "house_prices"
         task_rows, sentence = summarize(name, results, higher_better=classifier)
+        if len(results) < len(args.seeds):
+            sentence += (f"; the task's time box of {task.minutes:g} minutes ended it after {len(results)} of"
+                         f" {len(args.seeds)} seeds")
+            print(f"{name}: time box of {task.minutes:g} minutes reached after {len(results)} seeds", flush=True)
+        done[name] = len(results)
         rows += task_rows
         verdicts.append(sentence)
         raw[name] = results
@@ -292,14 +318,15 @@ def main() -> None:
     for sentence in verdicts:
         print(sentence)
     if args.markdown:
-        write_markdown(Path(args.markdown), rows, verdicts, head, len(args.seeds))
+        write_markdown(Path(args.markdown), rows, verdicts, head, done)
         write_results(Path(args.markdown).with_suffix(".json"), raw)
         print(f"wrote {args.markdown}")
 
 
-def write_markdown(path: Path, rows: list[list[str]], verdicts: list[str], head: list[str], seeds: int) -> None:
-    """One ``### task`` section per task measured, replacing that task's section in ``path`` and keeping the
-    others (tasks can be rerun one at a time)."""
+def write_markdown(path: Path, rows: list[list[str]], verdicts: list[str], head: list[str],
+                   seeds: dict[str, int]) -> None:
+    """One ``### task`` section per task measured (``seeds``: how many seeds each task ran), replacing that task's
+    section in ``path`` and keeping the others (tasks can be rerun one at a time)."""
     sections: dict[str, str] = {}
     if path.exists():
         for chunk in path.read_text().split("\n### ")[1:]:
@@ -308,7 +335,7 @@ def write_markdown(path: Path, rows: list[list[str]], verdicts: list[str], head:
     for verdict in verdicts:
         task = verdict.split(":", 1)[0]
         body = [table([r for r in rows if r[0] == task], head), "",
-                f"Mean ± standard error over {seeds} seeds (gains paired with the endpoint of the same seed). {verdict}."]
+                f"Mean ± standard error over {seeds[task]} seeds (gains paired with the endpoint of the same seed). {verdict}."]
         sections[task] = "\n".join(body)
     lines = ["Held-out metric: hard test accuracy, or ln test MSE for house_prices (lower is better); gains signed so"
              " that positive is better. Rows: see benchmarks/training_modes.py.", ""]

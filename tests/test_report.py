@@ -94,25 +94,32 @@ def _reproduce():
     return module
 
 
-def test_training_halves_merge_into_one_table_keeping_the_tasks_not_rerun(tmp_path, monkeypatch):
-    """The report's training modes run as two processes; their tables (written by benchmarks/training_modes.py)
-    replace those tasks' sections of docs/training_modes.md and keep the others, numbers included."""
+def _training_modes():
+    """benchmarks/training_modes.py as a module (registered: its dataclasses look their module up)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(
-        "training_modes", Path(__file__).resolve().parents[1] / "benchmarks" / "training_modes.py")
-    modes = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "training_modes", modes)  # its dataclasses look their module up
-    spec.loader.exec_module(modes)
+    if "training_modes" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "training_modes", Path(__file__).resolve().parents[1] / "benchmarks" / "training_modes.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["training_modes"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["training_modes"]
+
+
+def test_training_halves_merge_into_one_table_keeping_the_tasks_not_rerun(tmp_path):
+    """The report's training modes run as two processes; their tables (written by benchmarks/training_modes.py)
+    replace those tasks' sections of docs/training_modes.md and keep the others, numbers included."""
+    modes = _training_modes()
     head = ["task", "method", "held-out metric", "ln L_train", "gain over the endpoint"]
 
     def part(path, task, value):
-        modes.write_markdown(path, [[task, "adam", value, "-3.0", "-"]], [f"{task}: verdict {value}"], head, 5)
+        modes.write_markdown(path, [[task, "adam", value, "-3.0", "-"]], [f"{task}: verdict {value}"], head, {task: 5})
         modes.write_results(path.with_suffix(".json"), {task: [{"adam": [-3.0, float(value)]}]})
 
     target = tmp_path / "training_modes.md"
     part(target, "spiral", "0.5")
-    modes.write_markdown(target, [["char_lm", "adam", "0.1", "-1.0", "-"]], ["char_lm: old"], head, 5)
+    modes.write_markdown(target, [["char_lm", "adam", "0.1", "-1.0", "-"]], ["char_lm: old"], head, {"char_lm": 5})
     modes.write_results(target.with_suffix(".json"), {"char_lm": [{"adam": [-1.0, 0.1]}]})
     part(tmp_path / "half0.md", "spiral", "0.9")
     part(tmp_path / "half1.md", "house_prices", "0.7")
@@ -124,6 +131,27 @@ def test_training_halves_merge_into_one_table_keeping_the_tasks_not_rerun(tmp_pa
     assert text.startswith("Held-out metric:")
     numbers = json.loads(target.with_suffix(".json").read_text())
     assert numbers["spiral"][0]["adam"] == [-3.0, 0.9] and set(numbers) == {"spiral", "char_lm", "house_prices"}
+
+
+def test_training_seeds_stop_when_the_time_box_cannot_hold_one_more():
+    """A task's seeds run while the box holds one more seed of the mean length so far; two always run."""
+    modes = _training_modes()
+    now = [0.0]
+
+    def run(seed, cost=(100.0, 140.0, 120.0, 130.0, 90.0)):
+        now[0] += cost[seed]
+        return {"seed": seed}
+
+    def seeds_within(minutes):
+        now[0] = 0.0
+        return [r["seed"] for r in modes.run_seeds(run, [0, 1, 2, 3, 4], minutes, clock=lambda: now[0])]
+
+    assert seeds_within(1.0) == [0, 1]  # past the box after one seed: the second still runs
+    assert seeds_within(5.99) == [0, 1]  # 240 s spent, mean 120: a third would end at 360 s = 6 min
+    assert seeds_within(6.0) == [0, 1, 2]
+    assert seeds_within(10.0) == [0, 1, 2, 3]  # 490 s after four, mean 122.5: a fifth would end past 600 s
+    assert seeds_within(10.25) == [0, 1, 2, 3, 4]
+    assert seeds_within(float("inf")) == [0, 1, 2, 3, 4]
 
 
 def _run(overrides, parameters, advantage, error, converged=True, tags=()):
