@@ -297,12 +297,12 @@ def test_trainer_arguments_are_checked_naming_the_key(override, message):
 
 
 def test_window_accepts_integers_and_null_axes():
-    from lightning_entropy.cli.job import OPEN_WINDOW, make_strategy
+    from lightning_entropy.cli.job import make_strategy
 
     cfg = compose_config(["experiment=spiral", "sampler.window=[[-6,-1],null]"])
     validate(cfg)
-    strategy = make_strategy(cfg)
-    assert strategy._window == [[-6, -1], [-OPEN_WINDOW, OPEN_WINDOW]]
+    assert make_strategy(cfg)._window == [[-6, -1], None]
+    assert make_strategy(compose_config(["experiment=spiral", "sampler.window=[null,null]"]))._window is None
 
 
 @pytest.mark.parametrize(("sampler", "momentum"), [("adam", 0.0), ("sgd", 0.9)])

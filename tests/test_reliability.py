@@ -57,6 +57,18 @@ def test_reversed_window_is_refused():
         _wl(window=[(1.0, -1.0)])
 
 
+def test_a_window_axis_given_as_none_has_no_soft_wall():
+    """``window=[(lo, hi), None]``: a wall on x alone; the y axis's window is the grid's range, as without a window."""
+    from lightning_entropy.core.grid import Grid
+
+    grid = Grid([(-5.0, 0.0), (0.0, 1.0)], [10, 4], ["ln_train_loss", "test_accuracy"], window=[(-4.0, -1.0), None])
+    assert grid.window.tolist() == [[-4.0, -1.0], [0.0, 1.0]]
+    assert Grid([(-5.0, 0.0)], [10], ["ln_train_loss"], window=[None]).window.tolist() == [[-5.0, 0.0]]
+    _wl(window=[(-4.0, -1.0), None])  # accepted by the strategy
+    with pytest.raises(ValueError, match=r"window=.*axis 1 is \(0.0,\).*or null for an axis without a soft wall"):
+        _wl(window=[(-4.0, -1.0), (0.0,)])
+
+
 def test_duplicate_variables_are_refused():
     with pytest.raises(ValueError, match="same variable twice"):
         _wl(variables=("train_loss", "train_loss"))

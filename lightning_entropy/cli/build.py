@@ -38,7 +38,6 @@ STRATEGIES = {
     "wang_landau_ddp": "lightning_entropy.strategies.wang_landau_ddp:WangLandauDDPStrategy",
     "entropy_md": "lightning_entropy.strategies.entropy_md:EntropyMDStrategy",
 }
-OPEN_WINDOW = 1e9  # the soft-wall limit of an axis given as null in sampler.window (no wall: CVs never get there)
 LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
 
 
@@ -102,7 +101,7 @@ def strategy_arguments(cfg: DictConfig, *, classifier: bool | None = True) -> di
     For a Wang-Landau kind: ``sampler`` (``md``/``mc`` from the kind); the box (``sampler.box``, else ``task.box``,
     else the kind's :data:`DEFAULT_BOX`); ``test_metric`` in ``variables`` named for the task (``test_accuracy`` for a
     classifier, ``test_loss`` otherwise; ``classifier=None``, a model of one's own: the strategy finds it); a ``null``
-    axis of ``window`` open (:data:`OPEN_WINDOW`); ``sync_every`` only for several devices, which share one landscape
+    axis of ``window`` without a soft wall (the strategy's ``None``); ``sync_every`` only for several devices, which share one landscape
     with ``fill="step"``.
     """
     node = _plain(cfg.sampler)
@@ -121,8 +120,8 @@ def strategy_arguments(cfg: DictConfig, *, classifier: bool | None = True) -> di
                     f" has {len(node['variables'])} axes: give one entry per axis (or sampler.{key}=null)."
                 )
     if node.get("window") is not None:  # a null entry: no soft wall on that axis
-        window = [list(w) if w is not None else [-OPEN_WINDOW, OPEN_WINDOW] for w in node["window"]]
-        node["window"] = None if all(w == [-OPEN_WINDOW, OPEN_WINDOW] for w in window) else window
+        window = [None if w is None else list(w) for w in node["window"]]
+        node["window"] = None if all(w is None for w in window) else window
     if devices(cfg) > 1:
         node["fill"] = "step"  # the ranks share one landscape with the per-step factor
     else:

@@ -38,7 +38,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_entropy.cli import baselines, naming, upload
 from lightning_entropy.cli.build import (
-    OPEN_WINDOW,
     baseline_settings,
     box_rule,
     build,
@@ -74,7 +73,7 @@ from lightning_entropy.core.fingerprint import ResumeMismatch
 LANDSCAPE_FILES = ("landscape.npz", "landscape.png", "curves.csv", "baseline.csv", "summary.json")
 BASELINE_FILES = ("baseline.png", "curves.csv", "baseline.csv", "summary.json")
 
-__all__ = ["BASELINE_FILES", "CURVE_COLUMNS", "LANDSCAPE_FILES", "OPEN_WINDOW", "box_rule", "make_strategy",
+__all__ = ["BASELINE_FILES", "CURVE_COLUMNS", "LANDSCAPE_FILES", "box_rule", "make_strategy",
            "resume_checkpoint", "run"]  # the building and the writers are the job's, re-exported for its callers
 
 

@@ -43,7 +43,8 @@ class Grid:
         labels: axis labels for figures; default the names.
         kernel_sigma: standard deviation of the deposit Gaussian, in bins (``0`` deposits into one bin only).
         kernel_cutoff: the Gaussian is cut at ``kernel_cutoff * kernel_sigma`` bins.
-        window: per axis ``(lo, hi)`` of the soft wall, CV units; default the grid range (no soft wall).
+        window: per axis ``(lo, hi)`` of the soft wall, CV units, or ``None`` for an axis without one; default the
+            grid range (no soft wall).
         device: where the grid lives (the walkers' device).
     """
 
@@ -60,7 +61,7 @@ class Grid:
         self.hi = torch.tensor([float(r[1]) for r in ranges], dtype=torch.float64, device=self.device)
         self.width = (self.hi - self.lo) / torch.tensor(self.shape, dtype=torch.float64, device=self.device)
         self._lo0, self._width0 = float(self.lo[0]), float(self.width[0])  # the x axis's, for the 1-D hot path
-        window = window if window is not None else ranges
+        window = ranges if window is None else [r if w is None else w for w, r in zip(window, ranges)]
         self.window = torch.tensor([list(map(float, w)) for w in window], dtype=torch.float64, device=self.device)
         self.kernel_sigma = float(kernel_sigma)
         self.kernel_cutoff = float(kernel_cutoff)

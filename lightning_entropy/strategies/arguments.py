@@ -30,15 +30,17 @@ __all__ = ["MAX_TOTAL_BINS", "check_arguments", "check_fill", "check_grid", "che
 
 def _ends(value: Any, name: str, *, open_ends: bool) -> list[tuple[float | None, float | None]]:
     """One ``(lo, hi)`` per axis of ``value`` (``ranges`` or ``window``, named ``name``): finite numbers, ``lo < hi``
-    where both are given (a reversed pair used to become a 2-bin grid). With ``open_ends`` an end or a whole axis may
-    be ``None`` (found automatically); it is then ``None`` in the result."""
+    where both are given (a reversed pair used to become a 2-bin grid). A whole axis may be ``None`` (``ranges``:
+    found automatically; ``window``: no soft wall there); it is then ``(None, None)`` in the result. With
+    ``open_ends`` one end may be ``None`` too."""
     hint = ("give one (lo, hi) pair per axis, each end a number or null (found from the starting walkers), e.g."
-            " [[-3.0, null]]" if open_ends else "give one (lo, hi) pair of numbers per axis")
+            " [[-3.0, null]]" if open_ends else "give one (lo, hi) pair of numbers per axis, or null for an axis"
+            " without a soft wall")
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
         raise ValueError(f"{name}={value!r}: {hint}.")
     ends = []
     for i, pair in enumerate(value):
-        if pair is None and open_ends:
+        if pair is None:
             ends.append((None, None))
             continue
         if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") or len(pair) != 2:
@@ -73,7 +75,7 @@ def check_ranges(ranges: Sequence[Any] | None) -> None:
 
 
 def check_window(window: Sequence[Sequence[float]] | None) -> None:
-    """Soft-wall window (CV units): finite, ``lo < hi`` on every axis."""
+    """Soft-wall window (CV units): finite, ``lo < hi`` on every axis given (``None``: no wall on that axis)."""
     if window is not None:
         _ends(window, "window", open_ends=False)
 

@@ -74,7 +74,8 @@ class WangLandauStrategy(WangLandauSampling, SamplerStrategy):
             the start longer to go lower), 2.0 otherwise.
         kernel_sigma: deposit Gaussian width in bins (default 0.5 for MD, 0 (one bin) for MC); wider kernels fill
             faster but blur S where it curves (1 bin gave 0.16 nats RMS against 0.10 for 0.5 bins on the toy 2-D test).
-        window: soft-wall window per axis ``(lo, hi)`` in CV units; the grid edges are always hard walls.
+        window: soft-wall window per axis ``(lo, hi)`` in CV units (``None`` for an axis: no wall there); the grid
+            edges are always hard walls.
         wall_strength: soft-wall constant ``c`` in ``c * d**2`` (nats per squared CV unit); 0 disables it.
         fill: how the bias fills (MD). ``"visit"`` (default unless a ``schedule`` is given): replica-exchange WL:
             ``replicas`` independent replicas, each with ``windows`` overlapping windows in ln L_train whose walkers
