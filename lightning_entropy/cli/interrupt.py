@@ -114,6 +114,23 @@ def save_checkpoint(trainer, path: str | Path) -> Path:
     return path
 
 
+def checkpointed_sampler(path: str | Path, *, since: float) -> tuple[dict, int] | None:
+    """The sampler state and Lightning step of ``path`` if it was written at or after ``since`` (``time.time()``):
+    what the ranks saved when they were told to stop, in a job whose fit then failed (a rank that dies on its way out
+    takes the sampled state it would have sent back with it). ``None`` when there is no such checkpoint."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file() or path.stat().st_mtime < since:
+        return None
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    states = checkpoint.get("optimizer_states") or [{}]
+    sampler = states[0].get("sampler") if isinstance(states[0], dict) else None
+    if not sampler or "landscape" not in sampler:
+        return None
+    return sampler, int(checkpoint.get("global_step", 0))
+
+
 class Checkpointing(Callback):
     """Saves ``<dirpath>/checkpoint.ckpt`` every ``minutes`` of sampling and when a signal asks the job to stop.
 

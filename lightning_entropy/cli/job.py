@@ -49,7 +49,7 @@ from lightning_entropy.cli.build import (
 )
 from lightning_entropy.cli.config import ENTROPY_MD_KINDS, OPTIMIZER_KINDS, ConfigError
 from lightning_entropy.cli.deadline import BASELINE_LEAD_S, Deadline, stopped_by
-from lightning_entropy.cli.interrupt import Interrupted, interruptible
+from lightning_entropy.cli.interrupt import CHECKPOINT, Interrupted, checkpointed_sampler, interruptible
 from lightning_entropy.cli.md_job import run_entropy_md
 from lightning_entropy.cli.rundir import claim
 from lightning_entropy.cli.summary import (
@@ -130,6 +130,7 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
 
     # 2. the baseline: in a second process beside the sampler, or here
     process: subprocess.Popen | None = None
+    rank_failure: str | None = None  # a rank's error while the ranks stopped (the report then comes from the checkpoint)
     records: list[dict[str, float]] = []
     if want_baseline and strategy is not None and cfg.baseline.parallel:
         process = baselines.start_process(cfg, settings, out, deadline.wall_clock(BASELINE_LEAD_S))
@@ -150,18 +151,24 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
             trainer = make_trainer(cfg, strategy, out, logger=logger, max_time=sampler_cap, landscape_logger=True)
             if flag is not None and int(cfg.trainer.devices) > 1:
                 flag.delegate(trainer.strategy.launcher)  # the ranks sample: signals are forwarded to them
+            fit_started = time.time()
             try:
                 trainer.fit(model, datamodule=task.datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+                stopped = stopped_by(trainer, interrupted=flag is not None and flag.signum is not None)
+                lightning_steps = int(trainer.global_step)
             except ResumeMismatch as err:  # another box, model, data or grid than the checkpoint's: before sampling
                 raise ConfigError(f"resume={cfg.resume}: {err}") from None
-            except Exception as err:  # a rank stopped by the signal before sampling began: nothing to keep
-                if flag is not None and flag.launcher is not None and flag.signum is not None:
+            except Exception as err:  # the ranks were told to stop and one failed on its way out
+                if flag is None or flag.launcher is None or flag.signum is None:
+                    raise
+                lightning_steps = _from_checkpoint(strategy, out / CHECKPOINT, since=fit_started)
+                if lightning_steps is None:  # stopped before sampling began (no checkpoint of this fit): nothing lost
                     raise Interrupted(flag.signum) from err
-                raise
+                stopped, rank_failure = "interrupted", f"{type(err).__name__}: {err}"
+                echo(f"lightning-entropy: a rank failed while stopping ({rank_failure}); the report is written from"
+                     f" the checkpoint the ranks saved at Lightning step {lightning_steps}")
             landscape = strategy.landscape
             timings["sampler_s"] = time.perf_counter() - t
-            stopped = stopped_by(trainer, interrupted=flag is not None and flag.signum is not None)
-            lightning_steps = int(trainer.global_step)
         if flag is not None and flag.signum is not None and process is not None:
             process.kill()  # interrupted: the baseline is re-trained on resume; keep the landscape now
             process.wait()
@@ -221,6 +228,7 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
         "run_name": run_name,
         "time_cap_s": deadline.cap,
         "interrupted": signal.Signals(flag.signum).name if flag is not None and flag.signum else None,
+        **({"rank_failure": rank_failure} if rank_failure else {}),
     })
     steps_per_call = int(cfg.sampler.get("steps_per_lightning_step", 1))
     summary = write_summary(out / "summary.json", summary)
@@ -228,6 +236,18 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
                int(summary.get("steps") or 0) // max(steps_per_call, 1))
     publish(report_lines(summary), echo, flag)
     return summary
+
+
+def _from_checkpoint(strategy, path: Path, *, since: float) -> int | None:
+    """After a failed multi-process fit: ``strategy`` takes the sampler state the ranks checkpointed at ``path`` during
+    this fit (written at or after ``since``), as it takes rank 0's state after a fit that ends well. Returns the
+    checkpoint's Lightning step, or ``None`` when there is no such checkpoint (nothing was sampled)."""
+    found = checkpointed_sampler(path, since=since)
+    if found is None or not hasattr(strategy, "_adopt"):
+        return None
+    state, step = found
+    strategy._adopt(state)
+    return step
 
 
 def _landscape_report(cfg: DictConfig, task, model, strategy, landscape, records: list[dict[str, float]], out: Path,
