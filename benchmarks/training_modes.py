@@ -226,10 +226,16 @@ def summarize(task: str, results: list[dict], higher_better: bool) -> tuple[list
     sentence = verdict(task, gains, budget)
     start = np.mean([r["adam"][0] for r in results])
     drift = {m: np.mean([r[m][0] for r in results]) - start for m in ("entropy_md", "entropy_md ensemble")}
-    if max(abs(d) for d in drift.values()) > TRAIN_LOSS_TOLERANCE:
+    off = [m for m, d in drift.items() if abs(d) > TRAIN_LOSS_TOLERANCE]
+    if off:
+        why = []
+        if any(drift[m] > 0 for m in off):
+            why.append("a higher train loss (less fitted) may account for part of a gain")
+        if any(drift[m] < 0 for m in off):
+            why.append("the ensemble's averaged prediction fits the train set better than any one walker, as an"
+                       " ensemble's does")
         sentence += (f"; not at equal train loss: entropy_md's ln L_train sits {drift['entropy_md']:+.3f} (ensemble"
-                     f" {drift['entropy_md ensemble']:+.3f}) nats from the endpoint's, so part of its gain may be"
-                     " the higher train loss")
+                     f" {drift['entropy_md ensemble']:+.3f}) nats from the endpoint's: " + "; ".join(why))
     return rows, sentence
 
 
@@ -248,7 +254,9 @@ def verdict(task: str, gains: dict[str, tuple[float, float]], budget: float) -> 
     elif g - 2 * s > 0:
         call = ("entropy_md is worth its cost here" if g >= a else
                 f"entropy_md and {alt} both gain beyond 2 standard errors ({alt} more, by less than 2 combined"
-                " standard errors)")
+                " standard errors)" if a - 2 * sa > 0 else
+                f"entropy_md gains beyond 2 standard errors; {alt} gains more on average but not beyond 2 standard"
+                " errors (the two differ by less than 2 combined standard errors)")
     elif a - 2 * sa > 0:
         call = (f"{alt} gains beyond 2 standard errors and entropy_md does not, but the two differ by less than 2"
                 " combined standard errors")
@@ -275,7 +283,11 @@ def main() -> None:
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--markdown", default=None, help="also write the table and verdicts to this file")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--reuse", action="store_true",
+                        help="rewrite --markdown from its .json (the per-seed numbers) without running anything")
     args = parser.parse_args()
+    if args.reuse:
+        return rewrite(Path(args.markdown), args.tasks)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -321,6 +333,21 @@ def main() -> None:
         write_markdown(Path(args.markdown), rows, verdicts, head, done)
         write_results(Path(args.markdown).with_suffix(".json"), raw)
         print(f"wrote {args.markdown}")
+
+
+def rewrite(markdown: Path, tasks: list[str]) -> None:
+    """``markdown``'s sections of ``tasks`` again from the per-seed numbers in its ``.json`` (verdicts recomputed)."""
+    raw = json.loads(markdown.with_suffix(".json").read_text())
+    rows, verdicts, done = [], [], {}
+    for name in (t for t in tasks if t in raw):
+        results = [{m: tuple(v) for m, v in r.items()} for r in raw[name]]
+        task_rows, sentence = summarize(name, results, higher_better=name != "house_prices")
+        rows += task_rows
+        verdicts.append(sentence)
+        done[name] = len(results)
+    head = ["task", "method", "held-out metric", "ln L_train", "gain over the endpoint"]
+    write_markdown(markdown, rows, verdicts, head, done)
+    print(f"rewrote {markdown} ({', '.join(done)}) from {markdown.with_suffix('.json').name}")
 
 
 def write_markdown(path: Path, rows: list[list[str]], verdicts: list[str], head: list[str],

@@ -154,6 +154,36 @@ def test_training_seeds_stop_when_the_time_box_cannot_hold_one_more():
     assert seeds_within(float("inf")) == [0, 1, 2, 3, 4]
 
 
+def test_training_verdict_says_an_alternative_gains_beyond_its_errors_only_where_it_does():
+    """The per-task sentence of the training modes: an alternative that gains more on average than entropy_md but
+    within 2 of its own standard errors is not said to gain beyond them (the modular-arithmetic case)."""
+    verdict = _training_modes().verdict
+    gains = {"entropy_md": (0.006, 0.0015), "entropy_md ensemble": (0.0, 0.0), "adam+T": (0.0008, 0.0044),
+             "swa": (0.0053, 0.0028), "sam+T": (0.0083, 0.0044), "sam@L": (-0.04, 0.04)}
+    text = verdict("modular_arithmetic", gains, 40.0)
+    assert "entropy_md gains beyond 2 standard errors; sam+T gains more on average but not beyond" in text
+    assert "both gain" not in text
+    gains["sam+T"] = (0.0083, 0.0030)  # now beyond its 2 standard errors
+    assert "entropy_md and sam+T both gain beyond 2 standard errors" in verdict("modular_arithmetic", gains, 40.0)
+
+
+def test_training_summary_names_which_way_entropy_md_left_the_train_loss():
+    """Off the endpoint's train loss, the sentence says why that matters for the direction it went."""
+    modes = _training_modes()
+
+    def seed(md, ensemble):
+        out = {m: (-5.0, 0.5) for m in modes.METHODS}
+        out["entropy_md"], out["entropy_md ensemble"], out["_budget"] = (md, 0.5), (ensemble, 0.6), (10.0, 10.0)
+        return out
+
+    _, above = modes.summarize("char_lm", [seed(-4.9, -4.9), seed(-4.9, -4.9)], higher_better=True)
+    assert "a higher train loss (less fitted) may account for part of a gain" in above and "averaged" not in above
+    _, below = modes.summarize("house_prices", [seed(-5.0, -6.5), seed(-5.0, -6.5)], higher_better=False)
+    assert "averaged prediction fits the train set better" in below and "higher train loss" not in below
+    _, level = modes.summarize("spiral", [seed(-5.0, -5.01), seed(-5.0, -5.01)], higher_better=True)
+    assert "not at equal train loss" not in level
+
+
 def _run(overrides, parameters, advantage, error, converged=True, tags=()):
     return {"overrides": overrides, "parameters": parameters, "mean_advantage": advantage,
             "mean_advantage_error": error, "converged": converged, "tags": list(tags)}
