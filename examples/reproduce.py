@@ -382,6 +382,9 @@ def write_doc(names: list[str], runs: Path, data: Path, statuses: dict[str, dict
              if total else "")
     if training and training.get("wall_s"):
         spent += f"{',' if spent else ' The'} training modes {training['wall_s'] / 60:.0f} minutes"
+        if total:
+            whole = total + float(training["wall_s"])
+            spent += f" (the whole report {whole // 3600:.0f} h {whole % 3600 / 60:02.0f} min)"
     spent += "." if spent else ""
     lines = [
         "# Reproduction report",

@@ -66,6 +66,12 @@ def test_grid_presets_sweep_the_paper_axes():
     assert list(depth.sampler.variables) == ["train_loss"]  # the main job's label-free walk
     for cfg in (depth, width, compose_config(["experiment=spiral_width_paper"])):  # one train-loss range for all
         assert list(cfg.sampler.ranges) == [[-2.0, None]] and list(cfg.advantage.range) == [-2.0, None]
+    # spiral regression is read where the paper reads it, ln L_train = -4.5, and the baseline gets there
+    regression, paper = compose_config(["experiment=spiral_regression"]), compose_config(
+        ["experiment=spiral_regression_paper"])
+    assert list(regression.sampler.variables) == ["train_loss"] and list(regression.sampler.ranges) == [[-4.8, None]]
+    for cfg in (regression, paper):
+        assert list(cfg.advantage.range) == [-4.8, -4.2] and cfg.baseline.epochs >= 3000
 
 
 def test_preset_data_not_bundled_must_be_named():
