@@ -216,30 +216,52 @@ def verdict(name: str, runs: list[dict]) -> str:
             misses.append(f"{label}: {estimate(adv, err)} is not above 2 errors")
         elif e == "none" and abs(adv) > 2 * err:
             misses.append(f"{label}: {estimate(adv, err)} is an advantage beyond 2 errors where the paper sees none")
-    if name in SHRINKS and len(runs) > 1:
-        small, large = min(runs, key=lambda r: r["parameters"] or 0), max(runs, key=lambda r: r["parameters"] or 0)
+    for label, members in (size_groups(runs).items() if name in SHRINKS else ()):
+        if len(members) < 2:
+            continue
+        small, large = members[0], members[-1]
         gap = small["mean_advantage"] - large["mean_advantage"]
         combined = math.hypot(small.get("mean_advantage_error") or 0.0, large.get("mean_advantage_error") or 0.0)
         if not gap > 2 * combined:
-            misses.append(f"the advantage does not shrink with size ({small['parameters']} parameters"
-                          f" {small['mean_advantage']:+.3f}, {large['parameters']} parameters"
-                          f" {large['mean_advantage']:+.3f})")
+            misses.append(f"the advantage does not shrink with size{' at ' + label if label else ''}"
+                          f" ({small['parameters']} parameters {small['mean_advantage']:+.3f}, {large['parameters']}"
+                          f" parameters {large['mean_advantage']:+.3f})")
     return "reproduced" if not misses else "not reproduced: " + "; ".join(misses)
+
+
+def size_groups(runs: list[dict]) -> dict[str, list[dict]]:
+    """A size grid's runs with an advantage, smallest network first, by the overrides besides the size (one group,
+    labelled ``""``, when the size is the grid's only axis; ``"task.n_points=100"`` and so on otherwise)."""
+    groups: dict[str, list[dict]] = {}
+    for r in sorted((r for r in runs if r.get("mean_advantage") is not None), key=lambda r: r["parameters"] or 0):
+        other = [o for o in (r.get("overrides") or "").split() if not o.startswith(SIZE_AXES)]
+        groups.setdefault(" ".join(other), []).append(r)
+    return groups
 
 
 def trend(runs: list[dict]) -> str:
     """What a size grid measured so far, smallest network first, and whether it falls with size at each step: the
-    paper's trend read from runs that are not all converged (their errors are lower bounds, so it is not a verdict)."""
-    sized = sorted((r for r in runs if r.get("mean_advantage") is not None), key=lambda r: r["parameters"] or 0)
-    if len(sized) < 2:
+    paper's trend read from runs that are not all converged (their errors are lower bounds, so it is not a verdict).
+    A grid with another axis besides the size (``task.n_points``) is read per value of that axis."""
+    groups = size_groups(runs)
+    parts = []
+    for label, members in groups.items():
+        if len(members) < 2:
+            continue
+        values = [r["mean_advantage"] for r in members]
+        falls = sum(b < a for a, b in zip(values, values[1:]))
+        shape = ("falls with size at every step" if falls == len(values) - 1 else
+                 "rises with size at every step" if falls == 0 else
+                 f"no steady trend (falls at {falls} of {len(values) - 1} steps)")
+        listed = ", ".join(f"{r['mean_advantage']:+.3f} ({r['parameters']} parameters)" for r in members)
+        parts.append(f"{label + ': ' if len(groups) > 1 else ''}{listed}: {shape}")
+    if not parts:
         return "Too few runs with an advantage to read a trend"
-    values = [r["mean_advantage"] for r in sized]
-    falls = sum(b < a for a, b in zip(values, values[1:]))
-    shape = ("falls with size at every step" if falls == len(values) - 1 else
-             "rises with size at every step" if falls == 0 else
-             f"no steady trend (falls at {falls} of {len(values) - 1} steps)")
-    listed = ", ".join(f"{r['mean_advantage']:+.3f} ({r['parameters']} parameters)" for r in sized)
-    return f"Measured so far (errors are lower bounds until the runs converge): {listed}: {shape}"
+    return "Measured so far (errors are lower bounds until the runs converge): " + "; ".join(parts)
+
+
+#: the overrides that change a network's size (a size grid's trend is read along them)
+SIZE_AXES = ("model.width=", "model.depth=")
 
 
 def at_final_train_loss(run: Path, summary: dict) -> str:

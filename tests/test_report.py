@@ -206,6 +206,20 @@ def test_reproduction_verdict_judges_a_claim_only_where_every_run_converged():
     assert mixed.endswith("+0.030 (74 parameters), -0.004 (116 parameters), +0.050 (200 parameters): no steady"
                           " trend (falls at 1 of 2 steps)")
     assert "Measured so far" not in verdict("spiral", [_run("", 116, 0.02, 0.001, False)])
+    # a grid over size and data size: the trend is read per number of points
+    grid = verdict("spiral_regression", [_run("model.width=30 task.n_points=100", 1051, 0.07, 0.02, False),
+                                         _run("model.width=30 task.n_points=200", 1051, 0.01, 0.02, False),
+                                         _run("model.width=100 task.n_points=100", 10501, 0.03, 0.05, False),
+                                         _run("model.width=100 task.n_points=200", 10501, 0.05, 0.05, False)])
+    assert grid.endswith("task.n_points=100: +0.070 (1051 parameters), +0.030 (10501 parameters): falls with size at"
+                         " every step; task.n_points=200: +0.010 (1051 parameters), +0.050 (10501 parameters): rises"
+                         " with size at every step")
+    converged = verdict("spiral_regression", [_run("model.width=30 task.n_points=100", 1051, 0.5, 0.02),
+                                              _run("model.width=30 task.n_points=200", 1051, 0.3, 0.02),
+                                              _run("model.width=100 task.n_points=100", 10501, 0.1, 0.02),
+                                              _run("model.width=100 task.n_points=200", 10501, 0.29, 0.02)])
+    assert converged.startswith("not reproduced: the advantage does not shrink with size at task.n_points=200")
+    assert "task.n_points=100" not in converged
     # all converged: positive beyond 2 errors and shrinking with size
     assert verdict("spiral_width", [_run("model.width=4", 62, 0.05, 0.002),
                                     _run("model.width=16", 466, 0.01, 0.002)]) == "reproduced"
