@@ -426,6 +426,33 @@ def test_label_free_picture_of_a_1d_walk_is_a_2d_landscape_without_test_labels()
     assert x.shape == y.shape and np.isfinite(y).any()
 
 
+def test_label_free_picture_of_a_regression_spans_the_held_out_losses_its_walkers_reach():
+    """A loss observable (ln test MSE) gets the picture too: 0.1-nat bins, cut to the rows the walkers reached with
+    an empty row on each side, so every loss recorded during the walk lies inside its axis."""
+    from lightning_entropy.core import label_free
+    from lightning_entropy.tasks.spiral_regression import SpiralRegressionDataModule, SpiralRegressor
+
+    strategy = WangLandauStrategy(walkers=16, variables=("train_loss",), start="uniform", seed=0, observe_every=2,
+                                  steps_per_lightning_step=50)
+    _fit(strategy, SpiralRegressor(width=8), SpiralRegressionDataModule(n_points=60), 12)
+    picture = strategy.picture
+    assert picture is not None and picture.names == ("ln_train_loss", "ln_test_loss")
+    assert picture.metadata["test_labels_in_dynamics"] is False
+    edges = picture.edges[1]
+    assert np.allclose(np.diff(edges), 0.1) and 3 < len(edges) - 1 < label_free.LOSS_BINS
+    assert np.allclose((edges[:-1] + 0.05) * 10, np.round((edges[:-1] + 0.05) * 10))  # centred on multiples of 0.1
+    recorded = strategy.landscape.mean_curve()[1]  # the losses the walk recorded, per train-loss bin
+    recorded = recorded[np.isfinite(recorded)]
+    assert recorded.size > 3 and edges[0] < recorded.min() and recorded.max() < edges[-1]
+    known = np.isfinite(picture.entropy)
+    assert known.any() and not known[:, 0].any() and not known[:, -1].any()  # the empty rows at both ends
+    # in every replica, each column's volume adds up to that replica's 1-D S of the x bin
+    for grid, s1 in zip(picture.replica_entropy, strategy.landscape.replica_entropy):
+        cols = np.isfinite(grid).any(1) & np.isfinite(s1)
+        total = np.log(np.nansum(np.exp(np.where(np.isfinite(grid), grid, -np.inf)), axis=1))
+        assert cols.sum() > 3 and np.allclose(total[cols], s1[cols], atol=1e-9)
+
+
 def test_replicas_get_the_same_spread_of_starts_and_every_window_holds_starts():
     # starts as the Adam start makes them: ln L falls with the walker index (longer runs), unevenly
     grid = Landscape([(-7.0, 2.0)], [90], ["ln_train_loss"])

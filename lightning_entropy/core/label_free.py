@@ -1,7 +1,11 @@
 """The label-free 2-D picture of a 1-D walk in ln L_train: ``S(x, y) = S(x) + ln p(y | x)``, with ``p(y | x)`` the
-held-out accuracy's reweighted production histogram per x bin, per replica (their spread is its error). The bias
+held-out metric's reweighted production histogram per x bin, per replica (their spread is its error). The bias
 depends on x alone, so within an x bin the held-out metric is sampled as the volume has it: no test label enters
-the dynamics."""
+the dynamics.
+
+The metric's axis: for an accuracy :data:`PICTURE_BINS` bins centred on multiples of 1/40 over [0, 1]; for the ln
+of a loss, 0.1-nat bins over :data:`LOSS_RANGE` (values beyond it count in the end bins), of which the picture keeps
+the rows its walkers reached."""
 
 from __future__ import annotations
 
@@ -11,30 +15,51 @@ import torch
 from lightning_entropy.core import combine
 from lightning_entropy.core.landscape import Landscape
 
-PICTURE_BINS = 41  # accuracy bins of the label-free picture: multiples of 1/40 at the bin centres
+PICTURE_BINS = 41  # metric bins of the label-free picture (for an accuracy: multiples of 1/40 at the bin centres)
+ACCURACY_RANGE = (0.0, 1.0)
+LOSS_RANGE = (-20.0, 20.0)  # ln of a held-out loss: 1e-9 to 5e8, far beyond what a walk reaches
+LOSS_BINS = 401  # 0.1 nats apart, centred on multiples of 0.1
+
+
+def axis(name: str) -> tuple[tuple[float, float], int]:
+    """The picture's metric range (first and last bin centre) and number of bins for the observable ``name``."""
+    return (ACCURACY_RANGE, PICTURE_BINS) if "accuracy" in name else (LOSS_RANGE, LOSS_BINS)
 
 
 def record(counts: torch.Tensor, windows, grid: Landscape, cv: torch.Tensor, y: torch.Tensor,
-           counted: torch.Tensor, value: torch.Tensor | None = None) -> None:
+           counted: torch.Tensor, value: torch.Tensor | None = None,
+           y_range: tuple[float, float] = ACCURACY_RANGE) -> None:
     """Production only: add each counting walker's reweighting weight ``exp(u(x) - reference)`` at (x bin,
-    accuracy bin) of its replica into ``counts`` ``(R, nx, PICTURE_BINS)``, in place (``value``: ``u(x)`` where the
-    caller has it)."""
+    metric bin over ``y_range``) of its replica into ``counts`` ``(R, nx, PICTURE_BINS)``, in place (``value``:
+    ``u(x)`` where the caller has it)."""
     w = windows
     u = w.potential(cv)[0] if value is None else value
     weight = torch.exp((u - w.reference[w.owner]).clamp(max=700.0)) * counted
-    iy = torch.floor((torch.nan_to_num(y.to(torch.float64)) + 0.5 / (PICTURE_BINS - 1)) * (PICTURE_BINS - 1))
-    iy = iy.long().clamp(0, PICTURE_BINS - 1)
-    flat = (w.replica_of * grid.shape[0] + grid.bin_index(cv)) * PICTURE_BINS + iy
+    lo, hi = y_range
+    bins = counts.shape[-1]
+    scaled = (torch.nan_to_num(y.to(torch.float64), nan=lo) - lo) / (hi - lo)
+    iy = torch.floor((scaled + 0.5 / (bins - 1)) * (bins - 1)).clamp(0, bins - 1).long()
+    flat = (w.replica_of * grid.shape[0] + grid.bin_index(cv)) * bins + iy
     counts.view(-1).index_add_(0, flat, weight)
 
 
-def picture(counts: np.ndarray, grid: Landscape, replicas: int, s_x: np.ndarray) -> Landscape:
-    """The picture as a 2-D landscape from the reweighted ``counts`` ``(R, nx, ny)`` and each replica's S(x) ``s_x``
-    ``(R, nx)``: the replicas' mean as its S, their grids as ``replica_entropy``, the walk's history."""
+def picture(counts: np.ndarray, grid: Landscape, replicas: int, s_x: np.ndarray,
+            y_range: tuple[float, float] = ACCURACY_RANGE) -> Landscape:
+    """The picture as a 2-D landscape from the reweighted ``counts`` ``(R, nx, ny)`` (bins centred on an even grid
+    from ``y_range[0]`` to ``y_range[1]``) and each replica's S(x) ``s_x`` ``(R, nx)``: the replicas' mean as its S,
+    their grids as ``replica_entropy``, the walk's history. Beyond :data:`PICTURE_BINS` bins (a loss's axis) only
+    the rows from the lowest to the highest reached are kept, with one empty row on each side."""
     g = grid
-    half = 0.5 / (PICTURE_BINS - 1)
+    lo, hi = (float(v) for v in y_range)
+    step = (hi - lo) / (counts.shape[-1] - 1)
+    if counts.shape[-1] > PICTURE_BINS:
+        rows = np.flatnonzero(counts.sum(axis=(0, 1)) > 0)
+        first = max(int(rows[0]) - 1, 0) if rows.size else 0
+        last = min(int(rows[-1]) + 1, counts.shape[-1] - 1) if rows.size else counts.shape[-1] - 1
+        counts, lo, hi = counts[..., first:last + 1], lo + first * step, lo + last * step
     names = (g.names[0], g.observable_names[0])
-    out = Landscape([(float(g.lo[0]), float(g.hi[0])), (-half, 1 + half)], [g.shape[0], PICTURE_BINS], names,
+    ranges = [(float(g.lo[0]), float(g.hi[0])), (lo - step / 2, hi + step / 2)]
+    out = Landscape(ranges, [g.shape[0], counts.shape[-1]], names,
                     labels=(g.labels[0], f"{g.observable_names[0]} (label-free)"), kernel_sigma=0.0,
                     groups=replicas, device=g.device,
                     metadata={**g.metadata, "test_labels_in_dynamics": False, "label_free_picture": True})

@@ -45,7 +45,6 @@ from lightning_entropy.core import threads as threads_module
 from lightning_entropy.core import round_trips as trips
 from lightning_entropy.core import label_free, step_size
 from lightning_entropy.core.forces import JacobianForces
-from lightning_entropy.core.label_free import PICTURE_BINS
 from lightning_entropy.core.landscape import Landscape
 from lightning_entropy.core.placement import crossing_bounds, crossing_cost
 from lightning_entropy.core.samplers import wlmd
@@ -124,9 +123,11 @@ class Run:
         self._frozen_at = 0  # the step at which freeze() fixed the biases
         self.refinements: list[list[float]] = []  # per round: each estimate's fitted tilt (nats)
         self._picture = None  # (R, nx, ny) reweighted production counts of (x, first observable), 1-D runs only
+        self.picture_range = label_free.ACCURACY_RANGE  # the picture's metric axis: first and last bin centres
         names = landscape.observable_names
-        if landscape.ndim == 1 and names and "accuracy" in names[0]:
-            self._picture = torch.zeros((windows.replicas, landscape.shape[0], PICTURE_BINS), dtype=torch.float64,
+        if landscape.ndim == 1 and names and ("accuracy" in names[0] or "loss" in names[0]):
+            self.picture_range, bins = label_free.axis(names[0])
+            self._picture = torch.zeros((windows.replicas, landscape.shape[0], bins), dtype=torch.float64,
                                         device=device)
         e = windows.replicas * windows.windows
         self.dt = torch.full((e,), float(config.dt), dtype=theta0.dtype, device=device)  # per window, adapted
@@ -244,15 +245,15 @@ class Run:
 
     def _record_picture(self, cv: torch.Tensor, y: torch.Tensor, counted: torch.Tensor,
                         value: torch.Tensor | None = None) -> None:
-        label_free.record(self._picture, self.windows, self.landscape, cv, y, counted, value)
+        label_free.record(self._picture, self.windows, self.landscape, cv, y, counted, value, self.picture_range)
 
     def picture(self) -> Landscape | None:
-        """The label-free 2-D picture of a 1-D walk with an accuracy observable (:func:`~lightning_entropy.core.
-        label_free.picture`); None for 2-D walks, without an accuracy observable, or before production."""
+        """The label-free 2-D picture of a 1-D walk with an accuracy or loss observable (:func:`~lightning_entropy.
+        core.label_free.picture`); None for 2-D walks, without such an observable, or before production."""
         if self._picture is None or float(self._picture.sum()) == 0:
             return None
         return label_free.picture(self._picture.cpu().numpy(), self.landscape, self.windows.replicas,
-                                  self.replica_entropy().reshape(self.windows.replicas, -1))
+                                  self.replica_entropy().reshape(self.windows.replicas, -1), self.picture_range)
 
     def _adapt_dt(self, acceptance: torch.Tensor, inside: torch.Tensor) -> None:
         """Adapt each window's time step to the last chunk's acceptance (:func:`~lightning_entropy.core.step_size.
@@ -585,6 +586,7 @@ class Run:
             "refinements": [list(r) for r in self.refinements],
             "dt": self.dt.clone(),
             "picture": None if self._picture is None else self._picture.clone(),
+            "picture_range": list(self.picture_range),
             "jacobian": None if self.jacobian is None else self.jacobian.clone(),
             "displacement": self.displacement.clone(),
             "mobility": self.mobility.clone(),
@@ -618,6 +620,8 @@ class Run:
             self.mobility.copy_(state["mobility"].to(self.mobility))
         if self._picture is not None and state.get("picture") is not None:
             self._picture.copy_(state["picture"].to(self._picture))
+            if state.get("picture_range") is not None:  # before loss pictures, every picture was an accuracy's
+                self.picture_range = tuple(float(v) for v in state["picture_range"])
         saved = state.get("grid_blocks")
         self.grid_blocks = [] if saved is None else [b for b in saved.cpu().numpy()]
         saved = state.get("observable_blocks")

@@ -154,9 +154,10 @@ class WangLandauSampling(SamplerMixin):
 
     @property
     def picture(self) -> Landscape | None:
-        """The label-free 2-D picture of a 1-D walk in ln L_train with an accuracy observable (``fill="visit"``,
-        after production): ``S(x, y) = S(x) + ln p(y | x)`` with ``p(y | x)`` the held-out accuracy's histogram
-        per train-loss bin, sampled without test labels in the dynamics (its metadata says so). None otherwise."""
+        """The label-free 2-D picture of a 1-D walk in ln L_train with an accuracy or loss observable
+        (``fill="visit"``, after production): ``S(x, y) = S(x) + ln p(y | x)`` with ``p(y | x)`` the held-out
+        metric's histogram per train-loss bin (an accuracy: 41 bins over [0, 1]; the ln of a loss: 0.1-nat bins over
+        the values reached), sampled without test labels in the dynamics (its metadata says so). None otherwise."""
         return self._run.picture() if isinstance(self._run, Run) else None
 
     @property
