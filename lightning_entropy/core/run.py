@@ -586,7 +586,6 @@ class Run:
             "refinements": [list(r) for r in self.refinements],
             "dt": self.dt.clone(),
             "picture": None if self._picture is None else self._picture.clone(),
-            "picture_range": list(self.picture_range),
             "jacobian": None if self.jacobian is None else self.jacobian.clone(),
             "displacement": self.displacement.clone(),
             "mobility": self.mobility.clone(),
@@ -619,9 +618,7 @@ class Run:
         if state.get("mobility") is not None:
             self.mobility.copy_(state["mobility"].to(self.mobility))
         if self._picture is not None and state.get("picture") is not None:
-            self._picture.copy_(state["picture"].to(self._picture))
-            if state.get("picture_range") is not None:  # before loss pictures, every picture was an accuracy's
-                self.picture_range = tuple(float(v) for v in state["picture_range"])
+            self._picture.copy_(state["picture"].to(self._picture))  # its axis: the observable's (label_free.axis)
         saved = state.get("grid_blocks")
         self.grid_blocks = [] if saved is None else [b for b in saved.cpu().numpy()]
         saved = state.get("observable_blocks")
