@@ -340,6 +340,25 @@ def test_the_job_forwards_a_first_signal_to_its_ranks_and_kills_them_on_a_second
     assert kills == [signal.SIGTERM, signal.SIGKILL]
 
 
+def test_only_a_checkpoint_of_this_fit_is_adopted_after_a_rank_failure(tmp_path):
+    """After a failed multi-process fit the job reads a checkpoint only if it was written during that fit (not one
+    an earlier run left in the directory) and holds a sampler state with a landscape."""
+    import torch
+
+    from lightning_entropy.cli.interrupt import checkpointed_sampler
+
+    path = tmp_path / "checkpoint.ckpt"
+    assert checkpointed_sampler(path, since=0.0) is None  # none written
+    state = {"kind": "md", "landscape": {"bias": torch.zeros(3)}}
+    torch.save({"global_step": 7, "optimizer_states": [{"sampler": state}]}, path)
+    found = checkpointed_sampler(path, since=time.time() - 60)
+    assert found is not None and found[1] == 7 and torch.equal(found[0]["landscape"]["bias"], torch.zeros(3))
+    os.utime(path, (time.time() - 3600, time.time() - 3600))  # an earlier run's checkpoint
+    assert checkpointed_sampler(path, since=time.time() - 60) is None
+    torch.save({"global_step": 7, "optimizer_states": [{"sampler": {}}]}, path)  # saved before the walkers existed
+    assert checkpointed_sampler(path, since=time.time() - 60) is None
+
+
 def test_a_rank_raises_before_sampling_and_ignores_repeats_while_sampling():
     from lightning_entropy.cli.interrupt import Interrupted, _Flag
 
