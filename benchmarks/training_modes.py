@@ -362,7 +362,8 @@ def write_markdown(path: Path, rows: list[list[str]], verdicts: list[str], head:
     for verdict in verdicts:
         task = verdict.split(":", 1)[0]
         body = [table([r for r in rows if r[0] == task], head), "",
-                f"Mean ± standard error over {seeds[task]} seeds (gains paired with the endpoint of the same seed). {verdict}."]
+                f"Mean ± standard error over {seeds[task]} seeds (gains paired with the endpoint of the same seed)."
+                f" {verdict}."]
         sections[task] = "\n".join(body)
     lines = ["Held-out metric: hard test accuracy, or ln test MSE for house_prices (lower is better); gains signed so"
              " that positive is better. Rows: see benchmarks/training_modes.py.", ""]

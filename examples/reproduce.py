@@ -375,7 +375,8 @@ RECOMMENDATION = [
     "",
     "- **The ensemble, not the single walker.** On the spiral, house prices and the char LM the walkers' ensemble"
     " (`strategy.ensemble()`, `select='ensemble'`) gains more than the single returned walker (which gains on the"
-    " spiral, +0.025 ± 0.011, and not on the other two). Keep the ensemble when you can afford W forward passes at inference. Modular"
+    " spiral, +0.025 ± 0.011, and not on the other two). Keep the ensemble when you can afford W forward passes at"
+    " inference. Modular"
     " arithmetic is the exception: there the returned walker gains a little (+0.006) and the ensemble nothing.",
     "- **Longer MD, larger gain.** With 10,000 MD steps instead of 4,000 the house-prices ensemble gained +0.059 ±"
     " 0.023 in ln test MSE instead of +0.023 ± 0.014; with 500 steps instead of 250 the char LM's gained +0.0069 ±"

@@ -101,8 +101,8 @@ def strategy_arguments(cfg: DictConfig, *, classifier: bool | None = True) -> di
     For a Wang-Landau kind: ``sampler`` (``md``/``mc`` from the kind); the box (``sampler.box``, else ``task.box``,
     else the kind's :data:`DEFAULT_BOX`); ``test_metric`` in ``variables`` named for the task (``test_accuracy`` for a
     classifier, ``test_loss`` otherwise; ``classifier=None``, a model of one's own: the strategy finds it); a ``null``
-    axis of ``window`` without a soft wall (the strategy's ``None``); ``sync_every`` only for several devices, which share one landscape
-    with ``fill="step"``.
+    axis of ``window`` without a soft wall (the strategy's ``None``); ``sync_every`` only for several devices, which
+    share one landscape with ``fill="step"``.
     """
     node = _plain(cfg.sampler)
     kind = node.pop("kind")

@@ -130,7 +130,7 @@ def _run(cfg: DictConfig, out_dir: Path, echo: Callable[[str], None], started: f
 
     # 2. the baseline: in a second process beside the sampler, or here
     process: subprocess.Popen | None = None
-    rank_failure: str | None = None  # a rank's error while the ranks stopped (the report then comes from the checkpoint)
+    rank_failure: str | None = None  # a rank's error while the ranks stopped (the report comes from the checkpoint)
     records: list[dict[str, float]] = []
     if want_baseline and strategy is not None and cfg.baseline.parallel:
         process = baselines.start_process(cfg, settings, out, deadline.wall_clock(BASELINE_LEAD_S))

@@ -30,8 +30,8 @@ def record(counts: torch.Tensor, windows, grid: Landscape, cv: torch.Tensor, y: 
            counted: torch.Tensor, value: torch.Tensor | None = None,
            y_range: tuple[float, float] = ACCURACY_RANGE) -> None:
     """Production only: add each counting walker's reweighting weight ``exp(u(x) - reference)`` at (x bin,
-    metric bin over ``y_range``) of its replica into ``counts`` ``(R, nx, PICTURE_BINS)``, in place (``value``:
-    ``u(x)`` where the caller has it)."""
+    metric bin) of its replica into ``counts`` ``(R, nx, bins)``, in place; the bins are centred on an even grid from
+    ``y_range[0]`` to ``y_range[1]`` (``value``: ``u(x)`` where the caller has it)."""
     w = windows
     u = w.potential(cv)[0] if value is None else value
     weight = torch.exp((u - w.reference[w.owner]).clamp(max=700.0)) * counted
