@@ -437,6 +437,10 @@ def test_label_free_picture_of_a_regression_spans_the_held_out_losses_its_walker
     _fit(strategy, SpiralRegressor(width=8), SpiralRegressionDataModule(n_points=60), 12)
     picture = strategy.picture
     assert picture is not None and picture.names == ("ln_train_loss", "ln_test_loss")
+    # which observables get a picture: an accuracy, the ln of a loss; not a raw logged value (its scale is unknown)
+    assert label_free.axis("hard_test_accuracy") == ((0.0, 1.0), label_free.PICTURE_BINS)
+    assert label_free.axis("ln_test_loss") == (label_free.LOSS_RANGE, label_free.LOSS_BINS)
+    assert label_free.axis("val_loss") is None and label_free.axis("val_mae") is None
     assert picture.metadata["test_labels_in_dynamics"] is False
     edges = picture.edges[1]
     assert np.allclose(np.diff(edges), 0.1) and 3 < len(edges) - 1 < label_free.LOSS_BINS

@@ -21,9 +21,14 @@ LOSS_RANGE = (-20.0, 20.0)  # ln of a held-out loss: 1e-9 to 5e8, far beyond wha
 LOSS_BINS = 401  # 0.1 nats apart, centred on multiples of 0.1
 
 
-def axis(name: str) -> tuple[tuple[float, float], int]:
-    """The picture's metric range (first and last bin centre) and number of bins for the observable ``name``."""
-    return (ACCURACY_RANGE, PICTURE_BINS) if "accuracy" in name else (LOSS_RANGE, LOSS_BINS)
+def axis(name: str) -> tuple[tuple[float, float], int] | None:
+    """The picture's metric range (first and last bin centre) and number of bins for the observable ``name``: an
+    accuracy's, or the ln of a loss's (``ln_..._loss``); ``None`` for any other observable (no picture)."""
+    if "accuracy" in name:
+        return ACCURACY_RANGE, PICTURE_BINS
+    if name.startswith("ln_") and name.endswith("_loss"):
+        return LOSS_RANGE, LOSS_BINS
+    return None
 
 
 def record(counts: torch.Tensor, windows, grid: Landscape, cv: torch.Tensor, y: torch.Tensor,

@@ -125,8 +125,9 @@ class Run:
         self._picture = None  # (R, nx, ny) reweighted production counts of (x, first observable), 1-D runs only
         self.picture_range = label_free.ACCURACY_RANGE  # the picture's metric axis: first and last bin centres
         names = landscape.observable_names
-        if landscape.ndim == 1 and names and ("accuracy" in names[0] or "loss" in names[0]):
-            self.picture_range, bins = label_free.axis(names[0])
+        found = label_free.axis(names[0]) if landscape.ndim == 1 and names else None
+        if found is not None:
+            self.picture_range, bins = found
             self._picture = torch.zeros((windows.replicas, landscape.shape[0], bins), dtype=torch.float64,
                                         device=device)
         e = windows.replicas * windows.windows

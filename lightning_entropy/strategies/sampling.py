@@ -156,7 +156,7 @@ class WangLandauSampling(SamplerMixin):
     def picture(self) -> Landscape | None:
         """The label-free 2-D picture of a 1-D walk in ln L_train with an accuracy or loss observable
         (``fill="visit"``, after production): ``S(x, y) = S(x) + ln p(y | x)`` with ``p(y | x)`` the held-out
-        metric's histogram per train-loss bin (an accuracy: 41 bins over [0, 1]; the ln of a loss: 0.1-nat bins over
+        metric's histogram per train-loss bin (an accuracy: 41 bins over [0, 1]; ``ln_..._loss``: 0.1-nat bins over
         the values reached), sampled without test labels in the dynamics (its metadata says so). None otherwise."""
         return self._run.picture() if isinstance(self._run, Run) else None
 
