@@ -398,7 +398,8 @@ class Convergence:
 
 
 THRESHOLDS = {"s_change": 0.1, "flatness": 0.2, "round_trip_fraction": 0.5, "r_hat": 1.05, "r_hat_share": 0.05,
-              "r_hat_max": 1.1, "r_hat_false_alarm": 0.005, "production_blocks": 4, "window_crossings": 5.0}
+              "r_hat_max": 1.1, "r_hat_false_alarm": 0.005, "production_blocks": 4, "window_crossings": 5.0,
+              "overlap_misfit": 0.5}
 
 
 @dataclass
@@ -582,7 +583,10 @@ def convergence(landscape, *, walkers: int | None = None, thresholds: dict[str, 
     the rank-normalized split R-hat of S across replicas (per x bin, production blocks as draws) below ``r_hat`` in
     all but ``r_hat_share`` of the bins all replicas reached, and below ``r_hat_max`` in every one, and walkers
     that crossed even the slowest window at least ``window_crossings`` times during production (estimated from
-    their diffusion in x; the reason then says how much longer production would need to be). (R-hat of a
+    their diffusion in x; the reason then says how much longer production would need to be), and neighbouring
+    windows whose S agree in shape on their overlap within ``overlap_misfit`` nats RMS
+    (:func:`~lightning_entropy.core.combine.overlap_misfit`: a window caught in a trap of its frozen bias puts its
+    replica's S off beyond the overlap, and too few blocks may leave R-hat unable to see it). (R-hat of a
     single converged quantity scatters around 1 by about ``1/(2 n)`` with ``n`` draws per split chain; the worst of
     ~50 bins then exceeds 1.05 by chance in short runs, hence the share, widened by :func:`bin_test` to what chance
     reaches with the fewest draws a window used.) With ``readouts``, their per-bin R-hat
@@ -639,6 +643,14 @@ def convergence(landscape, *, walkers: int | None = None, thresholds: dict[str, 
             elif not test.passed:
                 reasons.append(f"replicas disagree: {test.describe(th, draws)}")
                 tags.append("replicas disagree")
+        misfit = last.get("overlap_misfit")
+        if misfit is not None and math.isfinite(misfit) and misfit > th["overlap_misfit"]:
+            lo, hi = last.get("misfit_lo", math.nan), last.get("misfit_hi", math.nan)
+            reasons.append(f"windows disagree on their overlap: in one replica two neighbouring windows' S differ in"
+                           f" shape by {misfit:.2g} nats RMS over ln L_train {lo:.2f} to {hi:.2f} (> "
+                           f"{th['overlap_misfit']:g}): a window's walkers did not reach the equilibrium of its"
+                           " frozen bias (a trap it left), and that replica's S is off beyond the overlap; run longer")
+            tags.append("windows disagree")
         crossings = last.get("window_crossings")
         if crossings is not None and math.isfinite(crossings) and crossings < th["window_crossings"]:
             lo, hi = last.get("slowest_window_lo", math.nan), last.get("slowest_window_hi", math.nan)

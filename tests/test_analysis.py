@@ -202,6 +202,21 @@ def test_verdict_says_how_much_longer_a_slowly_diffusing_production_must_be():
     assert analysis.convergence(land, walkers=8).converged
 
 
+def test_verdict_names_windows_whose_s_disagree_in_shape_on_their_overlap():
+    land = _grid(groups=2)
+    _fill(land, np.zeros((8, 10)), np.full((2, 8, 10), 10.0))
+    windowed = dict(round_trips=9, walkers_with_round_trip=8, flatness=0.5, r_hat=1.01, r_hat_above=0.0,
+                    production=1.0, production_blocks=10.0, empty_windows=0.0, window_crossings=6.0,
+                    slowest_window_lo=-4.0, slowest_window_hi=-3.0)
+    land.snapshot(100, **windowed, overlap_misfit=2.66, misfit_lo=-1.2, misfit_hi=0.0)
+    land.snapshot(200, **windowed, overlap_misfit=2.66, misfit_lo=-1.2, misfit_hi=0.0)
+    verdict = analysis.convergence(land, walkers=8)
+    assert not verdict.converged and verdict.tags == ["windows disagree"]
+    assert "2.7 nats RMS over ln L_train -1.20 to 0.00" in verdict.reasons[0] and "(> 0.5)" in verdict.reasons[0]
+    land.snapshot(300, **windowed, overlap_misfit=0.11, misfit_lo=-1.2, misfit_hi=0.0)
+    assert analysis.convergence(land, walkers=8).converged
+
+
 def test_width_table_sorts_runs_by_size():
     rows = analysis.width_table([
         {"task": "mnist", "parameters": 1002, "advantage": {"mean_advantage": 0.01}, "convergence": {"converged": 0}},

@@ -278,6 +278,24 @@ def test_refine_takes_the_tilt_of_the_production_histogram_out_of_the_frozen_bia
     assert torch.equal(win.reference, torch.where(masks, win.bias, torch.tensor(-math.inf)).amax(1))
 
 
+def test_refine_takes_out_a_trap_narrower_than_the_window():
+    """A frozen bias with a hole of 6 nats in one bin makes production pile up there (exp(6) times the other bins):
+    the quadratic fit of ln H cannot follow one bin, so the well-visited bin's own ln H corrects it, and the next
+    production is flat to within what the thin bins' fit leaves."""
+    grid = Landscape([(0.0, 2.0)], [20], ["ln_train_loss"], kernel_sigma=0.0)
+    win = Windows(grid, 2, replicas=1, windows=1, pull=1.0)
+    win.freeze()
+    hist = np.full(20, 400.0)
+    hist[13] = 400.0 * math.exp(6.0)
+    win.production[0] = torch.from_numpy(hist)
+    before = win.bias.clone()
+    tilt = win.refine()
+    correction = (win.bias - before)[0].numpy()
+    following = np.log(hist) - correction  # ln H of the next production, up to a constant
+    assert tilt[0] > 5.0 and correction[13] - np.median(correction) > 5.0
+    assert np.ptp(following) < 1.0, following
+
+
 def test_exchanges_keep_the_joint_distribution_of_windows_and_positions():
     """Detailed balance of the exchange: two walkers that only exchange (no moves) between two windows with different
     linear biases, both inside the overlap, spend the exact share of
@@ -319,6 +337,26 @@ def test_stitch_recovers_pieces_up_to_their_constants():
     pieces = np.stack([truth + 5.0, truth - 3.0, truth + 100.0])
     joined = combine.stitch(pieces, masks, weights=np.ones((3, 40)))
     assert np.allclose(joined - joined[0], truth - truth[0])
+
+
+def test_overlap_misfit_tells_a_constant_from_a_window_off_in_shape():
+    """Windows that sampled one S (up to their constants and a little noise) fit on their overlaps; a window whose
+    estimate bends away from S over the overlap (walkers caught at its top) does not, by about the bend's RMS."""
+    rng = np.random.default_rng(0)
+    truth = np.linspace(0, 30, 40)
+    masks = np.zeros((3, 40), bool)
+    masks[0, :16], masks[1, 12:28], masks[2, 24:] = True, True, True
+    counts = np.full((3, 40), 1000.0)
+    pieces = np.stack([truth + 5.0, truth - 3.0, truth + 100.0]) + rng.normal(0, 0.05, (3, 40))
+    good = combine.overlap_misfit(pieces, masks, counts)
+    assert good.shape == (2,) and np.all(good < 0.1)
+    bent = pieces.copy()
+    bent[1, 24:28] -= np.array([2.0, 5.0, 9.0, 14.0])  # window 1 off at its top, where window 2 joins it
+    bad = combine.overlap_misfit(bent, masks, counts)
+    d = np.array([2.0, 5.0, 9.0, 14.0])
+    assert bad[0] < 0.1 and bad[1] == pytest.approx(np.std(d), abs=0.1)
+    masks[2, :27] = False  # one shared bin: no shape to compare
+    assert np.isnan(combine.overlap_misfit(pieces, masks, counts)[1])
 
 
 def test_rhat_separates_agreeing_and_disagreeing_replicas():

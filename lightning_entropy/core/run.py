@@ -439,6 +439,19 @@ class Run:
         """``(R, *shape)``: S of each replica (nats, NaN where it has no estimate): its windows' reweighted
         production histograms joined on the overlaps once frozen, else its windows' biases joined."""
         w, g = self.windows, self.landscape
+        pieces, masks, counts = self._pieces()
+        k = w.windows
+        columns = g.shape[0] if g.ndim > 1 else None
+        out = [combine.stitch(pieces[i * k:(i + 1) * k], masks[i * k:(i + 1) * k],
+                              None if counts is None else counts[i * k:(i + 1) * k], columns)
+               for i in range(w.replicas)]
+        return np.stack(out).reshape(w.replicas, *g.shape)
+
+    def _pieces(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(pieces, masks, counts)``, each ``(E, n)``: every window's estimate of S (its reweighted production
+        histogram once frozen, holes filled; else its bias), where it holds, and its production visits (None before
+        production)."""
+        w = self.windows
         e = w.replicas * w.windows
         masks = w.window_masks().reshape(e, -1).cpu().numpy()
         if self.frozen and float(w.production.sum()) > 0:
@@ -447,16 +460,27 @@ class Run:
                 pieces = np.log(w.reweighted.reshape(e, -1).cpu().numpy())
             pieces = np.where(counts > 0, pieces, np.nan)
             pieces, counts = self._fill_holes(pieces, counts, masks & (w.visits.reshape(e, -1).cpu().numpy() > 0))
-        else:
-            counts = None
-            pieces = w.bias.reshape(e, -1).cpu().numpy()
-            masks = masks & (w.visits.reshape(e, -1).cpu().numpy() > 0)
+            return pieces, masks, counts
+        return w.bias.reshape(e, -1).cpu().numpy(), masks & (w.visits.reshape(e, -1).cpu().numpy() > 0), None
+
+    def overlap_misfit(self) -> tuple[float, float, float]:
+        """``(misfit, lo, hi)``: the largest :func:`~lightning_entropy.core.combine.overlap_misfit` of any two
+        neighbouring windows of a replica in production (nats), and the x range of their overlap; NaNs before
+        production, with one window, or where no two windows share two bins."""
+        w = self.windows
+        if not self.frozen or self.refining or w.windows < 2:
+            return math.nan, math.nan, math.nan
+        pieces, masks, counts = self._pieces()
+        if counts is None:
+            return math.nan, math.nan, math.nan
         k = w.windows
-        columns = g.shape[0] if g.ndim > 1 else None
-        out = [combine.stitch(pieces[i * k:(i + 1) * k], masks[i * k:(i + 1) * k],
-                              None if counts is None else counts[i * k:(i + 1) * k], columns)
-               for i in range(w.replicas)]
-        return np.stack(out).reshape(w.replicas, *g.shape)
+        misfit = np.stack([combine.overlap_misfit(pieces[i * k:(i + 1) * k], masks[i * k:(i + 1) * k],
+                                                  counts[i * k:(i + 1) * k]) for i in range(w.replicas)])
+        if not np.isfinite(misfit).any():
+            return math.nan, math.nan, math.nan
+        r, j = np.unravel_index(int(np.nanargmax(misfit)), misfit.shape)
+        upper = r * k + j + 1  # the overlap: the upper window's low edge to the lower window's high edge
+        return float(misfit[r, j]), float(w.x_lo[upper]), float(w.x_hi[upper - 1])
 
     def _fill_holes(self, pieces: np.ndarray, counts: np.ndarray, reached: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray]:
@@ -564,6 +588,9 @@ class Run:
             "empty_windows": float(self.empty_windows()),
             "production_blocks": float(len(self.blocks)),
         }
+        misfit, lo, hi = self.overlap_misfit()
+        if math.isfinite(misfit):
+            extra.update(overlap_misfit=misfit, misfit_lo=lo, misfit_hi=hi)
         crossings = self.window_crossings()
         if np.isfinite(crossings).any():
             slowest = int(np.nanargmin(crossings))

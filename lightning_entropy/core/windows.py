@@ -65,6 +65,8 @@ def _nearest_column_fill(grid: np.ndarray) -> np.ndarray:
 #: spiral's low-loss windows: 5-10; the 13-parameter toy, whose bias is already right: mostly below 1)
 REFINE_MIN_TILT = 1.0
 REFINE_MAX = 20.0  # nats: the largest correction of one bin in one round
+#: visits at which a bin's own ln H weighs as much as the window's fitted shape in :meth:`Windows.refine`
+REFINE_COUNTS = 100.0
 
 __all__ = ["Windows", "auto_windows", "start_bounds", "window_bounds"]
 
@@ -425,12 +427,15 @@ class Windows:
         of the window, and crossing it means climbing ``delta``. On the spiral, after the Wang-Landau phase, ``ln H``
         fell by 8-10 nats across each low-loss window (1/t had frozen the bias before the walkers had crossed), and
         walkers crossed those windows 0.3-2.7 times in production whatever the time step, masses or friction. With
-        the bias frozen the walkers sample ``exp(S - bias)`` exactly, so ``ln H`` estimates ``delta``: the tilt is
-        the weighted (by counts) quadratic fit of ``ln H`` over the bins of the window it reached, its range over the
-        window; estimates whose tilt is at least ``min_tilt`` get ``bias += fit`` (the multicanonical recursion,
-        smoothed: a fit uses every bin's counts, where ``ln H`` bin by bin is noise at the thinly visited edges).
-        The others keep their bias. In place; call between chunks, only while frozen. The reported S never depends
-        on this: it comes from the production that follows."""
+        the bias frozen the walkers sample ``exp(S - bias)`` exactly, so ``ln H`` estimates ``delta``. The
+        correction is the quadratic fit of ``ln H`` over the bins of the window it reached (weights: the counts'
+        square roots, capped at their median), blended bin by bin with that bin's own ``ln H`` at weight
+        ``h / (h + REFINE_COUNTS)``: the fit where ``ln H`` bin by bin is noise (the thinly visited edges, the bins
+        not reached), the bin's own count where it is well measured, so that a trap narrower than the window is
+        taken out too. The tilt is the correction's range over the window; estimates whose tilt is at least
+        ``min_tilt`` get ``bias += correction`` (the multicanonical recursion). The others keep their bias. In
+        place; call between chunks, only while frozen. The reported S never depends on this: it comes from the
+        production that follows."""
         if not self.is_frozen:
             raise RuntimeError("Windows.refine corrects a frozen bias: call freeze() first.")
         e, nx = self.production.shape[0], self.grid.shape[0]
@@ -444,12 +449,20 @@ class Windows:
             if seen.size < 2:
                 continue
             u = np.linspace(-1.0, 1.0, h.size)  # the window's bins on [-1, 1]: a well-conditioned fit
-            fit = np.polynomial.Polynomial.fit(u[seen], np.log(h[seen]), min(2, seen.size - 1), w=np.sqrt(h[seen]),
+            # weights sqrt(h), capped at their median so that one trapped bin does not bend the window's shape
+            weight = np.sqrt(h[seen])
+            weight = np.minimum(weight, np.median(weight))
+            fit = np.polynomial.Polynomial.fit(u[seen], np.log(h[seen]), min(2, seen.size - 1), w=weight,
                                                domain=[-1, 1], window=[-1, 1])
             # the fit is carried over the bins the round did not reach: walkers miss a window's end because its
             # bias repels them, and the fit's continuation corrects that (holding the edge value instead was worse
             # on the 96-parameter quadratic: 0.12-0.26 against 0.08-0.10 nats RMS; docs/PERFORMANCE.md)
             values = fit(u)
+            # a bin visited often carries its own ln H: a trap or hump narrower than the window, which no quadratic
+            # follows (the spiral's knee, where S stops rising at the chance-level loss, left ln H spanning 4-9
+            # nats in one window under a fitted tilt below 1); thin bins keep the fit
+            trust = h / (h + REFINE_COUNTS)
+            values = trust * np.log(np.maximum(h, 1.0)) + (1.0 - trust) * values
             tilt[k] = float(values.max() - values.min())
             if tilt[k] >= min_tilt:
                 correction[k, lo[k]:hi[k]] = np.clip(values - values.mean(), -REFINE_MAX, REFINE_MAX)
