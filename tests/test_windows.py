@@ -357,6 +357,18 @@ def test_overlap_misfit_tells_a_constant_from_a_window_off_in_shape():
     assert bad[0] < 0.1 and bad[1] == pytest.approx(np.std(d), abs=0.1)
     masks[2, :27] = False  # one shared bin: no shape to compare
     assert np.isnan(combine.overlap_misfit(pieces, masks, counts)[1])
+    # 2-D (x-major, 6 test-axis bins): compared on x-marginals over the test bins both windows hold
+    ny = 6
+    masks2 = np.repeat(np.stack([np.arange(40) < 16, (np.arange(40) >= 12) & (np.arange(40) < 28),
+                                 np.arange(40) >= 24]), ny, axis=1)
+    shape = truth[:, None] + np.linspace(0, -3, ny)[None, :]
+    flat = np.stack([(shape + c).reshape(-1) for c in (5.0, -3.0, 100.0)])
+    flat[1].reshape(40, ny)[12:28, 4] = np.nan  # window 1 never reached one test bin
+    weights = np.full(flat.shape, 50.0)
+    assert np.all(combine.overlap_misfit(flat, masks2, weights, columns=40) < 1e-9)
+    flat[1].reshape(40, ny)[24:28] -= np.array([2.0, 5.0, 9.0, 14.0])[:, None]
+    bent2 = combine.overlap_misfit(flat, masks2, weights, columns=40)
+    assert bent2[0] < 1e-9 and bent2[1] == pytest.approx(np.std(d), abs=0.1)
 
 
 def test_rhat_separates_agreeing_and_disagreeing_replicas():

@@ -112,19 +112,34 @@ def stitch(pieces: np.ndarray, masks: np.ndarray, weights: np.ndarray | None = N
     return np.where(weight > 0, total / np.where(weight > 0, weight, 1), np.nan)
 
 
-def overlap_misfit(pieces: np.ndarray, masks: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def overlap_misfit(pieces: np.ndarray, masks: np.ndarray, weights: np.ndarray, columns: int | None = None
+                   ) -> np.ndarray:
     """``(K - 1,)``: how far neighbouring windows' estimates ``pieces`` ``(K, n)`` (valid where ``masks``) disagree
     in shape on the bins they share, in nats: the weighted RMS of their difference about its weighted mean, each
     bin weighted like :func:`stitch` weights it (``1 / (1 / w_k + 1 / w_k+1)`` of the ``weights``, e.g. visits).
     Two windows that each sampled the same S differ by a constant there, up to noise (0.01-0.13 nats on the
     spiral's main job); a window whose walkers never reached the equilibrium of its frozen bias (caught in a
     trap the bias left) differs in shape, and :func:`stitch` then carries its error onto every window joined after
-    it (2.7 nats here, with S off by 11 nats beyond the overlap). NaN where two windows share fewer than two bins."""
+    it (2.7 nats here, with S off by 11 nats beyond the overlap). ``columns``: 2-D grids flattened x-major are
+    compared on their x-marginals over the test-axis bins both windows hold (single 2-D bins hold few visits).
+    NaN where two windows share fewer than two bins (x columns in 2-D)."""
     out = np.full(max(pieces.shape[0] - 1, 0), np.nan)
     for k in range(out.size):
         a, b = np.where(masks[k], pieces[k], np.nan), np.where(masks[k + 1], pieces[k + 1], np.nan)
         wa, wb = np.asarray(weights[k], dtype=float), np.asarray(weights[k + 1], dtype=float)
         common = np.isfinite(a) & np.isfinite(b) & (wa > 0) & (wb > 0)
+        if columns:  # per x column, the log-sum-exp over the test-axis bins both hold, and their summed weights
+            c = common.reshape(columns, -1)
+
+            def marginal(v):
+                v = np.where(c, v.reshape(columns, -1), -np.inf)
+                top = np.where(c.any(1), v.max(1), 0.0)
+                with np.errstate(divide="ignore"):
+                    return top + np.log(np.exp(v - top[:, None]).sum(1))
+
+            a, b = marginal(a), marginal(b)
+            wa, wb = np.where(c, wa.reshape(columns, -1), 0).sum(1), np.where(c, wb.reshape(columns, -1), 0).sum(1)
+            common = c.any(1)
         if common.sum() < 2:
             continue
         pair = 1.0 / (1.0 / wa[common] + 1.0 / wb[common])

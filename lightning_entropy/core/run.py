@@ -474,8 +474,9 @@ class Run:
         if counts is None:
             return math.nan, math.nan, math.nan
         k = w.windows
+        columns = self.landscape.shape[0] if self.landscape.ndim > 1 else None
         misfit = np.stack([combine.overlap_misfit(pieces[i * k:(i + 1) * k], masks[i * k:(i + 1) * k],
-                                                  counts[i * k:(i + 1) * k]) for i in range(w.replicas)])
+                                                  counts[i * k:(i + 1) * k], columns) for i in range(w.replicas)])
         if not np.isfinite(misfit).any():
             return math.nan, math.nan, math.nan
         r, j = np.unravel_index(int(np.nanargmax(misfit)), misfit.shape)
