@@ -59,6 +59,18 @@ def test_production_measures_how_often_walkers_cross_their_windows(toy_walk):
     assert "slow diffusion" not in analysis.convergence(toy_walk.landscape, walkers=256).tags
 
 
+def test_windows_that_sampled_one_s_fit_on_their_overlaps(toy_walk):
+    """A converged windowed walk records how far its neighbouring windows disagree in shape where they overlap:
+    noise, far below the verdict's 0.5 nats, and the overlap it names is one of the replica's overlaps."""
+    run = toy_walk._run
+    misfit, lo, hi = run.overlap_misfit()
+    last = toy_walk.landscape.history[-1]
+    assert 0.0 < misfit < 0.2 and last["overlap_misfit"] == pytest.approx(misfit)
+    x_lo, x_hi = run.windows.x_lo.numpy(), run.windows.x_hi.numpy()
+    assert any(lo == pytest.approx(x_lo[k + 1]) and hi == pytest.approx(x_hi[k]) for k in range(len(x_lo) - 1))
+    assert "windows disagree" not in analysis.convergence(toy_walk.landscape, walkers=256).tags
+
+
 def test_default_production_is_longer_for_a_1d_walk(toy_walk):
     """production=None: the last 60 % of a 1-D walk (the toy: 15,000 steps, frozen at step 6,000), 30 % of a 2-D
     walk; an explicit fraction is kept."""
