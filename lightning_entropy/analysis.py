@@ -399,7 +399,7 @@ class Convergence:
 
 THRESHOLDS = {"s_change": 0.1, "flatness": 0.2, "round_trip_fraction": 0.5, "r_hat": 1.05, "r_hat_share": 0.05,
               "r_hat_max": 1.1, "r_hat_false_alarm": 0.005, "production_blocks": 4, "window_crossings": 5.0,
-              "overlap_misfit": 0.5}
+              "overlap_misfit": 0.3}
 
 
 @dataclass

@@ -212,7 +212,7 @@ def test_verdict_names_windows_whose_s_disagree_in_shape_on_their_overlap():
     land.snapshot(200, **windowed, overlap_misfit=2.66, misfit_lo=-1.2, misfit_hi=0.0)
     verdict = analysis.convergence(land, walkers=8)
     assert not verdict.converged and verdict.tags == ["windows disagree"]
-    assert "2.7 nats RMS over ln L_train -1.20 to 0.00" in verdict.reasons[0] and "(> 0.5)" in verdict.reasons[0]
+    assert "2.7 nats RMS over ln L_train -1.20 to 0.00" in verdict.reasons[0] and "(> 0.3)" in verdict.reasons[0]
     land.snapshot(300, **windowed, overlap_misfit=0.11, misfit_lo=-1.2, misfit_hi=0.0)
     assert analysis.convergence(land, walkers=8).converged
 

@@ -61,7 +61,7 @@ def test_production_measures_how_often_walkers_cross_their_windows(toy_walk):
 
 def test_windows_that_sampled_one_s_fit_on_their_overlaps(toy_walk):
     """A converged windowed walk records how far its neighbouring windows disagree in shape where they overlap:
-    noise, far below the verdict's 0.5 nats, and the overlap it names is one of the replica's overlaps."""
+    noise, far below the verdict's 0.3 nats, and the overlap it names is one of the replica's overlaps."""
     run = toy_walk._run
     misfit, lo, hi = run.overlap_misfit()
     last = toy_walk.landscape.history[-1]
