@@ -235,6 +235,27 @@ _CV_CASES = [
 ]
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "class-major"])
+def test_two_class_train_loss_stays_finite_below_float32_resolution(layout):
+    """Deep in the low-loss region every sample's cross-entropy is below float32's resolution of 1 (margin 30:
+    e^-30); the two-class form keeps ln L_train at -30 (and its gradient finite) where a log-softmax rounds every
+    sample's loss to 0 and ln L to -inf."""
+    from lightning_entropy.core.variables import resolve
+
+    n = 12
+    y = torch.arange(n) % 2
+    margin = torch.full((2, n), 30.0)
+    z1 = torch.where(y == 1, margin / 2, -margin / 2)
+    logits = torch.stack([-z1, z1], dim=1)  # (W, C, N): class 1's logit minus class 0's is +-30
+    out = logits.transpose(1, 2) if layout == "class-major" else logits.transpose(1, 2).contiguous()
+    cv = resolve("train_loss", loss="cross_entropy")
+    value, grad = cv.batched_grad(out, y)
+    torch.testing.assert_close(value, torch.full((2,), -30.0), rtol=0, atol=1e-5)
+    assert torch.isfinite(grad).all() and grad.shape == out.shape
+    log_softmax = -torch.log_softmax(out.float(), dim=-1).gather(-1, y.view(1, -1, 1).expand(2, -1, 1)).mean((1, 2))
+    assert torch.isinf(torch.log(log_softmax)).all()  # what the general form gives here
+
+
 # the Linear chain's transposed output (W, N, C), class dimension outermost in storage, for the (N, C) cases
 @pytest.mark.parametrize("loss,names,shape,classes,layout", [case + ("contiguous",) for case in _CV_CASES]
                          + [case + ("class-major",) for case in _CV_CASES if not case[2]])
@@ -280,7 +301,9 @@ def test_built_in_variables_on_all_walkers_equal_the_per_walker_function(loss, n
                                         ("binary_cross_entropy", ("train_loss", "test_loss")),
                                         ("cross_entropy", ("train_loss", "test_accuracy")),
                                         ("binary_cross_entropy", ("train_loss", "test_accuracy")),
-                                        ("cross_entropy", ("train_loss", "logit_test_accuracy"))])
+                                        ("cross_entropy", ("train_loss", "logit_test_accuracy")),
+                                        ("cross_entropy:2", ("train_loss", "test_accuracy")),
+                                        ("cross_entropy:2", ("train_loss", "logit_test_accuracy"))])
 def test_hand_written_chain_backward_matches_autograd(act, loss, names):
     """The Linear chain's hand-written backward (ln losses and the smoothed accuracy, linear or logit axis, with
     closed-form output gradients) gives the autograd path's CV values to the bit and its gradient to rounding, with
@@ -290,12 +313,13 @@ def test_hand_written_chain_backward_matches_autograd(act, loss, names):
     from lightning_entropy.core.variables import resolve
 
     torch.manual_seed(0)
-    classes = 3 if loss == "cross_entropy" else 1
+    loss, _, two = loss.partition(":")  # "cross_entropy:2": two classes, whose CVs are functions of the margin
+    classes = int(two or 3) if loss == "cross_entropy" else 1
     model = nn.Sequential(nn.Linear(2, 6), act, nn.Linear(6, 5), act, nn.Linear(5, classes))
     model[2].bias.requires_grad_(False)
     x, x_test = torch.randn(40, 2), torch.randn(30, 2)
     if loss == "cross_entropy":
-        y, y_test = torch.randint(0, 3, (40,)), torch.randint(0, 3, (30,))
+        y, y_test = torch.randint(0, classes, (40,)), torch.randint(0, classes, (30,))
     elif loss == "mse":
         y, y_test = torch.rand(40, 1), torch.rand(30, 1)
     else:

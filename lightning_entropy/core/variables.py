@@ -88,14 +88,37 @@ def _per_walker(values: torch.Tensor) -> torch.Tensor:
     return values.reshape(values.shape[0], -1).mean(-1)
 
 
+def _pair(d0: torch.Tensor, d1: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The gradients ``(W, N)`` of two classes' logits as one tensor shaped like ``out`` ``(W, N, 2)``, in its
+    storage order (class-major for the Linear chain's output)."""
+    if _class_major(out):
+        return torch.stack([d0, d1], dim=1).transpose(1, 2)
+    return torch.stack([d0, d1], dim=-1)
+
+
 def _class_major(out: torch.Tensor) -> bool:
     """Logits ``(W, N, C)`` stored class-major (the Linear chain's transposed output): reductions over the classes
     then run over a non-inner dimension, several times faster for few classes than over the strided last one."""
     return out.dim() == 3 and out.shape[-1] > 1 and out.stride(-1) != 1
 
 
+def _two_classes(out: torch.Tensor) -> bool:
+    """Logits ``(W, N, 2)``: every built-in CV is then a function of one number per sample, the margin
+    ``±(z_1 - z_0)``, which costs a few elementwise operations instead of a softmax, a gather and a scatter."""
+    return out.dim() == 3 and out.shape[-1] == 2
+
+
+def _sign(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``+1`` for class 1, ``-1`` for class 0, ``(N,)``."""
+    return y.to(dtype) * 2 - 1
+
+
 def _cross_entropy_batched(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """:func:`_cross_entropy` of every walker: logits ``(W, N, ..., C)`` -> ``(W,)``."""
+    """:func:`_cross_entropy` of every walker: logits ``(W, N, ..., C)`` -> ``(W,)``. With two classes it is
+    ``mean softplus(-m)`` of the margin ``m`` (the same function; ``log1p`` keeps a sample's loss below float32's
+    resolution of 1, where ``log_softmax`` rounds it to 0, so ln L stays finite deep in the low-loss region)."""
+    if _two_classes(out):
+        return F.softplus((out[..., 0] - out[..., 1]) * _sign(y, out.dtype)).mean(-1)
     if _class_major(out):
         index = y.long().view(1, 1, -1).expand(out.shape[0], 1, -1)
         return -torch.log_softmax(out.transpose(1, 2), dim=1).gather(1, index).mean((1, 2))
@@ -127,6 +150,10 @@ def _ln_loss_grad(kind: str) -> Callable[[torch.Tensor, torch.Tensor], tuple[tor
     def grad(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loss = value(out, y)
         walkers = out.shape[0]
+        if kind == "cross_entropy" and _two_classes(out):  # d softplus(-m) / d m = -sigmoid(-m), m = sign (z_1 - z_0)
+            sign = _sign(y, out.dtype)
+            g = torch.sigmoid((out[..., 0] - out[..., 1]) * sign) * (sign / (-out.shape[1] * loss.unsqueeze(-1)))
+            return torch.log(loss), _pair(-g, g, out)
         if kind == "cross_entropy":
             axis = 1 if _class_major(out) else -1  # the softmax over the classes in their storage order
             logits = out.transpose(1, 2) if axis == 1 else out
@@ -175,6 +202,8 @@ def _margin_batched(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if out.dim() == 2 or out.shape[-1] == 1:
         z = out.reshape(out.shape[0], *y.shape)
         return torch.where(y > 0.5, z, -z)
+    if _two_classes(out):
+        return (out[..., 1] - out[..., 0]) * _sign(y, out.dtype)
     if _class_major(out):
         classes = out.transpose(1, 2)
         index = y.long().view(1, 1, -1).expand(out.shape[0], 1, -1)
@@ -202,6 +231,9 @@ def _smooth_accuracy_grad(slope: float) -> Callable[[torch.Tensor, torch.Tensor]
         dm = slope * s * (1 - s) / (s[0].numel())
         if out.dim() == 2 or out.shape[-1] == 1:
             return value, torch.where(y > 0.5, dm, -dm).reshape(out.shape)
+        if _two_classes(out):
+            g = dm * _sign(y, out.dtype)
+            return value, _pair(-g, g, out)
         axis = 1 if _class_major(out) else -1
         logits = out.transpose(1, 2) if axis == 1 else out
         if axis == 1:
