@@ -133,12 +133,10 @@ def reflect(theta: torch.Tensor, velocity: torch.Tensor, bound: torch.Tensor) ->
     Works on stacked walkers ``(W, P)`` with ``bound`` of shape ``(P,)``. A particle that overshoots by more than
     the box width (a huge velocity) is clamped to the wall. No host synchronisation.
     """
-    above = theta > bound
-    below = theta < -bound
-    theta = torch.where(above, 2 * bound - theta, theta)
-    theta = torch.where(below, -2 * bound - theta, theta)
-    theta = torch.maximum(torch.minimum(theta, bound), -bound)
-    velocity = torch.where(above | below, -velocity, velocity)
+    out = theta.abs() > bound
+    theta = torch.where(out, torch.copysign(2 * bound, theta) - theta, theta)  # 2b - θ above, -2b - θ below
+    theta = torch.clamp(theta, -bound, bound)
+    velocity = torch.where(out, -velocity, velocity)
     return theta, velocity
 
 

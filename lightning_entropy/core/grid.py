@@ -33,6 +33,9 @@ def check_axes(ranges: Sequence[tuple[float, float]], bins: Sequence[int], names
             raise ValueError(f"Axis {name!r}: bins={n}; a landscape needs at least 2 bins per axis.")
 
 
+KERNEL_TABLE_ENTRIES = 4_000_000  # largest (bins x kernel width) table of deposit targets kept (32 MB)
+
+
 class Grid:
     """A uniform grid over ``d`` (1 or 2) collective variables.
 
@@ -74,6 +77,7 @@ class Grid:
         self._first = torch.zeros_like(self._n)
         self._last_cell = (self._n - 2).to(torch.float64)  # the last interpolation cell per axis
         self._corner_flat = (self._corners * self._strides).sum(-1)  # (2**d,) flat offsets of a cell's corners
+        self._near_table: torch.Tensor | bool | None = None  # :meth:`_kernel_bins`, built when first needed
 
     # -- axes and bins ----------------------------------------------------------------------------------------------
 
@@ -207,15 +211,36 @@ class Grid:
         """The flat bin of each walker ``(W,)`` and the flat bins its deposit kernel covers ``(W, K)`` (weights
         :attr:`kernel_weights`), mirrored at the edges of bins ``[lo, hi)`` per walker and axis (default the grid)
         so that no mass leaves the region a walker can reach."""
+        if lo is None and hi is None and self._kernel_bins() is not None:  # the whole grid: one lookup per walker
+            here = (self._clamped(cv, self._first, self._n) * self._strides).sum(-1)
+            return here, self._near_table[here]
         lo = self._first if lo is None else lo
         hi = self._n if hi is None else hi
         idx = self._clamped(cv, lo, hi)
+        return (idx * self._strides).sum(-1), self._mirrored(idx, lo, hi)
+
+    def _mirrored(self, idx: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """``(W, K)`` flat bins of the deposit kernel around bins ``idx`` ``(W, d)``, mirrored at the edges of bins
+        ``[lo, hi)`` (per walker ``(W, d)`` or shared ``(d,)``)."""
         near = idx.unsqueeze(1) + self._offsets.unsqueeze(0)  # (W, K, d)
         lo_, hi_ = (b.unsqueeze(-2) if b.dim() > 1 else b for b in (lo, hi))
         near = torch.where(near < lo_, 2 * lo_ - near - 1, near)  # mirror at the edges: no mass is lost
         near = torch.where(near >= hi_, 2 * hi_ - 1 - near, near)
         near = torch.minimum(torch.maximum(near, lo_), hi_ - 1)
-        return (idx * self._strides).sum(-1), (near * self._strides).sum(-1)
+        return (near * self._strides).sum(-1)
+
+    def _kernel_bins(self) -> torch.Tensor | None:
+        """``(bins, K)``: :meth:`_mirrored` of every bin of the whole grid, built at the first call (the per-step
+        deposit then reads one row per walker instead of recomputing it); None above :data:`KERNEL_TABLE_ENTRIES`."""
+        if self._near_table is None:
+            bins, k = math.prod(self.shape), int(self._offsets.shape[0])
+            if bins * k > KERNEL_TABLE_ENTRIES:
+                self._near_table = False
+            else:
+                flat = torch.arange(bins, device=self.device)
+                idx = torch.stack(torch.unravel_index(flat, self.shape), dim=-1)
+                self._near_table = self._mirrored(idx, self._first, self._n)
+        return self._near_table if self._near_table is not False else None
 
     def bin_within(self, cv: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
         """The flat bin of each walker ``(W,)``, clamped to bins ``[lo, hi)`` per walker and axis: the first half of

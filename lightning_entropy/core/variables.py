@@ -148,12 +148,14 @@ def _ln_loss_grad(kind: str) -> Callable[[torch.Tensor, torch.Tensor], tuple[tor
         return None
 
     def grad(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loss = value(out, y)
-        walkers = out.shape[0]
         if kind == "cross_entropy" and _two_classes(out):  # d softplus(-m) / d m = -sigmoid(-m), m = sign (z_1 - z_0)
             sign = _sign(y, out.dtype)
-            g = torch.sigmoid((out[..., 0] - out[..., 1]) * sign) * (sign / (-out.shape[1] * loss.unsqueeze(-1)))
+            minus_m = (out[..., 0] - out[..., 1]) * sign  # what _cross_entropy_batched computes, the same bits
+            loss = F.softplus(minus_m).mean(-1)
+            g = torch.sigmoid(minus_m) * (sign / (-out.shape[1] * loss.unsqueeze(-1)))
             return torch.log(loss), _pair(-g, g, out)
+        loss = value(out, y)
+        walkers = out.shape[0]
         if kind == "cross_entropy":
             axis = 1 if _class_major(out) else -1  # the softmax over the classes in their storage order
             logits = out.transpose(1, 2) if axis == 1 else out
@@ -226,14 +228,16 @@ def _smooth_accuracy_grad(slope: float) -> Callable[[torch.Tensor, torch.Tensor]
     ``amax`` does)."""
 
     def grad(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if _two_classes(out):  # the margin of _margin_batched, its sign kept for the gradient
+            sign = _sign(y, out.dtype)
+            s = torch.sigmoid(slope * ((out[..., 1] - out[..., 0]) * sign))
+            g = (s * (1 - s)).mul_(sign * (slope / s.shape[-1]))
+            return _per_walker(s), _pair(-g, g, out)
         s = torch.sigmoid(slope * _margin_batched(out, y))
         value = _per_walker(s)
         dm = slope * s * (1 - s) / (s[0].numel())
         if out.dim() == 2 or out.shape[-1] == 1:
             return value, torch.where(y > 0.5, dm, -dm).reshape(out.shape)
-        if _two_classes(out):
-            g = dm * _sign(y, out.dtype)
-            return value, _pair(-g, g, out)
         axis = 1 if _class_major(out) else -1
         logits = out.transpose(1, 2) if axis == 1 else out
         if axis == 1:
