@@ -403,8 +403,11 @@ class Evaluator:
         weights = torch.where(torch.isfinite(values), weights, 0.0)
         grads: dict[str, torch.Tensor] = {}
         def weighted(split: str) -> torch.Tensor:  # the split's CVs' output gradients, slope-weighted
-            return sum(weights[:, k].view(-1, 1, 1) * d_out[k]
-                       for k, cv in enumerate(self.variables) if cv.split == split)
+            terms = [weights[:, k].view(-1, 1, 1) * d_out[k] for k, cv in enumerate(self.variables) if cv.split == split]
+            total = terms[0]
+            for term in terms[1:]:
+                total = total + term
+            return total
 
         if len(splits) == 2 and self._joint:  # one backward of both splits' rows, joined along the samples in the
             out, outs, x, _ = runs["train"]  # class-major storage the backward reads (``.mT``: (W, C, N) views)

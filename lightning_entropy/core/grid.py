@@ -95,8 +95,9 @@ class Grid:
         return [0.5 * (e[1:] + e[:-1]) for e in self.edges]
 
     def inside(self, cv: torch.Tensor) -> torch.Tensor:
-        """``(W,)`` mask: the CVs are finite and inside the grid (the hard wall)."""
-        return (torch.isfinite(cv) & (cv >= self.lo) & (cv < self.hi)).all(dim=-1)
+        """``(W,)`` mask: the CVs are finite and inside the grid (the hard wall). The comparisons alone say it: NaN
+        compares false, and ``±inf`` lies outside ``[lo, hi)``."""
+        return ((cv >= self.lo) & (cv < self.hi)).all(dim=-1)
 
     def bin_index(self, cv: torch.Tensor) -> torch.Tensor:
         """``(W,)`` flat bin index of each walker, clamped to the grid."""
