@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from lightning_entropy.core import batched
+from lightning_entropy.core import batched, nonfinite
 from lightning_entropy.core.step_hooks import StepCall, extract_loss
 from lightning_entropy.core.variables import CollectiveVariable
 from lightning_entropy.core.walkers import ParameterLayout
@@ -400,7 +400,7 @@ class Evaluator:
         weights = torch.where(self._differentiable.to(values.device), slope.to(values.dtype),
                               torch.zeros((), dtype=values.dtype))
         weights = torch.nan_to_num(weights, nan=0.0, posinf=0.0, neginf=0.0)
-        weights = torch.where(torch.isfinite(values), weights, 0.0)
+        weights = torch.where(nonfinite.finite(values), weights, 0.0)
         grads: dict[str, torch.Tensor] = {}
         def weighted(split: str) -> torch.Tensor:  # the split's CVs' output gradients, slope-weighted
             terms = [weights[:, k].view(-1, 1, 1) * d_out[k] for k, cv in enumerate(self.variables) if cv.split == split]

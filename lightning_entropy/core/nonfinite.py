@@ -9,6 +9,14 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import torch
+
+def finite(values: torch.Tensor) -> torch.Tensor:
+    """``torch.isfinite(values)`` in two operations instead of four (the sampler's hot path asks it every step):
+    ``v - v`` is exactly 0 for a finite ``v`` and NaN for NaN and ``±inf``."""
+    return (values - values) == 0
+
+
 #: Fraction of all walker moves above which :func:`warn_if_many` warns (0.05 = 5 per cent).
 WARN_FRACTION = 0.05
 

@@ -108,6 +108,7 @@ class Run:
         # production of a 1-D walk: the frozen potential at each walker's position, kept from the step that put it
         # there (the Metropolis test, the production count and the picture read it; see _chunk); None otherwise
         self._value: torch.Tensor | None = None
+        self._ends: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # see _window_ends
         lo, hi = float(landscape.lo[0]), float(landscape.hi[0])
         self.trips = trips.init(windows.walkers, (lo, hi), end_fraction=end_fraction, device=device)
         self.window_trips = trips.init(windows.walkers, (lo, hi), end_fraction=end_fraction, device=device)
@@ -160,7 +161,6 @@ class Run:
         accepted0 = self.state.accepted.clone()
         tried0, taken0 = windows.exchange_tried.clone(), windows.exchange_accepted.clone()
         everyone = torch.ones(w.walkers, dtype=torch.bool, device=self.state.theta.device)
-        span = w.x_hi - w.x_lo
         x0, owner0 = self.state.cv[:, 0].to(torch.float64), w.owner.clone()
         # with the bias frozen the potential changes only when walkers change windows, which re-evaluates it
         # (_refresh_forces): each walker's value is then known from the step that put it where it is
@@ -185,7 +185,7 @@ class Run:
                 if reuse:
                     value = self._value = torch.where(moved, self._forces.value, self._value)
             counted = w.deposit(new.cv, everyone, value)
-            landscape.count(landscape.bin_index(new.cv), counted)
+            landscape.count(w.last_bins, counted)  # the walkers that counted are inside their windows' bins
             landscape.add_walker_steps(w.walkers)
             if observing and new.step % self.observe_every == 0:
                 observed = self.evaluate.observe(new.theta)
@@ -196,9 +196,7 @@ class Run:
                     self._record_picture(new.cv, observed[:, 0], counted, value)
             x = new.cv[:, 0].to(torch.float64)
             trips.update(self.trips, x)
-            owner = w.owner
-            trips.update(self.window_trips, x, w.x_lo[owner] + self.end_fraction * span[owner],
-                         w.x_hi[owner] - self.end_fraction * span[owner])
+            trips.update(self.window_trips, x, *self._window_ends())
             if w.exchange_every and w.windows > 1 and new.step % w.exchange_every == 0:
                 w.exchange(new.cv, new.generator)
                 new = self._refresh_forces(new)
@@ -230,6 +228,16 @@ class Run:
             "exchange_acceptance": float((windows.exchange_accepted - taken0).sum()) / tried if tried else float("nan"),
             "x_min": float(x.min()), "x_max": float(x.max()),
         }
+
+    def _window_ends(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W,)`` each walker's round-trip ends in its window (``end_fraction`` of the window in from its edges),
+        gathered again only after walkers change windows (each reassignment makes a new ``windows.offset``)."""
+        w = self.windows
+        if self._ends is None or self._ends[0] is not w.offset:
+            span, owner = w.x_hi - w.x_lo, w.owner
+            self._ends = (w.offset, w.x_lo[owner] + self.end_fraction * span[owner],
+                          w.x_hi[owner] - self.end_fraction * span[owner])
+        return self._ends[1], self._ends[2]
 
     def _refresh_forces(self, state: wlmd.MDState) -> wlmd.MDState:
         """The state with every walker's force taken from the window it holds now (after an exchange). A swapped

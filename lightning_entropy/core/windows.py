@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lightning_entropy.core import nonfinite
 from lightning_entropy.core.landscape import Landscape
 from lightning_entropy.core.placement import auto_windows, start_bounds, window_bounds
 
@@ -318,9 +319,9 @@ class Windows:
         its way in moves freely under the pull; once inside, the window's edges are hard walls)."""
         if self.walls == "soft":
             if self.grid.ndim == 1:
-                return torch.isfinite(cv).all(-1)
+                return nonfinite.finite(cv).all(-1)
             rest = cv[:, 1:].to(torch.float64)
-            return (torch.isfinite(cv).all(-1) & (rest >= self.grid.lo[1:]).all(-1)
+            return (nonfinite.finite(cv).all(-1) & (rest >= self.grid.lo[1:]).all(-1)
                     & (rest < self.grid.hi[1:]).all(-1))
         return self.grid.inside(cv) & ((self.distance(cv) == 0) | (self.distance(previous) > 0))
 
@@ -343,17 +344,19 @@ class Windows:
     def deposit(self, cv: torch.Tensor, mask: torch.Tensor, value: torch.Tensor | None = None) -> torch.Tensor:
         """Each walker in ``mask`` inside its window deposits its factor into its estimate (or, frozen, counts a
         production visit, weighted by the potential at ``cv``: ``value`` ``(W,)`` where the caller has it, else
-        evaluated here). Returns the ``(W,)`` float mask of walkers that counted."""
+        evaluated here). Returns the ``(W,)`` float mask of walkers that counted; :attr:`last_bins` keeps each
+        walker's flat bin of the whole grid (clamped to its window: the true bin of every walker that counted)."""
         m = (mask & self.inside(cv)).to(torch.float64)
         if self.is_frozen:  # production: count, weighted by exp(u) at the walker's exact position
-            here = self.grid.bin_within(cv, self.lo, self.hi) + self.offset
+            self.last_bins = self.grid.bin_within(cv, self.lo, self.hi)
+            here = self.last_bins + self.offset
             u = self.potential(cv)[0] if value is None else value
             weight = torch.exp((u - self.reference[self.owner]).clamp(max=700.0)) * m
             self.production.view(-1).index_add_(0, here, m)
             self.reweighted.view(-1).index_add_(0, here, weight)
             return m
-        here, near = self.grid.spread(cv, self.lo, self.hi)
-        here = here + self.offset
+        self.last_bins, near = self.grid.spread(cv, self.lo, self.hi)
+        here = self.last_bins + self.offset
         amount = self._log_f()[self.owner] * m
         weights = self.grid.kernel_weights
         self.bias.view(-1).index_add_(0, (near + self.offset.unsqueeze(1)).reshape(-1),

@@ -39,6 +39,7 @@ from typing import ClassVar
 
 import torch
 
+from lightning_entropy.core import nonfinite
 from lightning_entropy.core.box import reflect
 from lightning_entropy.core.samplers.base import Depositing, WalkerState, removed
 
@@ -134,7 +135,7 @@ def move(
         v = (1 - gamma) * (state.velocity + dt * force0) + math.sqrt(gamma * (2 - gamma)) * noise
     theta, v = reflect(state.theta + dt * scale * v, v, bound)
     cv, value1, grad = evaluate.value_and_grad(theta, potential)
-    finite = torch.isfinite(cv).all(-1)
+    finite = nonfinite.finite(cv).all(-1)
     inside = admissible(cv) & finite
     ok = inside
     if config.metropolis:
