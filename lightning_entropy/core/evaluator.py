@@ -402,6 +402,7 @@ class Evaluator:
         weights = torch.nan_to_num(weights, nan=0.0, posinf=0.0, neginf=0.0)
         weights = torch.where(nonfinite.finite(values), weights, 0.0)
         grads: dict[str, torch.Tensor] = {}
+
         def weighted(split: str) -> torch.Tensor:  # the split's CVs' output gradients, slope-weighted
             terms = [weights[:, k].view(-1, 1, 1) * d_out[k] for k, cv in enumerate(self.variables) if cv.split == split]
             total = terms[0]

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+
 def finite(values: torch.Tensor) -> torch.Tensor:
     """``torch.isfinite(values)`` in two operations instead of four (the sampler's hot path asks it every step):
     ``v - v`` is exactly 0 for a finite ``v`` and NaN for NaN and ``±inf``."""

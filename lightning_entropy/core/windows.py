@@ -154,6 +154,7 @@ class Windows:
         self.exchange_tried = torch.zeros(max(windows - 1, 1), dtype=torch.float64, device=dev)
         self.exchange_accepted = torch.zeros(max(windows - 1, 1), dtype=torch.float64, device=dev)
         self.exchanges = 0  # exchange attempts made (alternating even and odd pairs)
+        self.last_bins: torch.Tensor | None = None  # (W,) each walker's grid bin at the last deposit (see deposit)
         self.relayouts = 0  # times relayout moved the windows
 
     # -- assignment ------------------------------------------------------------------------------------------------
