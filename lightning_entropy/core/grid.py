@@ -196,10 +196,7 @@ class Grid:
         ``d value / d x``, both ``(W,)``."""
         u = (x - self._lo0) / self._width0 - 0.5
         i0 = torch.floor(u).nan_to_num(0)
-        if first is None:
-            i0 = i0.clamp(0.0, float(self.shape[0] - 2))
-        else:
-            i0 = torch.minimum(torch.maximum(i0, first), last)
+        i0 = i0.clamp(0.0, float(self.shape[0] - 2)) if first is None else torch.clamp(i0, first, last)
         t = (u - i0).clamp(0.0, 1.0)
         i0 = i0.long()
         if offset is not None:

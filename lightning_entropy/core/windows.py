@@ -181,6 +181,8 @@ class Windows:
         # per walker, what the 1-D potential reads every step: its window's edges (CV units) and first and last
         # interpolation cells, gathered once per reassignment instead of on every call
         self._edge_lo, self._edge_hi = self.x_lo[self.owner], self.x_hi[self.owner]
+        half = 0.5 * self.grid._width0  # the bias is flat beyond the outermost bin centres
+        self._flat_lo, self._flat_hi = self._edge_lo + half, self._edge_hi - half
         self._cell_first = self.lo[:, 0].to(torch.float64)
         self._cell_last = (self.hi[:, 0] - 2).to(torch.float64)
 
@@ -297,9 +299,7 @@ class Windows:
         :meth:`_reassign` (the same numbers in about half the operations, on the hot path)."""
         value, slope = self.grid.interpolate_x(self.bias.reshape(-1), x, self.offset, self._cell_first,
                                                self._cell_last)
-        half = 0.5 * self.grid._width0
-        flat = (x < self._edge_lo + half) | (x > self._edge_hi - half)
-        slope = torch.where(flat, torch.zeros_like(x), slope)
+        slope = slope.masked_fill((x < self._flat_lo) | (x > self._flat_hi), 0.0)
         if self.pull:
             slope = slope.clamp(-self.max_slope, self.max_slope)
             below = (self._edge_lo - x).clamp(min=0)
