@@ -219,12 +219,19 @@ def _conv2d(mod: nn.Conv2d, p: Params, value: Any, walkers: int) -> _Images:
         img = _images(value, walkers)
         groups = walkers * mod.groups
         kh, kw = mod.kernel_size
-        plain = (mod.stride == (1, 1) and mod.dilation == (1, 1) and isinstance(mod.padding, tuple)
+        stride = mod.stride
+        if (kh, kw) == (1, 1) and mod.padding == (0, 0) and mod.dilation == (1, 1) and stride != (1, 1):
+            # a strided 1x1 convolution (a ResNet's shortcut) is a 1x1 convolution of the subsampled image, and
+            # takes the stride-1 path below: the channels-last backward of the strided one crashes oneDNN on some
+            # CPUs (torch 2.13, an AMD EPYC with one thread: a bus error)
+            t = img.t[:, :, ::stride[0], ::stride[1]].contiguous(memory_format=torch.channels_last)
+            img, stride = _Images(t, img.channels), (1, 1)
+        plain = (stride == (1, 1) and mod.dilation == (1, 1) and isinstance(mod.padding, tuple)
                  and mod.padding[0] < kh and mod.padding[1] < kw)
         if plain and img.t.requires_grad:
             y = _GroupedConv2d.apply(img.t, w, b, tuple(mod.padding), groups)
         else:
-            y = F.conv2d(img.t, w, b, mod.stride, mod.padding, mod.dilation, groups)
+            y = F.conv2d(img.t, w, b, stride, mod.padding, mod.dilation, groups)
     return _Images(y.contiguous(memory_format=torch.channels_last), out_ch)
 
 
