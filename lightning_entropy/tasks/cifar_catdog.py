@@ -207,7 +207,10 @@ class ChannelLayerNorm(nn.LayerNorm):
         super().__init__(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.movedim(-3, -1)).movedim(-1, -3)
+        # back in (N, C, H, W) storage: a channels-last result would send the next strided 1x1 convolution (the
+        # shortcut) to oneDNN's channels-last backward, which crashes on some CPUs (torch 2.13, AMD EPYC, one
+        # thread); the walker-batched program evaluates this layer itself (registered below)
+        return super().forward(x.movedim(-3, -1)).movedim(-1, -3).contiguous()
 
 
 class ResidualBlock(nn.Module):
