@@ -413,6 +413,7 @@ class BinTest:
     worst: float
     worst_allowed: int  # how many may reach ``r_hat_max``
     too_few_draws: bool  # a perfectly mixed bin would reach ``r_hat_max`` too often to judge
+    longer: float = 1.0  # the least factor of production that could pass (see :func:`bin_test`); 1: unknown or none
 
     def describe(self, th: dict[str, float], draws: int | None) -> str:
         """The reason a failed test gives, naming the counts and what was allowed."""
@@ -429,7 +430,13 @@ class BinTest:
         allowed = (f"{self.allowed} allowed" if draws is None else
                    f"{self.allowed} allowed: {th['r_hat_share']:.0%}, or what mixed bins reach by chance with {draws}"
                    " draws")
-        return f"R-hat >= {th['r_hat']:g} in {self.share:.0%} of {self.bins} bins ({allowed}), {worst}"
+        return f"R-hat >= {th['r_hat']:g} in {self.share:.0%} of {self.bins} bins ({allowed}), {worst}{self._more()}"
+
+    def _more(self) -> str:
+        if self.passed or self.longer <= 1.0:
+            return ""
+        return (f"; R-hat - 1 falls about as 1 / length once the replicas mix, and more slowly before, so at least"
+                f" {self.longer:.2g}x this production (more steps, or a larger `production`) is needed to pass")
 
 
 def bin_test(r_hat: np.ndarray, chains: int, draws: int | None, th: dict[str, float]) -> BinTest:
@@ -440,7 +447,12 @@ def bin_test(r_hat: np.ndarray, chains: int, draws: int | None, th: dict[str, fl
     converged landscape then fails each count with at most that chance. With 4 replicas and 32 draws a fixed 5 %
     share failed 19 % of simulated perfectly mixed 52-bin readouts (docs/PERFORMANCE.md, nineteenth session). Where a
     mixed bin would reach ``r_hat_max`` more often than ``r_hat_share``, the draws are too few to judge and the test
-    fails saying so."""
+    fails saying so.
+
+    A failed test also says how much longer production would have to be, at least (:attr:`BinTest.longer`): the
+    factor that would bring the bins that must fall below ``r_hat`` (and ``r_hat_max``) there if ``R-hat - 1`` fell
+    as ``1 / length``. Simulated slowly mixing replicas (AR(1) chains, 32 block draws) fall more slowly than that,
+    about as ``length^-0.8`` (docs/PERFORMANCE.md, twenty-fifth session), so the factor is a lower bound."""
     known = np.asarray(r_hat, dtype=float)
     known = known[np.isfinite(known)]
     n = int(known.size)
@@ -453,8 +465,14 @@ def bin_test(r_hat: np.ndarray, chains: int, draws: int | None, th: dict[str, fl
         few = rhat_null_rate(th["r_hat_max"], chains, draws) > th["r_hat_share"]
         allowed = rhat_allowed(n, th["r_hat"], chains, draws, th["r_hat_share"], th["r_hat_false_alarm"])
         worst_allowed = rhat_allowed(n, th["r_hat_max"], chains, draws, 0.0, th["r_hat_false_alarm"])
+    desc = np.sort(known)[::-1]
+
+    def need(count: int, level: float) -> float:  # production factor that brings the (count+1)-th worst below level
+        return float((desc[count] - 1.0) / (level - 1.0)) if n > count and desc[count] >= level else 1.0
+
+    longer = max(need(allowed, th["r_hat"]), need(worst_allowed, th["r_hat_max"]))
     return BinTest(not few and above <= allowed and over <= worst_allowed, n, above / max(n, 1), allowed, worst,
-                   worst_allowed, few)
+                   worst_allowed, few, longer)
 
 
 # the verdict's tags that :func:`agreement` answers bin by bin: a run that fails only these can be read where the
@@ -489,7 +507,8 @@ def with_readouts(conv: Convergence, advantages: dict[str, Advantage],
         r_hat = adv.mean_advantage_r_hat
         if r_hat is not None and math.isfinite(r_hat) and r_hat >= limit:
             flag(f"the {READOUT_NAMES.get(name, name)}'s mean advantage has R-hat {r_hat:.3f} across replicas (>="
-                 f" {limit:g}): the replicas' readouts have not mixed; run longer, and read its error (the"
+                 f" {limit:g}): the replicas' readouts have not mixed; run longer (at least"
+                 f" {(r_hat - 1.0) / (limit - 1.0):.2g}x this production, see `bin_test`), and read its error (the"
                  " replicas' spread) as a lower bound until then")
     for name, readout in (readouts or {}).items():
         per_bin = readout.r_hat

@@ -409,6 +409,39 @@ def test_the_per_bin_r_hat_test_passes_mixed_readouts_and_fails_a_persistent_off
     assert analysis.bin_test(mixed[0], 4, 200, th).allowed == int(0.05 * bins)
 
 
+def test_a_failed_r_hat_test_says_how_much_longer_production_must_be_at_least():
+    """The factor brings the bins that must fall (the third worst of 54 below 1.05, the worst below 1.1) there if
+    R-hat - 1 fell as 1 / length; replicas that mix slowly (AR(1) chains, correlation time 1,000 draws' worth of
+    samples) fall more slowly, so a production half that much longer still fails: the factor is a lower bound."""
+    from scipy.signal import lfilter
+
+    from lightning_entropy.core.combine import rhat
+
+    th = dict(analysis.THRESHOLDS)
+    r = np.full(54, 1.01)
+    r[:8] = [1.207, 1.16, 1.147, 1.134, 1.133, 1.122, 1.11, 1.08]
+    test = analysis.bin_test(r, 4, None, th)
+    assert not test.passed and test.allowed == 2
+    assert test.longer == pytest.approx(0.147 / 0.05)
+    assert "at least 2.9x this production" in test.describe(th, None)
+    fine = analysis.bin_test(np.full(54, 1.01), 4, None, th)
+    assert fine.passed and fine.longer == 1.0 and "at least" not in fine.describe(th, None)
+
+    rng = np.random.default_rng(3)
+    a = np.exp(-1.0 / 1000)
+
+    def block_means(samples: int) -> np.ndarray:  # (52 bins, 4 replicas, 32 draws), stationary AR(1) chains
+        noise = rng.normal(size=(52, 4, samples)) * np.sqrt(1 - a * a)
+        start = a * rng.normal(size=(52, 4, 1))
+        chains = lfilter([1.0], [1.0, -a], noise, axis=-1, zi=start)[0]
+        return chains[..., : samples // 32 * 32].reshape(52, 4, 32, -1).mean(-1)
+
+    short = analysis.bin_test(rhat(block_means(6400)), 4, 32, th)
+    assert not short.passed and short.longer > 4
+    half = analysis.bin_test(rhat(block_means(int(6400 * short.longer / 2))), 4, 32, th)
+    assert not half.passed
+
+
 def test_r_hat_chance_rate_matches_simulation_and_too_few_draws_are_named():
     """The chance that a mixed quantity's R-hat reaches a level, from the F distribution of split R-hat, against
     simulated independent draws; with 8 draws per replica the per-bin test cannot judge, and the verdict says why."""
