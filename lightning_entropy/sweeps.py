@@ -21,7 +21,7 @@ def width_table(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "model": s.get("model_config"),
             "parameters": s.get("parameters"),
             "sampler": s.get("sampler"),
-            "metric": adv.get("metric"),
+            "metric": _metric(s, adv),
             "readout": adv.get("readout"),
             "mean_advantage": adv.get("mean_advantage"),
             "mean_advantage_error": adv.get("mean_advantage_error"),
@@ -31,3 +31,13 @@ def width_table(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         })
     rows.sort(key=lambda r: (str(r["task"]), r["parameters"] or 0))
     return rows
+
+
+def _metric(summary: dict, adv: dict) -> str | None:
+    """The advantage's metric with its units: a 2-D readout on a logit accuracy axis is in logits (summaries written
+    before the advantage named it so say only the metric)."""
+    metric = adv.get("metric")
+    axis = (summary.get("axis_labels") or [""])[-1]
+    if metric and not metric.startswith("logit") and axis.startswith("logit") and adv.get("readout") != "label_free":
+        return f"logit_{metric}"
+    return metric

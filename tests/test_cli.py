@@ -140,6 +140,27 @@ def test_bad_values_fail_before_any_work_naming_the_key(tmp_path, override, key)
 # -- the main job --------------------------------------------------------------------------------------------------
 
 
+def test_an_advantage_on_a_logit_accuracy_axis_is_named_in_logits(tmp_path):
+    """With `sampler.accuracy_axis=logit` the baseline curve is moved onto the landscape's logit axis, so the
+    advantage is a difference of logits: the summary, the printed line and a sweep's table say so (a run once
+    reported -1.1 as a "smooth_test_accuracy" difference). A summary written before keeps its name in the file, and
+    the sweep's table adds the units from its axis label."""
+    from lightning_entropy.sweeps import width_table
+
+    lines: list[str] = []
+    summary = run(compose_config([*TINY, "experiment=spiral", "sampler.accuracy_axis=logit"]), tmp_path,
+                  echo=lines.append)
+    adv = summary["advantage"]
+    assert summary["axis_labels"][-1].startswith("logit")
+    assert adv["metric"] == "logit_smooth_test_accuracy"
+    assert summary["baseline"]["metric"] == "smooth_test_accuracy"  # the records themselves stay in accuracy
+    assert any("logit_smooth_test_accuracy" in line for line in lines if "advantage" in line)
+    older = {**summary, "advantage": {**adv, "metric": "smooth_test_accuracy"}}
+    assert width_table([older])[0]["metric"] == "logit_smooth_test_accuracy"
+    label_free = {**older, "advantage": {**adv, "metric": "hard_test_accuracy", "readout": "label_free"}}
+    assert width_table([label_free])[0]["metric"] == "hard_test_accuracy"
+
+
 def test_two_axis_run_writes_the_four_files(tmp_path):
     lines: list[str] = []
     summary = run(compose_config([*TINY, "experiment=spiral"]), tmp_path, echo=lines.append)

@@ -55,6 +55,7 @@ from lightning_entropy.cli.rundir import claim
 from lightning_entropy.cli.summary import (
     SAMPLER_NAMES,
     baseline_column,
+    identity,
     batches_per_epoch,
     final_per_seed,
     log_final,
@@ -265,7 +266,8 @@ def _landscape_report(cfg: DictConfig, task, model, strategy, landscape, records
         rows = [{"ln_train_loss": r["ln_train_loss"], "value": float(transform(np.float64(r[column])))}
                 for r in records]
         curve = pool(rows, metric="value", edges=landscape.edges[0])
-        curve.metric = column
+        # the curve, and every advantage read against it, is in the landscape's axis units: name a logit axis
+        curve.metric = column if transform is identity else f"logit_{column}"
     landscape.save(out / "landscape.npz")
     files.append("landscape.npz")
     meta = landscape.metadata

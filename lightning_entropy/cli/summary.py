@@ -72,6 +72,10 @@ def final_per_seed(records: list[dict[str, float]], metric: str) -> list[dict[st
             for s, r in sorted(last.items())]
 
 
+def identity(a: np.ndarray) -> np.ndarray:
+    return a
+
+
 def logit(a: np.ndarray, eps: float = 1e-4) -> np.ndarray:
     """The logit accuracy axis of :mod:`lightning_entropy.core.variables`: ``ln(p / (1 - p))``, ``p = eps + (1-2eps) A``."""
     p = eps + (1 - 2 * eps) * a
@@ -84,7 +88,6 @@ def baseline_column(landscape) -> tuple[str | None, Callable[[np.ndarray], np.nd
     2-D: the y axis (smoothed accuracy for MD, hard accuracy for MC, ln test loss; logit axes are transformed the
     same way). 1-D: the recorded observable. ``(None, ...)`` when the metric has no baseline counterpart.
     """
-    identity = lambda a: a  # noqa: E731
     if landscape.ndim == 2:
         name, label = landscape.names[1], landscape.labels[1]
     elif landscape.observable_names:
