@@ -368,23 +368,23 @@ def training_section(docs: Path) -> list[str]:
 RECOMMENDATION = [
     "### When `entropy_md` is worth its cost",
     "",
-    "Read from the tables above (measured 2026-12-07 on 2 CPU cores, the report's halves side by side; rerun the"
+    "Read from the tables above (measured 2026-12-08 on 2 CPU cores, the report's halves side by side; rerun the"
     " command for your task). The per-task lines judge each difference at 2 standard errors. The MD lengths are the"
     " report's time-boxed ones; the same tables with longer MD (2026-12-02/03: house prices 10,000 steps instead of"
     " 4,000, the char LM 500 instead of 250) are the baseline for the MD-length point below.",
     "",
     "- **The ensemble, not the single walker.** On the spiral, house prices and the char LM the walkers' ensemble"
-    " (`strategy.ensemble()`, `select='ensemble'`) gains more than the single returned walker (which gains on the"
-    " spiral, +0.025 ± 0.011, and not on the other two). Keep the ensemble when you can afford W forward passes at"
-    " inference. Modular"
-    " arithmetic is the exception: there the returned walker gains a little (+0.006) and the ensemble nothing.",
+    " (`strategy.ensemble()`, `select='ensemble'`) gains more than the single returned walker (+0.035 ± 0.019 on the"
+    " spiral, under 2 standard errors; -0.016 ± 0.005 on house prices, a small loss; level on the char LM). Keep the"
+    " ensemble when you can afford W forward passes at inference. On modular arithmetic neither gains (+0.000 and"
+    " +0.001; an earlier run read +0.006 for the returned walker).",
     "- **Longer MD, larger gain.** With 10,000 MD steps instead of 4,000 the house-prices ensemble gained +0.059 ±"
     " 0.023 in ln test MSE instead of +0.023 ± 0.014; with 500 steps instead of 250 the char LM's gained +0.0069 ±"
     " 0.0011 in accuracy instead of +0.0041 ± 0.0020. Both point the same way, though each difference is only about"
     " 1.3 combined standard errors. Give `entropy_md` at least several thousand steps for a small MLP and several"
     " hundred for a transformer when the ensemble is what you are after.",
     "- **An endpoint that is still improving: train longer instead.** Where plain Adam continued for the same time"
-    " still lowers the train loss by several nats (house prices: +0.104 ± 0.045), it gains as much or more than any"
+    " still lowers the train loss by nats (house prices: ln L_train 2.3 nats lower, +0.082 ± 0.039), it gains as much or more than any"
     " flat-minimum method; `entropy_md` holds the train loss where it is by design.",
     "- **An endpoint that overfits: `entropy_md` is the one method that gains.** On the char LM, Adam continued and"
     " SWA lose held-out accuracy (they lower the train loss further), SAM is level; the ensemble gains. It also sits"
