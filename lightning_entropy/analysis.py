@@ -439,6 +439,12 @@ class BinTest:
                 f" {self.longer:.2g}x this production (more steps, or a larger `production`) is needed to pass")
 
 
+def longer_production(r_hat: float, level: float) -> float:
+    """The least factor of production that brings ``r_hat`` below ``level`` if ``R-hat - 1`` falls as ``1 / length``
+    (a lower bound: slowly mixing replicas fall more slowly, see :func:`bin_test`); 1 where it is below already."""
+    return (r_hat - 1.0) / (level - 1.0) if r_hat >= level else 1.0
+
+
 def bin_test(r_hat: np.ndarray, chains: int, draws: int | None, th: dict[str, float]) -> BinTest:
     """Do the replicas agree bin by bin? ``r_hat`` per bin (NaN: no R-hat), from ``chains`` replicas and ``draws``
     draws each (None: as many as make chance negligible). At most ``r_hat_share`` of the bins may reach ``r_hat``,
@@ -468,7 +474,7 @@ def bin_test(r_hat: np.ndarray, chains: int, draws: int | None, th: dict[str, fl
     desc = np.sort(known)[::-1]
 
     def need(count: int, level: float) -> float:  # production factor that brings the (count+1)-th worst below level
-        return float((desc[count] - 1.0) / (level - 1.0)) if n > count and desc[count] >= level else 1.0
+        return longer_production(float(desc[count]), level) if n > count else 1.0
 
     longer = max(need(allowed, th["r_hat"]), need(worst_allowed, th["r_hat_max"]))
     return BinTest(not few and above <= allowed and over <= worst_allowed, n, above / max(n, 1), allowed, worst,
@@ -508,7 +514,7 @@ def with_readouts(conv: Convergence, advantages: dict[str, Advantage],
         if r_hat is not None and math.isfinite(r_hat) and r_hat >= limit:
             flag(f"the {READOUT_NAMES.get(name, name)}'s mean advantage has R-hat {r_hat:.3f} across replicas (>="
                  f" {limit:g}): the replicas' readouts have not mixed; run longer (at least"
-                 f" {(r_hat - 1.0) / (limit - 1.0):.2g}x this production, see `bin_test`), and read its error (the"
+                 f" {longer_production(r_hat, limit):.2g}x this production, see `analysis.bin_test`), and read its error (the"
                  " replicas' spread) as a lower bound until then")
     for name, readout in (readouts or {}).items():
         per_bin = readout.r_hat

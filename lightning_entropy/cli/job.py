@@ -55,9 +55,9 @@ from lightning_entropy.cli.rundir import claim
 from lightning_entropy.cli.summary import (
     SAMPLER_NAMES,
     baseline_column,
-    identity,
     batches_per_epoch,
     final_per_seed,
+    identity,
     log_final,
     metric_text,
     publish,
